@@ -1,0 +1,326 @@
+//! The daemon's TOML config (design.md Part 2 "Config file"): typed sections with
+//! defaults, every key checked, unknown keys rejected, and every problem reported at
+//! once as `file:line: key: reason`. Connections share their types with the REST API.
+
+mod connection;
+mod reader;
+mod sections;
+mod types;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use toml::de::DeTable;
+
+pub use connection::{
+    Connection, ExternalUacSettings, FieldIssue, InternalUacSettings, generated_id,
+    generated_user_name,
+};
+pub use types::{ListenAddr, ProxyUri, Secret, Transport, UnknownTransport};
+
+use reader::{Ctx, TableView};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub tls: TlsConfig,
+    pub dns: DnsConfig,
+    pub api: ApiConfig,
+    pub metrics: MetricsConfig,
+    pub store: StoreConfig,
+    pub registration: RegistrationConfig,
+    pub routing: RoutingConfig,
+    pub connections: Vec<Connection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SipConfig {
+    pub listen: Vec<ListenAddr>,
+    /// `host[:port]` put in Contact/Via/Record-Route when behind NAT.
+    pub public_address: Option<String>,
+    pub user_agent: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub verify_server: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Empty = the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    pub greylist_sec: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    pub token: Secret,
+    pub user_id: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+    pub per_connection_labels: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationConfig {
+    pub retry_interval_sec: u64,
+    pub max_retry_interval_sec: u64,
+    pub forbidden_retry_interval_sec: u64,
+    pub max_register_rate_per_sec: u32,
+    pub unregister_timeout_sec: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub timeout_1xx_sec: u64,
+    pub timeout_2xx_sec: u64,
+    pub failover_codes: Vec<u16>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                ListenAddr {
+                    transport: Transport::Udp,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 5060)),
+                },
+                ListenAddr {
+                    transport: Transport::Tcp,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 5060)),
+                },
+            ],
+            public_address: None,
+            user_agent: "uacd".into(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            certificate: None,
+            private_key: None,
+            ca_file: None,
+            verify_server: true,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            greylist_sec: 30,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/uacd/uacd.db"),
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            retry_interval_sec: 30,
+            max_retry_interval_sec: 600,
+            forbidden_retry_interval_sec: 600,
+            max_register_rate_per_sec: 200,
+            unregister_timeout_sec: 5,
+        }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            timeout_1xx_sec: 2,
+            timeout_2xx_sec: 120,
+            failover_codes: vec![408, 480, 503, 504],
+        }
+    }
+}
+
+/// One problem in a config file. `line` is 1-based; 0 means the whole file
+/// (e.g. it could not be read). `key` is a dotted path such as
+/// `connection[1].external_uac_settings.transport` (indices from 0), empty for syntax errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Every problem found in a config file, in line order; Display prints one per line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and parses the config file at `path` (relative `token_file`s resolve
+/// against its directory).
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &name),
+        Err(e) => Err(ConfigErrors {
+            issues: vec![ConfigIssue {
+                file: name,
+                line: 0,
+                key: String::new(),
+                reason: format!("cannot read config file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Parses config `text`; `file_name` names it in issues and is the base directory
+/// for relative `token_file` paths.
+pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx::new(file_name, text);
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            ctx.report(&span, "", format!("TOML syntax error: {}", e.message()));
+        }
+        return Err(finish(ctx));
+    }
+    let base_dir = Path::new(file_name).parent().unwrap_or(Path::new(""));
+    let root = TableView::new(
+        &mut ctx,
+        doc.get_ref(),
+        doc.span(),
+        String::new(),
+        &[
+            "sip",
+            "tls",
+            "dns",
+            "api",
+            "metrics",
+            "store",
+            "registration",
+            "routing",
+            "connection",
+        ],
+    );
+    let config = sections::read(&mut ctx, &root, base_dir);
+    if ctx.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(finish(ctx))
+    }
+}
+
+fn finish(ctx: Ctx) -> ConfigErrors {
+    let mut issues = ctx.issues;
+    issues.sort_by_key(|i| i.line);
+    issues.dedup();
+    ConfigErrors { issues }
+}
+
+/// `127.0.0.1:5353`, `127.0.0.1` (port 53), `[::1]:53`, `::1`.
+fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| "expected an IP address with optional port, e.g. \"127.0.0.1:5353\"".into())
+}
+
+/// Keys already seen, to report duplicates with the line of the first one.
+struct Seen<'a> {
+    what: &'a str,
+    first: HashMap<String, (String, usize)>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(what: &'a str) -> Self {
+        Self {
+            what,
+            first: HashMap::new(),
+        }
+    }
+
+    /// Records `value` at (`key`, `line`); returns the reason if it was seen before.
+    fn check(&mut self, value: &str, key: &str, line: usize) -> Option<String> {
+        match self.first.get(value) {
+            Some((k, l)) => Some(format!(
+                "duplicate {} {value:?} (first at {k}, line {l})",
+                self.what
+            )),
+            None => {
+                self.first.insert(value.to_owned(), (key.to_owned(), line));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

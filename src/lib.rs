@@ -1,0 +1,18 @@
+//! uacd: a SIP UAC registration and routing daemon.
+//!
+//! Layout (one module per concern):
+//! * `config`: TOML schema, defaults and validation (design.md Part 2).
+//! * `sip`: wire-faithful message parser and builder, URIs, digest (pure).
+//! * `transport`: UDP sockets, TCP/TLS flows, framing, keepalive.
+//! * `transaction`: RFC 3261 §17 client transactions and timers.
+//! * `registration`: pure REGISTER state machine, its driver task, supervisor.
+//! * `app`: wiring and graceful shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod registration;
+pub mod sip;
+pub mod transaction;
+pub mod transport;

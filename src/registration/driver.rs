@@ -1,0 +1,556 @@
+//! The task that drives one connection's registration machine: it resolves
+//! the registrar, runs REGISTER transactions, computes digest answers,
+//! keeps the refresh/retry/expiry timers and publishes status snapshots.
+//! One tokio task per connection; no thread, no lock on the message path.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use super::request::{RegisterRequest, build};
+use super::state::{
+    Action, AuthKind, Event, Machine, Published, RegStatus, RegTimer, Register, Reply, Settings,
+};
+use crate::config::{Connection, ProxyUri, Transport};
+use crate::sip::digest::{self, Credentials};
+use crate::sip::{HeaderName, Host, Message, Method};
+use crate::transaction::{TxError, new_branch};
+use crate::transport::Hop;
+
+/// What the API and metrics read about a registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub status: RegStatus,
+    /// e.g. "200 OK", "401 Unauthorized", "408 Request Timeout".
+    pub last_response: Option<String>,
+    /// `ip:port` of the registrar that accepted us.
+    pub last_registered_ip: Option<String>,
+    pub updated_at: SystemTime,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Snapshot {
+    pub fn new(status: RegStatus) -> Snapshot {
+        Snapshot {
+            status,
+            last_response: None,
+            last_registered_ip: None,
+            updated_at: SystemTime::now(),
+            expires_at: None,
+        }
+    }
+}
+
+type Inflight = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Result of one REGISTER transaction, as the machine will see it.
+struct Outcome {
+    event: Event,
+    /// The hop used (to watch a TCP/TLS flow for closure).
+    hop: Option<Hop>,
+    /// Our address as the registrar saw it (Via received/rport).
+    seen_as: Option<SocketAddr>,
+    /// The Contact address we advertised in this request.
+    advertised: Option<SocketAddr>,
+}
+
+pub(super) struct Driver {
+    ctx: Arc<Context>,
+    conn: Arc<Connection>,
+    machine: Machine,
+    call_id: Arc<str>,
+    from_tag: Arc<str>,
+    cseq: u32,
+    status: watch::Sender<Snapshot>,
+    stop: CancellationToken,
+    refresh_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    expiry_at: Option<Instant>,
+    hop: Option<Hop>,
+    /// Address learnt from the registrar's Via (RFC 3581) when no
+    /// `sip.public_address` is set.
+    learned: Option<SocketAddr>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        ctx: Arc<Context>,
+        conn: Arc<Connection>,
+        status: watch::Sender<Snapshot>,
+        stop: CancellationToken,
+    ) -> Driver {
+        let r = &ctx.config.registration;
+        let settings = Settings {
+            expires: conn.external_uac_settings.expiration_sec,
+            retry: Duration::from_secs(r.retry_interval_sec),
+            max_retry: Duration::from_secs(r.max_retry_interval_sec),
+            forbidden_retry: Duration::from_secs(r.forbidden_retry_interval_sec),
+            timer_f: ctx.timers.timeout(),
+        };
+        let seed: u64 = rand::random();
+        Driver {
+            machine: Machine::new(settings, seed),
+            call_id: format!("{:032x}@uacd", rand::random::<u128>()).into(),
+            from_tag: format!("{:016x}", rand::random::<u64>()).into(),
+            cseq: rand::random_range(1..10_000),
+            ctx,
+            conn,
+            status,
+            stop,
+            refresh_at: None,
+            retry_at: None,
+            expiry_at: None,
+            hop: None,
+            learned: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        // Spread the start so thousands of connections do not register in
+        // the same millisecond; the shared pacer caps the global rate.
+        let delay = Duration::from_millis(rand::random_range(0..250));
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let mut inflight: Option<Inflight> = None;
+        let mut stop_seen = false;
+        let actions = if self.stop.is_cancelled() {
+            stop_seen = true;
+            self.machine.step(Event::Stop)
+        } else {
+            self.machine.step(Event::Start)
+        };
+        self.apply(actions, &mut inflight, true);
+        while !self.machine.is_done() {
+            let (event, paced) = tokio::select! {
+                outcome = poll_opt(&mut inflight) => {
+                    inflight = None;
+                    let rebind = self.absorb(&outcome);
+                    let actions = self.machine.step(outcome.event);
+                    self.apply(actions, &mut inflight, false);
+                    if !rebind || self.machine.is_done() {
+                        continue;
+                    }
+                    (Event::Rebind, true)
+                }
+                _ = self.stop.cancelled(), if !stop_seen => {
+                    stop_seen = true;
+                    (Event::Stop, false)
+                }
+                _ = sleep_opt(self.refresh_at) => {
+                    self.refresh_at = None;
+                    (Event::Timer(RegTimer::Refresh), false)
+                }
+                _ = sleep_opt(self.retry_at) => {
+                    self.retry_at = None;
+                    (Event::Timer(RegTimer::Retry), true)
+                }
+                _ = sleep_opt(self.expiry_at) => {
+                    self.expiry_at = None;
+                    (Event::Timer(RegTimer::Expiry), false)
+                }
+                _ = flow_closed(self.hop.as_ref()), if inflight.is_none() => {
+                    tracing::info!(connection_id = %self.conn.id, "flow to registrar closed");
+                    self.hop = None;
+                    (Event::Rebind, true)
+                }
+            };
+            let actions = self.machine.step(event);
+            self.apply(actions, &mut inflight, paced);
+        }
+    }
+
+    /// Takes what a transaction taught us; true when our address as seen by
+    /// the registrar changed under a binding (re-register at once).
+    fn absorb(&mut self, outcome: &Outcome) -> bool {
+        if let Some(hop) = &outcome.hop {
+            self.hop = Some(hop.clone());
+        }
+        let (Some(seen), Some(advertised)) = (outcome.seen_as, outcome.advertised) else {
+            return false;
+        };
+        if seen == advertised || self.learned == Some(seen) {
+            return false;
+        }
+        tracing::info!(connection_id = %self.conn.id, %advertised, %seen, "registrar sees us at another address; updating Contact");
+        self.learned = Some(seen);
+        matches!(
+            outcome.event,
+            Event::Reply(Reply {
+                code: 200..=299,
+                ..
+            })
+        )
+    }
+
+    fn apply(&mut self, actions: Vec<Action>, inflight: &mut Option<Inflight>, paced: bool) {
+        for action in actions {
+            match action {
+                Action::Send(register) => *inflight = Some(self.transaction(register, paced)),
+                Action::Arm(timer, d) => *self.deadline(timer) = Some(Instant::now() + d),
+                Action::Disarm(timer) => *self.deadline(timer) = None,
+                Action::Publish(p) => self.publish(p),
+                Action::Finished => {}
+            }
+        }
+    }
+
+    fn deadline(&mut self, timer: RegTimer) -> &mut Option<Instant> {
+        match timer {
+            RegTimer::Refresh => &mut self.refresh_at,
+            RegTimer::Retry => &mut self.retry_at,
+            RegTimer::Expiry => &mut self.expiry_at,
+        }
+    }
+
+    fn publish(&mut self, p: Published) {
+        let now = SystemTime::now();
+        let old = self.status.borrow().clone();
+        let snap = Snapshot {
+            status: p.status,
+            last_response: p.last_response,
+            last_registered_ip: p.registered_target.or(old.last_registered_ip.clone()),
+            updated_at: now,
+            expires_at: p.expires_in.map(|d| now + d),
+        };
+        if snap.status != old.status {
+            tracing::info!(
+                connection_id = %self.conn.id,
+                connection_name = %self.conn.connection_name,
+                status = snap.status.label(),
+                code = snap.status.code(),
+                last_response = snap.last_response.as_deref().unwrap_or(""),
+                registrar = snap.last_registered_ip.as_deref().unwrap_or(""),
+                "registration status changed"
+            );
+        } else {
+            tracing::debug!(
+                connection_id = %self.conn.id,
+                status = snap.status.label(),
+                last_response = snap.last_response.as_deref().unwrap_or(""),
+                "registration updated"
+            );
+        }
+        self.status.send_replace(snap);
+    }
+
+    /// Builds the future of one REGISTER transaction.
+    fn transaction(&mut self, register: Register, paced: bool) -> Inflight {
+        self.cseq = self.cseq.wrapping_add(1);
+        let job = Job {
+            ctx: self.ctx.clone(),
+            conn: self.conn.clone(),
+            call_id: self.call_id.clone(),
+            from_tag: self.from_tag.clone(),
+            cseq: self.cseq,
+            register,
+            hop: self.hop.clone().filter(|h| match h {
+                Hop::Stream(f) => !f.is_closed(),
+                Hop::Udp { .. } => true,
+            }),
+            learned: self.learned,
+            paced,
+        };
+        Box::pin(job.run())
+    }
+}
+
+/// One REGISTER transaction with everything it needs, owned.
+struct Job {
+    ctx: Arc<Context>,
+    conn: Arc<Connection>,
+    call_id: Arc<str>,
+    from_tag: Arc<str>,
+    cseq: u32,
+    register: Register,
+    hop: Option<Hop>,
+    learned: Option<SocketAddr>,
+    paced: bool,
+}
+
+impl Job {
+    async fn run(self) -> Outcome {
+        if self.paced {
+            self.ctx.pacer.wait().await;
+        }
+        let ext = &self.conn.external_uac_settings;
+        let Some(proxy) = ext.proxy.as_ref() else {
+            return Outcome::event(Event::TransportError);
+        };
+        let next_hop = ext.outbound_proxy.as_ref().unwrap_or(proxy);
+        let transport = transport_for(next_hop, ext.transport);
+        let hop = match self.hop.clone() {
+            Some(h) if h.transport() == transport => h,
+            _ => match self.connect(next_hop, transport).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(connection_id = %self.conn.id, error = %e, "registrar unreachable");
+                    return Outcome::event(Event::TransportError);
+                }
+            },
+        };
+        let advertised = self.advertised(&hop, transport);
+        let sent_by = advertised.to_string();
+        let contact = format!(
+            "sip:{}@{};transport={}",
+            self.conn.user_name,
+            advertised,
+            transport.uri_param()
+        );
+        let request_uri = proxy.request_uri();
+        let aor = format!("sip:{}@{}", ext.from_user(), proxy.host_for_aor());
+        let password = ext.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        let creds = Credentials {
+            username: ext.auth_user(),
+            password,
+        };
+        let auth: Vec<(&'static str, String)> = self
+            .register
+            .answers
+            .iter()
+            .map(|a| {
+                let name = match a.kind {
+                    AuthKind::Www => "Authorization",
+                    AuthKind::Proxy => "Proxy-Authorization",
+                };
+                let value = digest::authorization(
+                    &a.challenge,
+                    &creds,
+                    "REGISTER",
+                    &request_uri,
+                    b"",
+                    &digest::new_cnonce(),
+                    a.nc,
+                );
+                (name, value)
+            })
+            .collect();
+        let branch = new_branch();
+        let bytes = build(&RegisterRequest {
+            request_uri: &request_uri,
+            aor: &aor,
+            from_tag: &self.from_tag,
+            call_id: &self.call_id,
+            cseq: self.cseq,
+            transport,
+            sent_by: &sent_by,
+            branch: &branch,
+            contact: &contact,
+            expires: self.register.expires,
+            user_agent: &self.ctx.config.sip.user_agent,
+            auth: &auth,
+        });
+        let result = self
+            .ctx
+            .layer
+            .request(
+                &hop,
+                Method::Register,
+                &branch,
+                Bytes::from(bytes),
+                self.ctx.timers,
+            )
+            .await;
+        let event = match result {
+            Ok(msg) => {
+                let seen_as = (transport == Transport::Udp && self.ctx.public.is_none())
+                    .then(|| seen_as(&msg))
+                    .flatten();
+                let reply = to_reply(&msg, &self.conn.user_name, hop.remote());
+                return Outcome {
+                    event: Event::Reply(reply),
+                    hop: Some(hop),
+                    seen_as,
+                    advertised: Some(advertised),
+                };
+            }
+            Err(TxError::Timeout) => Event::Timeout,
+            Err(e) => {
+                tracing::debug!(connection_id = %self.conn.id, error = %e, "REGISTER transport error");
+                Event::TransportError
+            }
+        };
+        Outcome {
+            event,
+            hop: Some(hop),
+            seen_as: None,
+            advertised: Some(advertised),
+        }
+    }
+
+    async fn connect(&self, uri: &ProxyUri, transport: Transport) -> Result<Hop, String> {
+        let port = uri.port.unwrap_or(transport.default_port());
+        let remote = resolve(&uri.host, port).await?;
+        self.ctx
+            .transports
+            .hop(transport, remote, &uri.host)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The address we put in Via and Contact.
+    fn advertised(&self, hop: &Hop, transport: Transport) -> SocketAddr {
+        let listen_port = self.ctx.transports.listen_addr(transport).map(|a| a.port());
+        if let Some((ip, port)) = self.ctx.public {
+            return SocketAddr::new(ip, port.or(listen_port).unwrap_or(transport.default_port()));
+        }
+        if let Some(learned) = self.learned.filter(|_| transport == Transport::Udp) {
+            return learned;
+        }
+        let local = hop.local();
+        let ip = if local.ip().is_unspecified() {
+            local_ip_towards(hop.remote()).unwrap_or(local.ip())
+        } else {
+            local.ip()
+        };
+        let port = match transport {
+            Transport::Udp => local.port(),
+            _ => listen_port.unwrap_or(local.port()),
+        };
+        SocketAddr::new(ip, port)
+    }
+}
+
+impl Outcome {
+    fn event(event: Event) -> Outcome {
+        Outcome {
+            event,
+            hop: None,
+            seen_as: None,
+            advertised: None,
+        }
+    }
+}
+
+/// `sips:` means TLS; a `transport=` parameter wins over the connection's
+/// transport field (RFC 3263 §4.1).
+pub(super) fn transport_for(uri: &ProxyUri, configured: Transport) -> Transport {
+    if uri.tls {
+        Transport::Tls
+    } else {
+        uri.transport.unwrap_or(configured)
+    }
+}
+
+/// A/AAAA resolution of the registrar host, IPv4 first.
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// The local address the kernel would use towards `remote` (no packet is
+/// sent: connecting a UDP socket only picks a route).
+fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if remote.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(remote).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// Our address per the top Via's `received` and `rport` (RFC 3581 §4).
+fn seen_as(msg: &Message) -> Option<SocketAddr> {
+    let via = msg.top_via().ok()?;
+    let port = via.rport().flatten()?;
+    let ip = match via.received() {
+        Some(r) => r.parse().ok()?,
+        None => match &via.host {
+            Host::V4(ip) => IpAddr::V4(*ip),
+            Host::V6(ip) => IpAddr::V6(*ip),
+            Host::Domain(_) => return None,
+        },
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Extracts what the machine needs from a final response.
+pub(super) fn to_reply(msg: &Message, contact_user: &str, source: SocketAddr) -> Reply {
+    let code = msg.status().unwrap_or(500);
+    let mut challenges = Vec::new();
+    for (name, kind) in [
+        (HeaderName::ProxyAuthenticate, AuthKind::Proxy),
+        (HeaderName::WwwAuthenticate, AuthKind::Www),
+    ] {
+        let parsed: Vec<_> = msg
+            .header_values(name)
+            .into_iter()
+            .filter_map(|v| digest::parse_challenge(&v).ok())
+            .collect();
+        for ch in digest::select(&parsed) {
+            challenges.push((kind, ch.clone()));
+        }
+    }
+    let (granted, binding_missing) = if (200..300).contains(&code) {
+        let contacts = msg.contacts().unwrap_or_default();
+        let ours = contacts
+            .iter()
+            .find(|c| c.uri.user.as_deref() == Some(contact_user));
+        let param = ours
+            .and_then(|c| c.params.get("expires"))
+            .flatten()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        (
+            param.or(msg.expires()),
+            !contacts.is_empty() && ours.is_none(),
+        )
+    } else {
+        (None, false)
+    };
+    Reply {
+        code,
+        challenges,
+        granted,
+        binding_missing,
+        min_expires: msg.min_expires(),
+        retry_after: msg.retry_after(),
+        source: source.to_string(),
+    }
+}
+
+async fn poll_opt(f: &mut Option<Inflight>) -> Outcome {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn flow_closed(hop: Option<&Hop>) {
+    match hop {
+        Some(Hop::Stream(f)) => f.closed().await,
+        _ => std::future::pending().await,
+    }
+}

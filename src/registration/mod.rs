@@ -1,0 +1,138 @@
+//! Registration (RFC 3261 §10): a pure state machine per connection
+//! (`state`), the task that drives it (`driver`), the REGISTER it sends
+//! (`request`) and the supervisor that owns every driver (`supervisor`).
+
+mod driver;
+mod request;
+pub mod state;
+mod supervisor;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::transaction::{Layer, client::Timers};
+use crate::transport::Transports;
+
+pub use driver::Snapshot;
+pub use state::RegStatus;
+pub use supervisor::{ConnectionStatus, Supervisor};
+
+/// What every driver shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub layer: Layer,
+    pub transports: Transports,
+    pub pacer: Pacer,
+    pub timers: Timers,
+    /// `sip.public_address`, parsed.
+    pub public: Option<(IpAddr, Option<u16>)>,
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, layer: Layer, transports: Transports) -> Context {
+        let public = config
+            .sip
+            .public_address
+            .as_deref()
+            .and_then(parse_host_port);
+        Context {
+            pacer: Pacer::new(config.registration.max_register_rate_per_sec),
+            config,
+            layer,
+            transports,
+            timers: Timers::default(),
+            public,
+        }
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4:5060`, `[::1]:5060`, `::1`.
+fn parse_host_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some((sa.ip(), Some(sa.port())));
+    }
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    inner.parse().ok().map(|ip| (ip, None))
+}
+
+/// Spaces new registration attempts across all connections: at most
+/// `rate` per second (`registration.max_register_rate_per_sec`). The lock
+/// is held for a few instructions, never across an await.
+pub struct Pacer {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    pub fn new(rate_per_sec: u32) -> Pacer {
+        Pacer {
+            interval: Duration::from_secs(1) / rate_per_sec.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The instant of the next free slot, reserving it.
+    pub fn reserve(&self) -> Instant {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let at = (*next).max(now);
+        *next = at + self.interval;
+        at
+    }
+
+    pub async fn wait(&self) {
+        tokio::time::sleep_until(self.reserve()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spaces_slots_by_the_rate() {
+        let p = Pacer::new(200);
+        let t0 = Instant::now();
+        let slots: Vec<_> = (0..5).map(|_| p.reserve() - t0).collect();
+        assert_eq!(
+            slots,
+            (0..5)
+                .map(|i| Duration::from_millis(5 * i))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            p.reserve(),
+            Instant::now(),
+            "idle pacer does not bank slots"
+        );
+    }
+
+    #[test]
+    fn public_address_forms() {
+        assert_eq!(
+            parse_host_port("203.0.113.10"),
+            Some(("203.0.113.10".parse().unwrap(), None))
+        );
+        assert_eq!(
+            parse_host_port("203.0.113.10:5070"),
+            Some(("203.0.113.10".parse().unwrap(), Some(5070)))
+        );
+        assert_eq!(
+            parse_host_port("[2001:db8::1]:5060"),
+            Some(("2001:db8::1".parse().unwrap(), Some(5060)))
+        );
+        assert_eq!(
+            parse_host_port("[2001:db8::1]"),
+            Some(("2001:db8::1".parse().unwrap(), None))
+        );
+        assert_eq!(parse_host_port("host.example"), None);
+    }
+}

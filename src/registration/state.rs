@@ -1,0 +1,528 @@
+//! Registration state machine, pure: `(state, event) -> actions` (RFC 3261 §10.2).
+//!
+//! It decides what to send and when (initial REGISTER, digest answers per
+//! §22.2, 423 Min-Expires per §10.2.8, refresh before the granted expiry,
+//! backoff after failures, `Expires: 0` on stop). The driver in `driver.rs`
+//! performs the I/O and turns responses and timers into [`Event`]s.
+
+use std::time::Duration;
+
+use crate::sip::digest::{Challenge, NonceCounts};
+use crate::sip::reason::canonical_reason;
+
+/// Seed 004's `registration_status` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegStatus {
+    NotApplicable = 0,
+    NotRegistered = 1,
+    Failed = 2,
+    Expired = 3,
+    Success = 4,
+    Unregistered = 5,
+}
+
+impl RegStatus {
+    pub const ALL: [RegStatus; 6] = [
+        RegStatus::NotApplicable,
+        RegStatus::NotRegistered,
+        RegStatus::Failed,
+        RegStatus::Expired,
+        RegStatus::Success,
+        RegStatus::Unregistered,
+    ];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Human name as the product documents it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RegStatus::NotApplicable => "Not Applicable",
+            RegStatus::NotRegistered => "Not Registered",
+            RegStatus::Failed => "Failed",
+            RegStatus::Expired => "Expired",
+            RegStatus::Success => "Success",
+            RegStatus::Unregistered => "Unregistered",
+        }
+    }
+
+    /// Label value used in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RegStatus::NotApplicable => "not_applicable",
+            RegStatus::NotRegistered => "not_registered",
+            RegStatus::Failed => "failed",
+            RegStatus::Expired => "expired",
+            RegStatus::Success => "success",
+            RegStatus::Unregistered => "unregistered",
+        }
+    }
+}
+
+/// Which challenge header a digest answer goes back in (RFC 3261 §22.2/§22.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// 401 WWW-Authenticate → Authorization.
+    Www,
+    /// 407 Proxy-Authenticate → Proxy-Authorization.
+    Proxy,
+}
+
+/// One digest answer the driver must compute and attach (it adds the cnonce).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub kind: AuthKind,
+    pub challenge: Challenge,
+    pub nc: u32,
+}
+
+/// "Send a new REGISTER" (new branch, next CSeq, same Call-ID).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Register {
+    pub expires: u32,
+    pub answers: Vec<Answer>,
+}
+
+/// Timers owned by the registration (the transaction timers are elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegTimer {
+    /// Send the refresh REGISTER.
+    Refresh,
+    /// Try again after a failure.
+    Retry,
+    /// The granted binding runs out.
+    Expiry,
+}
+
+/// A status snapshot to publish; the driver stamps it with wall-clock time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub status: RegStatus,
+    /// e.g. "200 OK", "408 Request Timeout".
+    pub last_response: Option<String>,
+    /// The target that accepted the registration.
+    pub registered_target: Option<String>,
+    /// Time left on the binding, when registered.
+    pub expires_in: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send(Register),
+    Arm(RegTimer, Duration),
+    Disarm(RegTimer),
+    Publish(Published),
+    /// Nothing more to do (stopped).
+    Finished,
+}
+
+/// What the driver learnt from a final response to our REGISTER.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reply {
+    pub code: u16,
+    /// Challenges from WWW-/Proxy-Authenticate that we can answer, already
+    /// reduced to the strongest per realm.
+    pub challenges: Vec<(AuthKind, Challenge)>,
+    /// 2xx: expiry granted to our binding (Contact `expires`, else Expires).
+    pub granted: Option<u32>,
+    /// 2xx listed Contacts, but none of them is ours.
+    pub binding_missing: bool,
+    pub min_expires: Option<u32>,
+    pub retry_after: Option<u32>,
+    /// "ip:port" of the peer that answered.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Begin registering.
+    Start,
+    Reply(Reply),
+    /// Timer F fired on the REGISTER transaction.
+    Timeout,
+    /// Connect/send failure or the flow broke under the transaction.
+    TransportError,
+    Timer(RegTimer),
+    /// The binding became unreachable: the TCP/TLS flow it lives on closed,
+    /// or the address the registrar sees us at changed (RFC 3581).
+    Rebind,
+    /// Unregister (`Expires: 0`) and finish.
+    Stop,
+}
+
+/// Policy knobs, from the config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub expires: u32,
+    pub retry: Duration,
+    pub max_retry: Duration,
+    pub forbidden_retry: Duration,
+    /// Timer F of the REGISTER transaction: refreshes leave room for it.
+    pub timer_f: Duration,
+}
+
+/// Digest answers allowed within one attempt before we call it a failure
+/// (guards against a registrar that changes the nonce forever).
+const MAX_AUTH_ROUNDS: u32 = 4;
+/// Longest wait we honour from Retry-After.
+const MAX_RETRY_AFTER: u32 = 86_400;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// A REGISTER (or unregister) transaction is in flight.
+    Sending,
+    /// Between transactions: waiting for a refresh or retry timer.
+    Waiting,
+    Done,
+}
+
+/// The registration machine of one connection.
+#[derive(Debug)]
+pub struct Machine {
+    settings: Settings,
+    phase: Phase,
+    /// Expires we ask for: configured value, raised by 423 Min-Expires.
+    expires: u32,
+    /// Highest Min-Expires a registrar demanded; never go below it again.
+    expires_floor: u32,
+    /// The registrar holds a binding of ours that has not expired yet.
+    bound: bool,
+    status: RegStatus,
+    last_response: Option<String>,
+    registered_target: Option<String>,
+    /// Last challenges, answered pre-emptively on refresh.
+    challenges: Vec<(AuthKind, Challenge)>,
+    nonces: NonceCounts,
+    /// Nonces answered in the request in flight.
+    in_flight_nonces: Vec<String>,
+    in_flight_expires: u32,
+    auth_rounds: u32,
+    failures: u32,
+    stopping: bool,
+    rng: SplitMix64,
+}
+
+impl Machine {
+    /// `seed` drives the jitter; give each connection its own.
+    pub fn new(settings: Settings, seed: u64) -> Self {
+        Machine {
+            settings,
+            phase: Phase::Idle,
+            expires: settings.expires,
+            expires_floor: 0,
+            bound: false,
+            status: RegStatus::NotRegistered,
+            last_response: None,
+            registered_target: None,
+            challenges: Vec::new(),
+            nonces: NonceCounts::default(),
+            in_flight_nonces: Vec::new(),
+            in_flight_expires: settings.expires,
+            auth_rounds: 0,
+            failures: 0,
+            stopping: false,
+            rng: SplitMix64(seed),
+        }
+    }
+
+    pub fn status(&self) -> RegStatus {
+        self.status
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// True while the registrar holds an unexpired binding of ours.
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+
+    /// The Expires value we currently ask for.
+    pub fn requested_expires(&self) -> u32 {
+        self.expires
+    }
+
+    pub fn step(&mut self, event: Event) -> Vec<Action> {
+        if self.phase == Phase::Done {
+            return Vec::new();
+        }
+        match event {
+            Event::Start => match self.phase {
+                Phase::Idle => self.begin_attempt(),
+                _ => Vec::new(),
+            },
+            Event::Reply(reply) if self.phase == Phase::Sending => self.on_reply(reply),
+            Event::Timeout if self.phase == Phase::Sending => {
+                self.on_failure(408, None, true, None)
+            }
+            Event::TransportError if self.phase == Phase::Sending => {
+                self.on_failure(503, None, true, None)
+            }
+            Event::Timer(RegTimer::Expiry) => self.on_expiry(),
+            Event::Timer(RegTimer::Refresh | RegTimer::Retry) if self.phase == Phase::Waiting => {
+                self.begin_attempt()
+            }
+            Event::Rebind if self.phase == Phase::Waiting && self.bound => {
+                // The binding is reachable only over that flow: register again
+                // at once on a new one.
+                let mut out = vec![Action::Disarm(RegTimer::Refresh)];
+                out.extend(self.begin_attempt());
+                out
+            }
+            Event::Stop => self.on_stop(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_stop(&mut self) -> Vec<Action> {
+        if self.stopping {
+            return Vec::new();
+        }
+        self.stopping = true;
+        match self.phase {
+            // The reply to the request in flight decides (see on_reply).
+            Phase::Sending => Vec::new(),
+            Phase::Waiting if self.bound => {
+                let mut out = vec![
+                    Action::Disarm(RegTimer::Refresh),
+                    Action::Disarm(RegTimer::Retry),
+                ];
+                self.auth_rounds = 0;
+                out.push(self.send(0));
+                out
+            }
+            _ => self.finish(),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Action> {
+        self.phase = Phase::Done;
+        self.bound = false;
+        self.status = RegStatus::Unregistered;
+        vec![
+            Action::Disarm(RegTimer::Refresh),
+            Action::Disarm(RegTimer::Retry),
+            Action::Disarm(RegTimer::Expiry),
+            Action::Publish(self.published(None)),
+            Action::Finished,
+        ]
+    }
+
+    fn begin_attempt(&mut self) -> Vec<Action> {
+        self.auth_rounds = 0;
+        let expires = self.expires;
+        vec![self.send(expires)]
+    }
+
+    /// Builds a Send, answering the cached challenges pre-emptively.
+    fn send(&mut self, expires: u32) -> Action {
+        self.phase = Phase::Sending;
+        self.in_flight_expires = expires;
+        self.in_flight_nonces.clear();
+        let mut answers = Vec::with_capacity(self.challenges.len());
+        for (kind, ch) in &self.challenges {
+            let nc = self.nonces.next(&ch.realm, &ch.nonce);
+            self.in_flight_nonces.push(ch.nonce.clone());
+            answers.push(Answer {
+                kind: *kind,
+                challenge: ch.clone(),
+                nc,
+            });
+        }
+        Action::Send(Register { expires, answers })
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Vec<Action> {
+        let code = reply.code;
+        let unregistering = self.in_flight_expires == 0;
+        match code {
+            100..=199 => Vec::new(),
+            200..=299 if unregistering => {
+                self.last_response = Some(response_text(code));
+                self.finish()
+            }
+            200..=299 if self.stopping => {
+                // We were told to stop while registering: remove what we just
+                // created.
+                self.bound = true;
+                self.auth_rounds = 0;
+                vec![self.send(0)]
+            }
+            200..=299 => self.on_registered(reply),
+            401 | 407 => self.on_challenge(reply),
+            423 if !unregistering => match reply.min_expires {
+                Some(min) if min > self.expires && min <= 86_400 => {
+                    // RFC 3261 §10.2.8: retry at once with Min-Expires, and
+                    // never ask for less later on.
+                    self.expires_floor = self.expires_floor.max(min);
+                    self.expires = self.expires.max(self.expires_floor);
+                    let expires = self.expires;
+                    vec![self.send(expires)]
+                }
+                _ => self.on_failure(code, None, false, reply.retry_after),
+            },
+            _ => self.on_failure(code, None, false, reply.retry_after),
+        }
+    }
+
+    fn on_registered(&mut self, reply: Reply) -> Vec<Action> {
+        let requested = self.in_flight_expires;
+        if reply.binding_missing {
+            return self.on_failure(reply.code, Some("binding missing"), false, None);
+        }
+        // A registrar may shorten the expiry but not lengthen it (§10.2.4).
+        let granted = reply.granted.unwrap_or(requested).min(requested);
+        if granted == 0 {
+            return self.on_failure(reply.code, Some("granted expiry 0"), false, None);
+        }
+        self.phase = Phase::Waiting;
+        self.bound = true;
+        self.failures = 0;
+        self.status = RegStatus::Success;
+        self.last_response = Some(response_text(reply.code));
+        self.registered_target = Some(reply.source);
+        let expires_in = Duration::from_secs(u64::from(granted));
+        let refresh = refresh_delay(granted, self.settings.timer_f, self.rng.unit());
+        vec![
+            Action::Disarm(RegTimer::Retry),
+            Action::Arm(RegTimer::Expiry, expires_in),
+            Action::Arm(RegTimer::Refresh, refresh),
+            Action::Publish(self.published(Some(expires_in))),
+        ]
+    }
+
+    fn on_challenge(&mut self, reply: Reply) -> Vec<Action> {
+        if reply.challenges.is_empty() {
+            // Nothing we can answer (unknown algorithm or scheme).
+            return self.on_failure(reply.code, Some("no usable challenge"), false, None);
+        }
+        // The same nonce refused again, without stale=true: the credentials
+        // are wrong (RFC 3261 §22.2, RFC 7616 §3.4).
+        let refused = reply
+            .challenges
+            .iter()
+            .any(|(_, ch)| !ch.stale && self.in_flight_nonces.contains(&ch.nonce));
+        if refused || self.auth_rounds >= MAX_AUTH_ROUNDS {
+            self.challenges.clear();
+            return self.on_failure(reply.code, None, false, None);
+        }
+        self.auth_rounds += 1;
+        self.challenges = reply.challenges;
+        let expires = self.in_flight_expires;
+        vec![self.send(expires)]
+    }
+
+    /// `soft`: a timeout or transport error (the binding, if any, may still
+    /// be alive) rather than a final answer from the registrar.
+    fn on_failure(
+        &mut self,
+        code: u16,
+        why: Option<&str>,
+        soft: bool,
+        retry_after: Option<u32>,
+    ) -> Vec<Action> {
+        self.last_response = Some(match why {
+            Some(w) => format!("{} ({w})", response_text(code)),
+            None => response_text(code),
+        });
+        if self.stopping {
+            return self.finish();
+        }
+        self.phase = Phase::Waiting;
+        self.failures = self.failures.saturating_add(1);
+        let delay = match (code, retry_after) {
+            (403, _) => self.settings.forbidden_retry,
+            (_, Some(secs)) if secs > 0 => {
+                Duration::from_secs(u64::from(secs.min(MAX_RETRY_AFTER)))
+            }
+            _ => backoff(
+                self.failures,
+                self.settings.retry,
+                self.settings.max_retry,
+                self.rng.unit(),
+            ),
+        };
+        // A binding that is still alive keeps status Success until it
+        // expires, unless the registrar itself refused us.
+        if !(soft && self.bound) {
+            self.status = RegStatus::Failed;
+        }
+        vec![
+            Action::Disarm(RegTimer::Refresh),
+            Action::Arm(RegTimer::Retry, delay),
+            Action::Publish(self.published(None)),
+        ]
+    }
+
+    fn on_expiry(&mut self) -> Vec<Action> {
+        if !self.bound {
+            return Vec::new();
+        }
+        self.bound = false;
+        if self.status == RegStatus::Success {
+            self.status = RegStatus::Expired;
+            return vec![Action::Publish(self.published(None))];
+        }
+        Vec::new()
+    }
+
+    fn published(&self, expires_in: Option<Duration>) -> Published {
+        Published {
+            status: self.status,
+            last_response: self.last_response.clone(),
+            registered_target: self.registered_target.clone(),
+            expires_in,
+        }
+    }
+}
+
+fn response_text(code: u16) -> String {
+    format!("{code} {}", canonical_reason(code))
+}
+
+/// When to refresh a binding granted for `granted` seconds: leave room for a
+/// whole Timer F plus jitter on long expiries, refresh around 40–50 % on short
+/// ones, so that connections do not synchronise. `r` is uniform in [0, 1).
+pub fn refresh_delay(granted: u32, timer_f: Duration, r: f64) -> Duration {
+    let g = f64::from(granted);
+    let f = timer_f.as_secs_f64();
+    let secs = if g >= 4.0 * f {
+        g - f - g * 0.1 * r
+    } else {
+        g * (0.5 - 0.1 * r)
+    };
+    Duration::from_secs_f64(secs.max(1.0))
+}
+
+/// Exponential backoff with ±25 % jitter: retry·2^(n-1), capped at `max`.
+pub fn backoff(failures: u32, retry: Duration, max: Duration, r: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = retry.saturating_mul(1u32 << exp).min(max);
+    let jittered = base.as_secs_f64() * (0.75 + 0.5 * r);
+    Duration::from_secs_f64(jittered.clamp(1.0, max.as_secs_f64().max(1.0)))
+}
+
+/// Tiny deterministic generator (SplitMix64) so the machine stays pure.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,395 @@
+//! SIP transports (RFC 3261 §18): one UDP socket per listen address shared by
+//! every connection, one TCP/TLS flow per remote reused by everyone, stream
+//! framing by Content-Length, CRLF keepalive (RFC 5626 §3.5.1).
+//!
+//! Inbound messages are parsed here and handed to an [`InboundHandler`]
+//! (the transaction layer) without an intermediate queue or global lock.
+
+mod stream;
+pub mod tls;
+mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Transport};
+use crate::sip::Message;
+
+pub use stream::Flow;
+
+/// Idle time after which a stream flow sends a CRLFCRLF ping.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Connect (and TLS handshake) deadline for outgoing flows.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind {transport} listener on {addr}: {source}")]
+    Bind {
+        transport: Transport,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("no {0} listener configured in sip.listen")]
+    NoListener(Transport),
+    #[error("connect to {remote} over {transport} failed: {source}")]
+    Connect {
+        transport: Transport,
+        remote: SocketAddr,
+        source: io::Error,
+    },
+    #[error("connect to {remote} over {transport} timed out")]
+    ConnectTimeout {
+        transport: Transport,
+        remote: SocketAddr,
+    },
+    #[error("TLS handshake with {remote} failed: {source}")]
+    Handshake {
+        remote: SocketAddr,
+        source: io::Error,
+    },
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    #[error("send to {remote} failed: {source}")]
+    Send {
+        remote: SocketAddr,
+        source: io::Error,
+    },
+    #[error("flow to {0} is closed")]
+    FlowClosed(SocketAddr),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A message received from the network.
+#[derive(Debug)]
+pub struct Inbound {
+    pub msg: Message,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// The flow it arrived on (TCP/TLS); responses go back over it.
+    pub flow: Option<Flow>,
+    /// The local address it arrived at.
+    pub local: SocketAddr,
+}
+
+/// Receives every parsed inbound message. Must not block: it runs on the
+/// receive loop of a socket.
+pub trait InboundHandler: Send + Sync + 'static {
+    fn handle(&self, inbound: Inbound);
+}
+
+/// Where one request goes: the socket or flow, and its address.
+#[derive(Debug, Clone)]
+pub enum Hop {
+    Udp {
+        socket: Arc<UdpSocket>,
+        remote: SocketAddr,
+    },
+    Stream(Flow),
+}
+
+impl Hop {
+    pub fn transport(&self) -> Transport {
+        match self {
+            Hop::Udp { .. } => Transport::Udp,
+            Hop::Stream(f) => f.transport(),
+        }
+    }
+
+    /// Retransmissions are needed only on unreliable transports (§17.1.1).
+    pub fn reliable(&self) -> bool {
+        !matches!(self, Hop::Udp { .. })
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        match self {
+            Hop::Udp { remote, .. } => *remote,
+            Hop::Stream(f) => f.remote(),
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        match self {
+            Hop::Udp { socket, .. } => socket
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0)),
+            Hop::Stream(f) => f.local(),
+        }
+    }
+
+    pub async fn send(&self, bytes: Bytes) -> Result<(), Error> {
+        match self {
+            Hop::Udp { socket, remote } => socket
+                .send_to(&bytes, remote)
+                .await
+                .map(|_| ())
+                .map_err(|source| Error::Send {
+                    remote: *remote,
+                    source,
+                }),
+            Hop::Stream(flow) => flow.send(bytes).await,
+        }
+    }
+}
+
+/// The flow to one remote, if any; its async lock serialises connects.
+type FlowSlot = Arc<tokio::sync::Mutex<Option<Flow>>>;
+
+/// Cheap-clone handle on every socket and flow of the daemon.
+#[derive(Clone)]
+pub struct Transports {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp_listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
+    /// One slot per (transport, remote); the async mutex inside a slot
+    /// serialises connects to that remote only.
+    flows: Mutex<HashMap<(Transport, SocketAddr), FlowSlot>>,
+    tls_client: tls::ClientTls,
+    handler: Arc<dyn InboundHandler>,
+    cancel: CancellationToken,
+}
+
+impl Transports {
+    /// Binds every `sip.listen` address and starts the receive loops.
+    pub async fn bind(
+        config: &Config,
+        handler: Arc<dyn InboundHandler>,
+        cancel: CancellationToken,
+    ) -> Result<Transports, Error> {
+        let tls_client = tls::ClientTls::new(&config.tls)?;
+        let mut udp = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        let mut tls_listeners = Vec::new();
+        for l in &config.sip.listen {
+            let bind_err = |source| Error::Bind {
+                transport: l.transport,
+                addr: l.addr,
+                source,
+            };
+            match l.transport {
+                Transport::Udp => {
+                    let s = udp::bind(l.addr).map_err(bind_err)?;
+                    udp.push(Arc::new(s));
+                }
+                Transport::Tcp => tcp_listeners.push(
+                    tokio::net::TcpListener::bind(l.addr)
+                        .await
+                        .map_err(bind_err)?,
+                ),
+                Transport::Tls => tls_listeners.push(
+                    tokio::net::TcpListener::bind(l.addr)
+                        .await
+                        .map_err(bind_err)?,
+                ),
+            }
+        }
+        let acceptor = if tls_listeners.is_empty() {
+            None
+        } else {
+            Some(tls::server_acceptor(&config.tls)?)
+        };
+        let inner = Arc::new(Inner {
+            tcp_listen: tcp_listeners.first().and_then(|l| l.local_addr().ok()),
+            tls_listen: tls_listeners.first().and_then(|l| l.local_addr().ok()),
+            udp,
+            flows: Mutex::new(HashMap::new()),
+            tls_client,
+            handler,
+            cancel,
+        });
+        let this = Transports { inner };
+        for s in &this.inner.udp {
+            tokio::spawn(udp::recv_loop(this.clone(), s.clone()));
+        }
+        for l in tcp_listeners {
+            tokio::spawn(stream::accept_loop(this.clone(), l, None));
+        }
+        for l in tls_listeners {
+            tokio::spawn(stream::accept_loop(this.clone(), l, acceptor.clone()));
+        }
+        Ok(this)
+    }
+
+    pub(crate) fn handler(&self) -> &Arc<dyn InboundHandler> {
+        &self.inner.handler
+    }
+
+    pub(crate) fn cancel_token(&self) -> &CancellationToken {
+        &self.inner.cancel
+    }
+
+    /// Local addresses of the UDP sockets.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.inner
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// The local listener address for a transport, if any.
+    pub fn listen_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        match transport {
+            Transport::Udp => self.udp_addrs().into_iter().next(),
+            Transport::Tcp => self.inner.tcp_listen,
+            Transport::Tls => self.inner.tls_listen,
+        }
+    }
+
+    /// The UDP socket to use towards `remote`: same address family, and the
+    /// socket bound to the remote's address when there is one (so that a
+    /// test on 127.0.0.x talks from the address it listens on).
+    fn udp_socket_for(&self, remote: SocketAddr) -> Option<Arc<UdpSocket>> {
+        let same_family = |s: &&Arc<UdpSocket>| {
+            s.local_addr()
+                .map(|a| a.is_ipv4() == remote.is_ipv4())
+                .unwrap_or(false)
+        };
+        self.inner.udp.iter().find(same_family).cloned()
+    }
+
+    /// Gets the hop towards `remote`: the shared UDP socket, or the existing
+    /// TCP/TLS flow (connecting one if there is none). `server_name` is the
+    /// name a TLS server certificate must match (RFC 5922 §7).
+    pub async fn hop(
+        &self,
+        transport: Transport,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<Hop, Error> {
+        match transport {
+            Transport::Udp => {
+                let socket = self
+                    .udp_socket_for(remote)
+                    .ok_or(Error::NoListener(Transport::Udp))?;
+                Ok(Hop::Udp { socket, remote })
+            }
+            Transport::Tcp | Transport::Tls => {
+                let slot = {
+                    let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+                    flows.entry((transport, remote)).or_default().clone()
+                };
+                let mut guard = slot.lock().await;
+                if let Some(flow) = guard.as_ref().filter(|f| !f.is_closed()) {
+                    return Ok(Hop::Stream(flow.clone()));
+                }
+                let flow = stream::connect(self, transport, remote, server_name).await?;
+                *guard = Some(flow.clone());
+                Ok(Hop::Stream(flow))
+            }
+        }
+    }
+
+    /// Sends a datagram from the socket bound at `local` (or any of the
+    /// right family).
+    pub async fn send_udp_from(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        let socket = self
+            .inner
+            .udp
+            .iter()
+            .find(|s| s.local_addr().map(|a| a == local).unwrap_or(false))
+            .cloned()
+            .or_else(|| self.udp_socket_for(remote))
+            .ok_or(Error::NoListener(Transport::Udp))?;
+        socket
+            .send_to(bytes, remote)
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Send { remote, source })
+    }
+
+    /// Sends a response to an inbound request without waiting: over its
+    /// flow, or by UDP to the address RFC 3261 §18.2.2 and RFC 3581 §4 give
+    /// (source IP; source port when the Via has `rport`, else its sent-by
+    /// port). A full socket buffer drops it, as a lost datagram would.
+    pub fn reply(&self, to: &Inbound, bytes: Bytes) {
+        if let Some(flow) = &to.flow {
+            if !flow.try_send(bytes) {
+                tracing::debug!(?flow, "response dropped: flow closed or congested");
+            }
+            return;
+        }
+        let dest = match to.msg.top_via() {
+            Ok(via) if via.rport().is_none() => SocketAddr::new(
+                to.source.ip(),
+                via.port.unwrap_or(Transport::Udp.default_port()),
+            ),
+            _ => to.source,
+        };
+        let socket = self
+            .inner
+            .udp
+            .iter()
+            .find(|s| s.local_addr().map(|a| a == to.local).unwrap_or(false))
+            .cloned()
+            .or_else(|| self.udp_socket_for(dest));
+        if let Some(s) = socket
+            && let Err(e) = s.try_send_to(&bytes, dest)
+        {
+            tracing::debug!(%dest, error = %e, "response not sent");
+        }
+    }
+
+    /// Records a flow accepted from a remote so that our requests and
+    /// responses to that remote reuse it.
+    pub(crate) fn adopt_flow(&self, flow: &Flow) {
+        let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = flows.entry((flow.transport(), flow.remote())).or_default();
+        if let Ok(mut g) = slot.try_lock()
+            && g.as_ref().is_none_or(|f| f.is_closed())
+        {
+            *g = Some(flow.clone());
+        }
+    }
+
+    /// Forgets a closed flow.
+    pub(crate) fn forget_flow(&self, flow: &Flow) {
+        let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (flow.transport(), flow.remote());
+        let stale = flows
+            .get(&key)
+            .and_then(|slot| {
+                slot.try_lock()
+                    .ok()
+                    .map(|g| g.as_ref().map(|f| f.id()) == Some(flow.id()))
+            })
+            .unwrap_or(false);
+        if stale {
+            flows.remove(&key);
+        }
+    }
+
+    pub(crate) fn tls_client(&self) -> &tls::ClientTls {
+        &self.inner.tls_client
+    }
+
+    /// Number of open stream flows (for tests and metrics).
+    pub fn flow_count(&self) -> usize {
+        let flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+        flows
+            .values()
+            .filter(|slot| {
+                slot.try_lock()
+                    .map(|g| g.as_ref().map(|f| !f.is_closed()).unwrap_or(false))
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+}

@@ -1,0 +1,290 @@
+//! TCP and TLS flows (RFC 3261 §18.3): framing by Content-Length, CRLFCRLF
+//! ping answered with CRLF and sent when idle (RFC 5626 §3.5.1), closure
+//! reported to every user of the flow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::udp::RateLimited;
+use super::{CONNECT_TIMEOUT, Error, Inbound, KEEPALIVE_IDLE, Transports};
+use crate::config::Transport;
+use crate::sip::framing::{Frame, next_frame};
+use crate::sip::{Message, bad_request_response};
+
+/// Messages queued towards one flow before senders wait.
+const FLOW_QUEUE: usize = 256;
+
+static NEXT_FLOW_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A TCP or TLS connection, shared by everything that talks to its remote.
+#[derive(Clone)]
+pub struct Flow {
+    inner: Arc<FlowInner>,
+}
+
+struct FlowInner {
+    id: u64,
+    transport: Transport,
+    remote: SocketAddr,
+    local: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Flow#{}({} {} -> {})",
+            self.inner.id, self.inner.transport, self.inner.local, self.inner.remote
+        )
+    }
+}
+
+impl Flow {
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.inner.transport
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Resolves when the flow has closed.
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await
+    }
+
+    /// Closes the flow (both tasks end, users are told).
+    pub fn close(&self) {
+        self.inner.closed.cancel()
+    }
+
+    /// Queues bytes without waiting; false when the flow is closed or full.
+    pub fn try_send(&self, bytes: Bytes) -> bool {
+        !self.is_closed() && self.inner.tx.try_send(bytes).is_ok()
+    }
+
+    /// Queues bytes for the writer task.
+    pub async fn send(&self, bytes: Bytes) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::FlowClosed(self.inner.remote));
+        }
+        self.inner
+            .tx
+            .send(bytes)
+            .await
+            .map_err(|_| Error::FlowClosed(self.inner.remote))
+    }
+}
+
+pub(super) async fn connect(
+    t: &Transports,
+    transport: Transport,
+    remote: SocketAddr,
+    server_name: &str,
+) -> Result<Flow, Error> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+        Err(_) => return Err(Error::ConnectTimeout { transport, remote }),
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                transport,
+                remote,
+                source,
+            });
+        }
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().map_err(|source| Error::Connect {
+        transport,
+        remote,
+        source,
+    })?;
+    let flow = match transport {
+        Transport::Tls => {
+            let handshake = t.tls_client().connect(server_name, tcp);
+            let tls = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                Err(_) => return Err(Error::ConnectTimeout { transport, remote }),
+                Ok(r) => r?,
+            };
+            start(t, tls, transport, remote, local)
+        }
+        _ => start(t, tcp, transport, remote, local),
+    };
+    tracing::debug!(?flow, "flow connected");
+    Ok(flow)
+}
+
+pub(super) async fn accept_loop(t: Transports, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let cancel = t.cancel_token().clone();
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, %transport, "accept failed");
+                    // EMFILE and friends: yield so we do not spin.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
+        let t = t.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let flow = match tls {
+                None => start(&t, tcp, transport, remote, local),
+                Some(acceptor) => {
+                    match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => start(&t, s, transport, remote, local),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%remote, error = %e, "inbound TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%remote, "inbound TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            t.adopt_flow(&flow);
+        });
+    }
+}
+
+/// Spawns the reader and writer tasks of a connected stream.
+fn start<S>(
+    t: &Transports,
+    stream: S,
+    transport: Transport,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+    let closed = t.cancel_token().child_token();
+    let flow = Flow {
+        inner: Arc::new(FlowInner {
+            id: NEXT_FLOW_ID.fetch_add(1, Ordering::Relaxed),
+            transport,
+            remote,
+            local,
+            tx,
+            closed,
+        }),
+    };
+    let (reader, writer) = tokio::io::split(stream);
+    tokio::spawn(write_loop(writer, rx, flow.inner.closed.clone()));
+    tokio::spawn(read_loop(t.clone(), reader, flow.clone()));
+    flow
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    closed: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = closed.cancelled() => break,
+            m = rx.recv() => m,
+            // Idle: CRLFCRLF ping keeps NAT bindings and lets the peer see
+            // we are alive (RFC 5626 §3.5.1).
+            _ = tokio::time::sleep(KEEPALIVE_IDLE) => Some(Bytes::from_static(b"\r\n\r\n")),
+        };
+        let Some(bytes) = next else { break };
+        if let Err(e) = w.write_all(&bytes).await {
+            tracing::debug!(error = %e, "flow write failed");
+            break;
+        }
+    }
+    closed.cancel();
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(t: Transports, mut r: R, flow: Flow) {
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut warn = RateLimited::new(std::time::Duration::from_secs(5));
+    'outer: loop {
+        let n = tokio::select! {
+            _ = flow.closed() => break,
+            n = r.read_buf(&mut buf) => n,
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match next_frame(&buf) {
+                Frame::Incomplete => break,
+                Frame::Ping => {
+                    buf.advance(4);
+                    let _ = flow.inner.tx.try_send(Bytes::from_static(b"\r\n"));
+                }
+                Frame::Pong => buf.advance(2),
+                Frame::Invalid(err) => {
+                    // The byte stream cannot be re-synchronised: close it.
+                    tracing::warn!(?flow, error = %err, "unframeable data on flow, closing");
+                    break 'outer;
+                }
+                Frame::Message(len) => {
+                    let frame = buf.split_to(len).freeze();
+                    match Message::parse_stream(frame.clone()) {
+                        Ok(msg) => t.handler().handle(Inbound {
+                            msg,
+                            source: flow.remote(),
+                            transport: flow.transport(),
+                            flow: Some(flow.clone()),
+                            local: flow.local(),
+                        }),
+                        Err(err) => {
+                            if warn.allow() {
+                                tracing::warn!(?flow, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP message");
+                            }
+                            if let Some(resp) = bad_request_response(&frame, &err) {
+                                let _ = flow.inner.tx.try_send(Bytes::from(resp));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    flow.close();
+    t.forget_flow(&flow);
+    tracing::debug!(?flow, "flow closed");
+}

@@ -1,0 +1,104 @@
+//! UDP receive loop (RFC 3261 §18.2.1): one per listen socket. Malformed
+//! requests get a 400 when they can be answered (§8.2.2); keepalive
+//! datagrams (CRLF, RFC 5626 §3.5.1 over UDP) are ignored.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+
+use super::{Inbound, Transports};
+use crate::config::Transport;
+use crate::sip::{Message, bad_request_response};
+
+pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>) {
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    let mut buf = vec![0u8; 65_536];
+    let mut warn = RateLimited::new(Duration::from_secs(5));
+    let cancel = t.cancel_token().clone();
+    loop {
+        let (n, source) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // ICMP errors surface here on some kernels; the socket stays usable.
+                    tracing::debug!(%local, error = %e, "udp receive error");
+                    continue;
+                }
+            },
+        };
+        let data = &buf[..n];
+        if data
+            .iter()
+            .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+        {
+            continue;
+        }
+        let bytes = Bytes::copy_from_slice(data);
+        match Message::parse_datagram(bytes) {
+            Ok(msg) => t.handler().handle(Inbound {
+                msg,
+                source,
+                transport: Transport::Udp,
+                flow: None,
+                local,
+            }),
+            Err(err) => {
+                if warn.allow() {
+                    tracing::warn!(%source, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP datagram");
+                }
+                if let Some(resp) = bad_request_response(data, &err) {
+                    let _ = socket.send_to(&resp, source).await;
+                }
+            }
+        }
+    }
+}
+
+/// Lets one log line through per interval and counts the rest, so a flood
+/// of garbage cannot fill the disk.
+pub(crate) struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    pub(crate) fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    pub(crate) fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.every => {
+                self.suppressed += 1;
+                false
+            }
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+
+    pub(crate) fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
