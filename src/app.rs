@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Transport};
 use crate::registration::{Context, Supervisor};
 use crate::transaction::Layer;
+use crate::transaction::client::Timers;
 use crate::transport::{self, Transports};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,12 @@ pub struct App {
 impl App {
     /// Binds every listener and starts every registration.
     pub async fn start(config: Config) -> Result<App, AppError> {
+        App::start_with_timers(config, Timers::default()).await
+    }
+
+    /// Like [`App::start`] with other RFC 3261 timer values (tests use a
+    /// short T1 so that Timer F fires in seconds).
+    pub async fn start_with_timers(config: Config, timers: Timers) -> Result<App, AppError> {
         let config = Arc::new(config);
         let has_udp = config
             .sip
@@ -57,7 +64,9 @@ impl App {
         for l in &config.sip.listen {
             tracing::info!(transport = %l.transport, addr = %l.addr, "listening");
         }
-        let ctx = Arc::new(Context::new(config.clone(), layer, transports.clone()));
+        let mut ctx = Context::new(config.clone(), layer, transports.clone());
+        ctx.timers = timers;
+        let ctx = Arc::new(ctx);
         let mut supervisor = Supervisor::new(ctx);
         for c in &config.connections {
             supervisor.start(c.clone());

@@ -519,3 +519,18 @@ fn odd_shapes_are_reported_not_panics() {
         "1: connection[0].connection_name: missing required key"
     );
 }
+
+#[test]
+fn proxy_with_numeric_host_and_scheme() {
+    let p: ProxyUri = "sip:127.0.0.10:5060".parse().unwrap();
+    assert_eq!(
+        (p.host.as_str(), p.port, p.tls),
+        ("127.0.0.10", Some(5060), false)
+    );
+    let p: ProxyUri = "sips:10.0.0.1".parse().unwrap();
+    assert_eq!((p.host.as_str(), p.port, p.tls), ("10.0.0.1", None, true));
+    let p: ProxyUri = "sip:[2001:db8::1]:5070".parse().unwrap();
+    assert_eq!((p.host.as_str(), p.port), ("2001:db8::1", Some(5070)));
+    let p: ProxyUri = "10.0.0.1:5070".parse().unwrap();
+    assert_eq!((p.host.as_str(), p.port), ("10.0.0.1", Some(5070)));
+}

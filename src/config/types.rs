@@ -221,12 +221,17 @@ impl<'de> Deserialize<'de> for ProxyUri {
 /// Splits an optional `sip:` / `sips:` scheme; any other scheme is an error.
 fn split_scheme(s: &str) -> Result<(bool, &str), String> {
     if let Some((scheme, rest)) = s.split_once(':') {
-        let is_scheme = !scheme.is_empty()
-            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-".contains(c))
-            && !rest.starts_with(|c: char| c.is_ascii_digit());
+        // `sip:`/`sips:` always is the scheme (`sip:10.0.0.1:5060`); another
+        // alphabetic prefix not followed by a port number is an unsupported
+        // scheme, while `host:5060` is a host and port.
+        let sip_scheme = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
+        let is_scheme = sip_scheme
+            || !scheme.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-".contains(c))
+                && !rest.starts_with(|c: char| c.is_ascii_digit());
         if is_scheme {
             return if scheme.eq_ignore_ascii_case("sip") {
                 Ok((false, rest))

@@ -226,17 +226,17 @@ impl Driver {
             tracing::info!(
                 connection_id = %self.conn.id,
                 connection_name = %self.conn.connection_name,
-                status = snap.status.label(),
+                status = %snap.status.label(),
                 code = snap.status.code(),
-                last_response = snap.last_response.as_deref().unwrap_or(""),
-                registrar = snap.last_registered_ip.as_deref().unwrap_or(""),
+                last_response = %snap.last_response.as_deref().unwrap_or(""),
+                registrar = %snap.last_registered_ip.as_deref().unwrap_or(""),
                 "registration status changed"
             );
         } else {
             tracing::debug!(
                 connection_id = %self.conn.id,
-                status = snap.status.label(),
-                last_response = snap.last_response.as_deref().unwrap_or(""),
+                status = %snap.status.label(),
+                last_response = %snap.last_response.as_deref().unwrap_or(""),
                 "registration updated"
             );
         }
