@@ -272,7 +272,7 @@ impl TcpRegistrar {
 }
 
 enum Got {
-    Msg(Message),
+    Msg(Box<Message>),
     Pong,
 }
 
@@ -282,7 +282,9 @@ impl TcpPeer {
             match next_frame(&self.buf) {
                 Frame::Message(n) => {
                     let frame = self.buf.split_to(n).freeze();
-                    return Got::Msg(Message::parse_stream(frame).expect("valid SIP on the flow"));
+                    return Got::Msg(Box::new(
+                        Message::parse_stream(frame).expect("valid SIP on the flow"),
+                    ));
                 }
                 Frame::Pong => {
                     let _ = self.buf.split_to(2);
@@ -305,7 +307,7 @@ impl TcpPeer {
 
     async fn request(&mut self) -> Message {
         match self.next().await {
-            Got::Msg(m) => m,
+            Got::Msg(m) => *m,
             Got::Pong => panic!("expected a request, got a pong"),
         }
     }
