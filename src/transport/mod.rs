@@ -248,6 +248,17 @@ impl Transports {
         }
     }
 
+    /// The specific IP our `transport` listener is bound to (TCP's for TLS
+    /// when there is no TLS listener), when it matches `remote`'s family;
+    /// outgoing flows are bound to it.
+    pub fn source_ip(&self, transport: Transport, remote: SocketAddr) -> Option<IpAddr> {
+        let listen = self
+            .listen_addr(transport)
+            .or_else(|| self.listen_addr(Transport::Tcp))?;
+        let ip = listen.ip();
+        (!ip.is_unspecified() && ip.is_ipv4() == remote.is_ipv4()).then_some(ip)
+    }
+
     /// The UDP socket to use towards `remote`: same address family, and the
     /// socket bound to the remote's address when there is one (so that a
     /// test on 127.0.0.x talks from the address it listens on).

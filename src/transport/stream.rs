@@ -2,13 +2,13 @@
 //! ping answered with CRLF and sent when idle (RFC 5626 §3.5.1), closure
 //! reported to every user of the flow.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,8 @@ pub(super) async fn connect(
     remote: SocketAddr,
     server_name: &str,
 ) -> Result<Flow, Error> {
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+    let source = t.source_ip(transport, remote);
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect_from(source, remote)).await {
         Err(_) => return Err(Error::ConnectTimeout { transport, remote }),
         Ok(Err(source)) => {
             return Err(Error::Connect {
@@ -134,6 +135,21 @@ pub(super) async fn connect(
     };
     tracing::debug!(?flow, "flow connected");
     Ok(flow)
+}
+
+/// Connects from `source` (the listener's address, so that what the peer
+/// sees matches our Via and Contact) or from wherever the kernel picks.
+async fn connect_from(source: Option<IpAddr>, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(remote).await;
+    };
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(remote).await
 }
 
 pub(super) async fn accept_loop(t: Transports, listener: TcpListener, tls: Option<TlsAcceptor>) {

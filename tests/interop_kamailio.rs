@@ -1,0 +1,139 @@
+//! uacd against Kamailio as a digest-checking registrar (tests/kamailio/
+//! registrar.cfg) over UDP, TCP and TLS, on 127.0.0.30..39. The binding is
+//! read back from Kamailio's usrloc; SIGTERM must remove it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Kamailio, KamailioOpts, Uacd, require_peer, temp_dir, test_ip};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(ip: &str, proxy: &str, transport: &str, tls: &str) -> String {
+    format!(
+        r#"[sip]
+listen = ["udp:{ip}:5070", "tcp:{ip}:5070"]
+[tls]
+{tls}
+[api]
+listen = "127.0.0.1:0"
+[[api.tokens]]
+token = "test-token"
+user_id = "1"
+[registration]
+retry_interval_sec = 30
+[[connection]]
+id = "k1"
+connection_name = "Kamailio PBX"
+user_name = "uacd-k1"
+[connection.external_uac_settings]
+proxy = "{proxy}"
+transport = "{transport}"
+username = "telnyx-reg"
+password = "s3cret"
+expiration_sec = 600
+"#
+    )
+}
+
+fn kamailio(n: u8, tls: Option<(std::path::PathBuf, std::path::PathBuf)>, dir: &Path) -> Kamailio {
+    require_peer("kamailio");
+    require_peer("kamcmd");
+    let mut opts = KamailioOpts::new(test_ip(n), 5060, "s3cret");
+    if tls.is_some() {
+        opts.tls_port = Some(5061);
+        opts.tls_cert = tls;
+    }
+    Kamailio::start(opts, dir)
+}
+
+/// Registers, checks the binding (and its transport) in usrloc, stops uacd and checks that the
+/// binding is gone.
+fn register_and_unregister(kam: &Kamailio, mut uacd: Uacd, contact: &str, transport: &str) {
+    uacd.wait_for_log("status=success", WAIT);
+    let dump = kam
+        .wait_for_binding(contact, WAIT)
+        .unwrap_or_else(|e| panic!("{e}\nuacd log:\n{}", common::tail(uacd.log_path(), 40)));
+    assert!(dump.contains("Expires: 6"), "granted ~600 s:\n{dump}");
+    assert!(
+        dump.contains(&format!(";transport={transport}")),
+        "binding over {transport}:\n{dump}"
+    );
+    let status = uacd.terminate(Duration::from_secs(10)).expect("uacd exits");
+    assert_eq!(status.code(), Some(0));
+    let dump = kam.ul_dump();
+    assert!(
+        !dump.contains(contact),
+        "binding removed by Expires: 0:\n{dump}"
+    );
+}
+
+#[test]
+fn registers_over_udp() {
+    let dir = temp_dir("kam-udp");
+    let ip = test_ip(30).to_string();
+    let kam = kamailio(30, None, &dir);
+    let uacd = Uacd::start(&config(&ip, &format!("sip:{ip}:5060"), "UDP", ""), &dir);
+    register_and_unregister(&kam, uacd, &format!("sip:uacd-k1@{ip}:5070;"), "udp");
+}
+
+#[test]
+fn registers_over_tcp() {
+    let dir = temp_dir("kam-tcp");
+    let ip = test_ip(31).to_string();
+    let kam = kamailio(31, None, &dir);
+    let uacd = Uacd::start(&config(&ip, &format!("sip:{ip}:5060"), "TCP", ""), &dir);
+    register_and_unregister(&kam, uacd, &format!("sip:uacd-k1@{ip}:5070;"), "tcp");
+}
+
+/// A private CA and a PBX certificate it signed, valid for `pbx.test` and
+/// the PBX's IP; returns (ca.pem, cert.pem, key.pem).
+fn pki(dir: &Path, ip: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["pbx.test".to_owned(), ip.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("pbx.pem"), dir.join("pbx.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn registers_over_tls_verifying_the_pbx_certificate() {
+    let dir = temp_dir("kam-tls");
+    let ip = test_ip(32).to_string();
+    let (ca, cert, key) = pki(&dir, &ip);
+    let kam = kamailio(32, Some((cert, key)), &dir);
+    let tls = format!("ca_file = \"{}\"", ca.display());
+    let uacd = Uacd::start(&config(&ip, &format!("sips:{ip}:5061"), "TLS", &tls), &dir);
+    // No tls: listener, so the Contact names the flow itself (its local
+    // port): the PBX reaches us back over the registration's connection.
+    register_and_unregister(&kam, uacd, &format!("sip:uacd-k1@{ip}:"), "tls");
+}
+
+#[test]
+fn tls_to_an_unknown_certificate_fails_by_default() {
+    let dir = temp_dir("kam-tls-unverified");
+    let ip = test_ip(33).to_string();
+    let (_ca, cert, key) = pki(&dir, &ip);
+    let kam = kamailio(33, Some((cert, key)), &dir);
+    // No ca_file: the private CA is unknown, so the handshake must fail.
+    let uacd = Uacd::start(&config(&ip, &format!("sips:{ip}:5061"), "TLS", ""), &dir);
+    let line = uacd.wait_for_log("status=failed", WAIT);
+    assert!(line.contains("503 Service Unavailable"), "{line}");
+    assert!(
+        !kam.ul_dump().contains("uacd-k1"),
+        "no binding without verification"
+    );
+}
