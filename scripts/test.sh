@@ -68,9 +68,13 @@ run_tests() {
   set -e
   echo "---- summary: $* ----"
   grep -E '^(test result:|     Running|   Doc-tests)|FAILED|panicked' "$out" | grep -v '^test .* ok$' || true
+  grep -E '^test result:' "$out" >>"$ALL_RESULTS" || true
   rm -f "$out"
   return "$rc"
 }
+
+ALL_RESULTS=$(mktemp)
+trap 'rm -f "$ALL_RESULTS"' EXIT
 
 log "cargo test --all-targets"
 run_tests cargo test --all-targets "$@"
@@ -80,3 +84,6 @@ if [ -f src/lib.rs ]; then
   run_tests cargo test --doc "$@"
 fi
 log "all checks passed"
+# One closing line with the totals over every test binary.
+awk '{ for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$ALL_RESULTS"
