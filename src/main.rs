@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_CONFIG: &str = "/etc/uacd/uacd.toml";
@@ -104,7 +104,16 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
+        // Handlers first: a signal during start-up must not kill the daemon
+        // with bindings left on the PBXes.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let app = match uacd::app::App::start(config).await {
             Ok(app) => app,
             Err(e) => {
@@ -112,30 +121,48 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        app.run_until(shutdown_signal()).await;
+        app.run_until(signals.shutdown()).await;
         ExitCode::SUCCESS
-    })
+    });
+    // Blocking threads (getaddrinfo on a dead resolver) must not hold the
+    // exit past the unregistration deadline.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+
+    /// Resolves on the first SIGTERM or SIGINT; a second one exits at once
+    /// (status 130). SIGHUP is logged and otherwise ignored until reload
+    /// exists, instead of killing the daemon.
+    async fn shutdown(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; running configuration unchanged"),
+            }
         }
-        tracing::warn!("second signal: exiting without unregistering");
-        std::process::exit(1);
-    });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting without unregistering");
+            std::process::exit(130);
+        });
+    }
 }

@@ -137,3 +137,21 @@ fn tls_to_an_unknown_certificate_fails_by_default() {
         "no binding without verification"
     );
 }
+
+#[test]
+fn wrong_password_is_tried_once_not_until_a_ban() {
+    let dir = temp_dir("kam-wrong-password");
+    let ip = test_ip(34).to_string();
+    let kam = kamailio(34, None, &dir);
+    let cfg = config(&ip, &format!("sip:{ip}:5060"), "UDP", "")
+        .replace("password = \"s3cret\"", "password = \"wrong\"");
+    let uacd = Uacd::start(&cfg, &dir);
+    let line = uacd.wait_for_log("status=failed", WAIT);
+    assert!(line.contains("last_response=401 Unauthorized"), "{line}");
+    // Kamailio answers every REGISTER with a fresh nonce: we must have sent
+    // exactly two (the first, and one answer), then backed off.
+    let log = std::fs::read_to_string(kam.log_path()).unwrap();
+    let registers = log.lines().filter(|l| l.contains("challenging")).count();
+    assert_eq!(registers, 2, "{log}");
+    assert!(!kam.ul_dump().contains("uacd-k1"));
+}

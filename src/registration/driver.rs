@@ -51,6 +51,9 @@ impl Snapshot {
 
 type Inflight = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
+/// Longest timer the driver arms.
+const MAX_TIMER: Duration = Duration::from_secs(365 * 86_400);
+
 /// Result of one REGISTER transaction, as the machine will see it.
 struct Outcome {
     event: Event,
@@ -172,9 +175,14 @@ impl Driver {
     /// Takes what a transaction taught us; true when our address as seen by
     /// the registrar changed under a binding (re-register at once).
     fn absorb(&mut self, outcome: &Outcome) -> bool {
-        if let Some(hop) = &outcome.hop {
-            self.hop = Some(hop.clone());
-        }
+        // Keep the hop only when the registrar answered over it: after a
+        // timeout or transport error the next attempt resolves and connects
+        // afresh, and a closed flow that never carried a binding must not
+        // trigger an immediate Rebind (which would bypass the backoff).
+        self.hop = match outcome.event {
+            Event::Reply(_) => outcome.hop.clone(),
+            _ => None,
+        };
         let (Some(seen), Some(advertised)) = (outcome.seen_as, outcome.advertised) else {
             return false;
         };
@@ -196,7 +204,10 @@ impl Driver {
         for action in actions {
             match action {
                 Action::Send(register) => *inflight = Some(self.transaction(register, paced)),
-                Action::Arm(timer, d) => *self.deadline(timer) = Some(Instant::now() + d),
+                // Clamped so that no configured interval can overflow Instant.
+                Action::Arm(timer, d) => {
+                    *self.deadline(timer) = Some(Instant::now() + d.min(MAX_TIMER))
+                }
                 Action::Disarm(timer) => *self.deadline(timer) = None,
                 Action::Publish(p) => self.publish(p),
                 Action::Finished => {}
@@ -259,6 +270,7 @@ impl Driver {
             }),
             learned: self.learned,
             paced,
+            stop: self.stop.clone(),
         };
         Box::pin(job.run())
     }
@@ -275,12 +287,18 @@ struct Job {
     hop: Option<Hop>,
     learned: Option<SocketAddr>,
     paced: bool,
+    stop: CancellationToken,
 }
 
 impl Job {
     async fn run(self) -> Outcome {
         if self.paced {
-            self.ctx.pacer.wait().await;
+            // Slots may be far ahead at start-up: a stop while waiting must
+            // not be followed by a REGISTER that creates a binding.
+            tokio::select! {
+                _ = self.stop.cancelled() => return Outcome::event(Event::TransportError),
+                _ = self.ctx.pacer.wait() => {}
+            }
         }
         let ext = &self.conn.external_uac_settings;
         let Some(proxy) = ext.proxy.as_ref() else {
@@ -298,12 +316,11 @@ impl Job {
                 }
             },
         };
-        let advertised = self.advertised(&hop, transport);
-        let sent_by = advertised.to_string();
+        let (sent_by, advertised) = self.advertised(&hop, transport);
         let contact = format!(
             "sip:{}@{};transport={}",
             self.conn.user_name,
-            advertised,
+            sent_by,
             transport.uri_param()
         );
         let request_uri = proxy.request_uri();
@@ -370,7 +387,7 @@ impl Job {
                     event: Event::Reply(reply),
                     hop: Some(hop),
                     seen_as,
-                    advertised: Some(advertised),
+                    advertised,
                 };
             }
             Err(TxError::Timeout) => Event::Timeout,
@@ -383,7 +400,7 @@ impl Job {
             event,
             hop: Some(hop),
             seen_as: None,
-            advertised: Some(advertised),
+            advertised,
         }
     }
 
@@ -397,14 +414,20 @@ impl Job {
             .map_err(|e| e.to_string())
     }
 
-    /// The address we put in Via and Contact.
-    fn advertised(&self, hop: &Hop, transport: Transport) -> SocketAddr {
+    /// The `host:port` we put in Via and Contact, and the socket address it
+    /// is when we chose it ourselves (None for a configured public address,
+    /// which is never replaced by what the registrar reports).
+    fn advertised(&self, hop: &Hop, transport: Transport) -> (String, Option<SocketAddr>) {
         let listen_port = self.ctx.transports.listen_addr(transport).map(|a| a.port());
-        if let Some((ip, port)) = self.ctx.public {
-            return SocketAddr::new(ip, port.or(listen_port).unwrap_or(transport.default_port()));
+        if let Some(public) = &self.ctx.public {
+            let port = public
+                .port
+                .or(listen_port)
+                .unwrap_or(transport.default_port());
+            return (format!("{}:{port}", public.host), None);
         }
         if let Some(learned) = self.learned.filter(|_| transport == Transport::Udp) {
-            return learned;
+            return (learned.to_string(), Some(learned));
         }
         let local = hop.local();
         let ip = if local.ip().is_unspecified() {
@@ -416,7 +439,8 @@ impl Job {
             Transport::Udp => local.port(),
             _ => listen_port.unwrap_or(local.port()),
         };
-        SocketAddr::new(ip, port)
+        let addr = SocketAddr::new(ip, port);
+        (addr.to_string(), Some(addr))
     }
 }
 

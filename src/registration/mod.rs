@@ -29,7 +29,7 @@ pub struct Context {
     pub pacer: Pacer,
     pub timers: Timers,
     /// `sip.public_address`, parsed.
-    pub public: Option<(IpAddr, Option<u16>)>,
+    pub public: Option<PublicAddress>,
 }
 
 impl Context {
@@ -50,16 +50,55 @@ impl Context {
     }
 }
 
-/// `1.2.3.4`, `1.2.3.4:5060`, `[::1]:5060`, `::1`.
-fn parse_host_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
+/// `sip.public_address`: the host as it goes into Via and Contact (IPv6
+/// bracketed) and the optional port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicAddress {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// `1.2.3.4`, `1.2.3.4:5060`, `[::1]:5060`, `::1`, `edge.example.com[:5060]`.
+fn parse_host_port(s: &str) -> Option<PublicAddress> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some((ip, None));
+        return Some(PublicAddress {
+            host: bracket(ip),
+            port: None,
+        });
     }
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Some((sa.ip(), Some(sa.port())));
+        return Some(PublicAddress {
+            host: bracket(sa.ip()),
+            port: Some(sa.port()),
+        });
     }
-    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
-    inner.parse().ok().map(|ip| (ip, None))
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner.parse().ok().map(|ip| PublicAddress {
+            host: bracket(ip),
+            port: None,
+        });
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => Some(PublicAddress {
+            host: host.to_owned(),
+            port: Some(port.parse().ok()?),
+        }),
+        None => Some(PublicAddress {
+            host: s.to_owned(),
+            port: None,
+        }),
+    }
+}
+
+fn bracket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
 }
 
 /// Spaces new registration attempts across all connections: at most
@@ -117,22 +156,31 @@ mod tests {
 
     #[test]
     fn public_address_forms() {
-        assert_eq!(
-            parse_host_port("203.0.113.10"),
-            Some(("203.0.113.10".parse().unwrap(), None))
-        );
+        let p = |h: &str, port| {
+            Some(PublicAddress {
+                host: h.into(),
+                port,
+            })
+        };
+        assert_eq!(parse_host_port("203.0.113.10"), p("203.0.113.10", None));
         assert_eq!(
             parse_host_port("203.0.113.10:5070"),
-            Some(("203.0.113.10".parse().unwrap(), Some(5070)))
+            p("203.0.113.10", Some(5070))
         );
         assert_eq!(
             parse_host_port("[2001:db8::1]:5060"),
-            Some(("2001:db8::1".parse().unwrap(), Some(5060)))
+            p("[2001:db8::1]", Some(5060))
+        );
+        assert_eq!(parse_host_port("[2001:db8::1]"), p("[2001:db8::1]", None));
+        assert_eq!(parse_host_port("2001:db8::1"), p("[2001:db8::1]", None));
+        assert_eq!(
+            parse_host_port("edge.example.com"),
+            p("edge.example.com", None)
         );
         assert_eq!(
-            parse_host_port("[2001:db8::1]"),
-            Some(("2001:db8::1".parse().unwrap(), None))
+            parse_host_port("edge.example.com:5070"),
+            p("edge.example.com", Some(5070))
         );
-        assert_eq!(parse_host_port("host.example"), None);
+        assert_eq!(parse_host_port("edge.example.com:x"), None);
     }
 }

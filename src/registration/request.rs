@@ -60,7 +60,8 @@ pub fn build(r: &RegisterRequest<'_>) -> Vec<u8> {
     }
     let _ = write!(
         s,
-        "Allow: OPTIONS, INVITE, ACK, BYE, CANCEL\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+        "Allow: {}\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+        crate::transaction::ALLOW,
         r.user_agent
     );
     s.into_bytes()

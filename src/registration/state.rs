@@ -197,6 +197,11 @@ pub struct Machine {
     nonces: NonceCounts,
     /// Nonces answered in the request in flight.
     in_flight_nonces: Vec<String>,
+    /// (kind, realm) answered in the request in flight from a challenge of
+    /// this attempt (not a pre-emptive answer from the cache).
+    in_flight_fresh: Vec<(AuthKind, String)>,
+    /// Challenges received in this attempt.
+    fresh: Vec<(AuthKind, String)>,
     in_flight_expires: u32,
     auth_rounds: u32,
     failures: u32,
@@ -219,6 +224,8 @@ impl Machine {
             challenges: Vec::new(),
             nonces: NonceCounts::default(),
             in_flight_nonces: Vec::new(),
+            in_flight_fresh: Vec::new(),
+            fresh: Vec::new(),
             in_flight_expires: settings.expires,
             auth_rounds: 0,
             failures: 0,
@@ -291,6 +298,7 @@ impl Machine {
                     Action::Disarm(RegTimer::Retry),
                 ];
                 self.auth_rounds = 0;
+                self.fresh.clear();
                 out.push(self.send(0));
                 out
             }
@@ -313,6 +321,7 @@ impl Machine {
 
     fn begin_attempt(&mut self) -> Vec<Action> {
         self.auth_rounds = 0;
+        self.fresh.clear();
         let expires = self.expires;
         vec![self.send(expires)]
     }
@@ -322,6 +331,7 @@ impl Machine {
         self.phase = Phase::Sending;
         self.in_flight_expires = expires;
         self.in_flight_nonces.clear();
+        self.in_flight_fresh.clone_from(&self.fresh);
         let mut answers = Vec::with_capacity(self.challenges.len());
         for (kind, ch) in &self.challenges {
             let nc = self.nonces.next(&ch.realm, &ch.nonce);
@@ -349,6 +359,7 @@ impl Machine {
                 // created.
                 self.bound = true;
                 self.auth_rounds = 0;
+                self.fresh.clear();
                 vec![self.send(0)]
             }
             200..=299 => self.on_registered(reply),
@@ -399,18 +410,40 @@ impl Machine {
             // Nothing we can answer (unknown algorithm or scheme).
             return self.on_failure(reply.code, Some("no usable challenge"), false, None);
         }
-        // The same nonce refused again, without stale=true: the credentials
-        // are wrong (RFC 3261 §22.2, RFC 7616 §3.4).
-        let refused = reply
-            .challenges
-            .iter()
-            .any(|(_, ch)| !ch.stale && self.in_flight_nonces.contains(&ch.nonce));
+        // Refused again without stale=true: the same nonce, or a new one for
+        // a realm we already answered in this attempt (registrars such as
+        // Kamailio and Asterisk send a fresh nonce with every 401). Answer
+        // once, not until fail2ban notices (RFC 3261 §22.2, RFC 7616 §3.4).
+        // A pre-emptive answer from the cache may be refused once.
+        let refused = reply.challenges.iter().any(|(kind, ch)| {
+            !ch.stale
+                && (self.in_flight_nonces.contains(&ch.nonce)
+                    || self
+                        .in_flight_fresh
+                        .iter()
+                        .any(|(k, realm)| k == kind && *realm == ch.realm))
+        });
         if refused || self.auth_rounds >= MAX_AUTH_ROUNDS {
             self.challenges.clear();
             return self.on_failure(reply.code, None, false, None);
         }
         self.auth_rounds += 1;
-        self.challenges = reply.challenges;
+        // Merge by (kind, realm): a 401 from the registrar must not drop the
+        // answer to the outbound proxy's 407 (RFC 3261 §22.3).
+        for (kind, ch) in reply.challenges {
+            let key = (kind, ch.realm.clone());
+            if !self.fresh.contains(&key) {
+                self.fresh.push(key);
+            }
+            match self
+                .challenges
+                .iter_mut()
+                .find(|(k, c)| *k == kind && c.realm == ch.realm)
+            {
+                Some(slot) => slot.1 = ch,
+                None => self.challenges.push((kind, ch)),
+            }
+        }
         let expires = self.in_flight_expires;
         vec![self.send(expires)]
     }
@@ -483,14 +516,16 @@ fn response_text(code: u16) -> String {
     format!("{code} {}", canonical_reason(code))
 }
 
-/// When to refresh a binding granted for `granted` seconds: leave room for a
-/// whole Timer F plus jitter on long expiries, refresh around 40–50 % on short
-/// ones, so that connections do not synchronise. `r` is uniform in [0, 1).
+/// When to refresh a binding granted for `granted` seconds: on long expiries
+/// leave room for two Timer F periods (a refresh that times out still has a
+/// retry before expiry) plus up to 10 % jitter; refresh at 40–50 % on short
+/// ones (the two formulas meet at 4·F), so connections do not synchronise.
+/// `r` is uniform in [0, 1).
 pub fn refresh_delay(granted: u32, timer_f: Duration, r: f64) -> Duration {
     let g = f64::from(granted);
     let f = timer_f.as_secs_f64();
     let secs = if g >= 4.0 * f {
-        g - f - g * 0.1 * r
+        g - 2.0 * f - g * 0.1 * r
     } else {
         g * (0.5 - 0.1 * r)
     };

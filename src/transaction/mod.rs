@@ -6,6 +6,8 @@
 pub mod client;
 mod server;
 
+pub use server::ALLOW;
+
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -106,7 +108,11 @@ impl Layer {
     ) -> Result<Message, TxError> {
         let (tx, mut rx) = mpsc::channel(4);
         let _registration = self.register(branch, method, tx);
-        hop.send(request.clone()).await?;
+        // Timer F bounds the first send too (a stream whose queue is full).
+        match tokio::time::timeout(timers.timeout(), hop.send(request.clone())).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(TxError::Timeout),
+        }
         let (mut machine, actions) = NonInviteClient::start(hop.reliable(), timers);
         let mut deadlines = Deadlines::default();
         let mut pending = actions;
@@ -134,6 +140,9 @@ impl Layer {
                 }
             }
             let event = tokio::select! {
+                // Responses first: a 200 queued just before the flow closed
+                // must win over the closure.
+                biased;
                 msg = rx.recv() => match msg {
                     Some(msg) => {
                         let code = msg.status().unwrap_or(0);

@@ -256,19 +256,35 @@ impl Transports {
             .listen_addr(transport)
             .or_else(|| self.listen_addr(Transport::Tcp))?;
         let ip = listen.ip();
-        (!ip.is_unspecified() && ip.is_ipv4() == remote.is_ipv4()).then_some(ip)
+        (!ip.is_unspecified()
+            && ip.is_ipv4() == remote.is_ipv4()
+            && ip.is_loopback() == remote.ip().is_loopback())
+        .then_some(ip)
     }
 
-    /// The UDP socket to use towards `remote`: same address family, and the
-    /// socket bound to the remote's address when there is one (so that a
-    /// test on 127.0.0.x talks from the address it listens on).
+    /// The UDP socket to use towards `remote`: same address family, and
+    /// one whose address can reach it (a loopback-bound socket only for a
+    /// loopback remote), preferring a specific address over a wildcard.
     fn udp_socket_for(&self, remote: SocketAddr) -> Option<Arc<UdpSocket>> {
-        let same_family = |s: &&Arc<UdpSocket>| {
-            s.local_addr()
-                .map(|a| a.is_ipv4() == remote.is_ipv4())
-                .unwrap_or(false)
+        let rank = |s: &Arc<UdpSocket>| -> Option<u8> {
+            let ip = s.local_addr().ok()?.ip();
+            if ip.is_ipv4() != remote.is_ipv4() {
+                return None;
+            }
+            if ip.is_unspecified() {
+                Some(1)
+            } else if ip.is_loopback() == remote.ip().is_loopback() {
+                Some(0)
+            } else {
+                None
+            }
         };
-        self.inner.udp.iter().find(same_family).cloned()
+        self.inner
+            .udp
+            .iter()
+            .filter_map(|s| rank(s).map(|r| (r, s)))
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, s)| s.clone())
     }
 
     /// Gets the hop towards `remote`: the shared UDP socket, or the existing
@@ -296,9 +312,22 @@ impl Transports {
                 if let Some(flow) = guard.as_ref().filter(|f| !f.is_closed()) {
                     return Ok(Hop::Stream(flow.clone()));
                 }
-                let flow = stream::connect(self, transport, remote, server_name).await?;
-                *guard = Some(flow.clone());
-                Ok(Hop::Stream(flow))
+                match stream::connect(self, transport, remote, server_name).await {
+                    Ok(flow) => {
+                        *guard = Some(flow.clone());
+                        Ok(Hop::Stream(flow))
+                    }
+                    Err(e) => {
+                        drop(guard);
+                        let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+                        if flows.get(&(transport, remote)).is_some_and(|s| {
+                            Arc::ptr_eq(s, &slot) && s.try_lock().is_ok_and(|g| g.is_none())
+                        }) {
+                            flows.remove(&(transport, remote));
+                        }
+                        Err(e)
+                    }
+                }
             }
         }
     }

@@ -21,6 +21,8 @@ use crate::sip::{Message, bad_request_response};
 
 /// Messages queued towards one flow before senders wait.
 const FLOW_QUEUE: usize = 256;
+/// A write that makes no progress for this long closes the flow.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 static NEXT_FLOW_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -166,8 +168,8 @@ pub(super) async fn accept_loop(t: Transports, listener: TcpListener, tls: Optio
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(error = %e, %transport, "accept failed");
-                    // EMFILE and friends: yield so we do not spin.
-                    tokio::task::yield_now().await;
+                    // EMFILE and friends: pause so we do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -243,9 +245,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = tokio::time::sleep(KEEPALIVE_IDLE) => Some(Bytes::from_static(b"\r\n\r\n")),
         };
         let Some(bytes) = next else { break };
-        if let Err(e) = w.write_all(&bytes).await {
-            tracing::debug!(error = %e, "flow write failed");
-            break;
+        // A peer that stops reading must not hold the flow forever.
+        match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "flow write failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!("flow write timed out; closing the flow");
+                break;
+            }
         }
     }
     closed.cancel();

@@ -200,12 +200,24 @@ fn stale_nonce_is_answered_again_without_failure() {
 }
 
 #[test]
-fn endlessly_changing_nonces_fail_after_bounded_rounds() {
+fn a_new_nonce_for_the_realm_just_answered_is_a_refusal() {
+    // Kamailio and Asterisk send a fresh nonce with every 401: wrong
+    // credentials are tried once per attempt, not until a ban.
+    let mut m = Machine::new(settings(), 1);
+    m.step(Event::Start);
+    assert_eq!(sends(&m.step(challenge("n1", false))).len(), 1);
+    let a = m.step(challenge("n2", false));
+    assert!(sends(&a).is_empty());
+    assert_eq!(published(&a).unwrap().status, RegStatus::Failed);
+}
+
+#[test]
+fn endless_stale_nonces_fail_after_bounded_rounds() {
     let mut m = Machine::new(settings(), 1);
     m.step(Event::Start);
     let mut sent = 0;
     for i in 0..10 {
-        let a = m.step(challenge(&format!("n{i}"), false));
+        let a = m.step(challenge(&format!("n{i}"), true));
         if sends(&a).is_empty() {
             assert_eq!(m.status(), RegStatus::Failed);
             break;
@@ -213,6 +225,28 @@ fn endlessly_changing_nonces_fail_after_bounded_rounds() {
         sent += 1;
     }
     assert_eq!(sent, MAX_AUTH_ROUNDS);
+}
+
+#[test]
+fn proxy_and_registrar_challenges_accumulate() {
+    let mut m = Machine::new(settings(), 1);
+    m.step(Event::Start);
+    let a = m.step(Event::Reply(Reply {
+        challenges: vec![(AuthKind::Proxy, ch("edge", "p1", false))],
+        ..reply(407)
+    }));
+    assert_eq!(only_send(&a).answers.len(), 1);
+    let a = m.step(challenge("w1", false));
+    let kinds: Vec<_> = only_send(&a).answers.iter().map(|a| a.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![AuthKind::Proxy, AuthKind::Www],
+        "the 407 answer is kept (§22.3)"
+    );
+    assert_eq!(
+        published(&m.step(ok(Some(600)))).unwrap().status,
+        RegStatus::Success
+    );
 }
 
 #[test]
@@ -502,6 +536,13 @@ fn refresh_delay_leaves_room_for_timer_f_and_spreads() {
                 );
             }
         }
+    }
+    for granted in [128u32, 300, 3600] {
+        let d = refresh_delay(granted, f, 0.0).as_secs_f64();
+        assert!(
+            f64::from(granted) - d >= 64.0,
+            "room for a refresh and its retry: {granted} {d}"
+        );
     }
     let lo = refresh_delay(3600, f, 0.999).as_secs_f64();
     let hi = refresh_delay(3600, f, 0.0).as_secs_f64();
