@@ -56,7 +56,12 @@ fn example_parses_with_defaults() {
     assert!(conn.active);
     let ext = &conn.external_uac_settings;
     let proxy = ext.proxy.as_ref().unwrap();
-    assert_eq!(proxy.request_uri(), "sip:pbx.example.com:5060");
+    assert_eq!(
+        proxy.request_uri(Transport::Tcp),
+        "sip:pbx.example.com",
+        "design.md: the domain"
+    );
+    assert_eq!(proxy.to_string(), "sip:pbx.example.com:5060");
     assert_eq!(proxy.domain_uri(), "sip:pbx.example.com");
     assert_eq!(ext.transport, Transport::Tcp);
     assert_eq!(ext.auth_user(), "telnyx-reg");
@@ -169,8 +174,15 @@ fn proxy_uri_forms() {
     assert_eq!(u.to_string(), "sip:pbx.example.com:5060");
     assert_eq!(p("sips:pbx").to_string(), "sips:pbx");
     assert!(p("SIPS:pbx").tls);
-    assert_eq!(p("pbx.example.com").request_uri(), "sip:pbx.example.com");
-    assert_eq!(p("10.0.0.1:5070").request_uri(), "sip:10.0.0.1:5070");
+    assert_eq!(
+        p("pbx.example.com").request_uri(Transport::Udp),
+        "sip:pbx.example.com"
+    );
+    assert_eq!(
+        p("10.0.0.1:5070").request_uri(Transport::Udp),
+        "sip:10.0.0.1:5070"
+    );
+    assert_eq!(p("sips:pbx:5061").request_uri(Transport::Tls), "sips:pbx");
     let v6 = p("[2001:db8::1]:5060");
     assert_eq!(v6.host, "2001:db8::1");
     assert_eq!(v6.host_for_aor(), "[2001:db8::1]");

@@ -132,12 +132,16 @@ impl ProxyUri {
         format!("{}:{}", self.scheme(), self.host_for_aor())
     }
 
-    /// The REGISTER Request-URI: `scheme:host[:port]` (the port is kept when configured,
-    /// since a registrar on a non-default port with a numeric host needs it).
-    pub fn request_uri(&self) -> String {
+    /// The REGISTER Request-URI: the registrar's domain, `scheme:host`
+    /// (design.md, RFC 3261 §10.2). A port is kept only when it is not the
+    /// default for `transport`: registrars that check "is this R-URI me"
+    /// (Kamailio's `uri == myself`) compare the port too.
+    pub fn request_uri(&self, transport: Transport) -> String {
         match self.port {
-            Some(p) => format!("{}:{}:{p}", self.scheme(), self.host_for_aor()),
-            None => self.domain_uri(),
+            Some(p) if p != transport.default_port() => {
+                format!("{}:{}:{p}", self.scheme(), self.host_for_aor())
+            }
+            _ => self.domain_uri(),
         }
     }
 
@@ -197,7 +201,10 @@ impl FromStr for ProxyUri {
 
 impl fmt::Display for ProxyUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.request_uri())?;
+        f.write_str(&self.domain_uri())?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
         if let Some(t) = self.transport {
             write!(f, ";transport={}", t.uri_param())?;
         }

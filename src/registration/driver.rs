@@ -323,7 +323,7 @@ impl Job {
             sent_by,
             transport.uri_param()
         );
-        let request_uri = proxy.request_uri();
+        let request_uri = proxy.request_uri(transport);
         let aor = format!("sip:{}@{}", ext.from_user(), proxy.host_for_aor());
         let password = ext.password.as_ref().map(|p| p.expose()).unwrap_or("");
         let creds = Credentials {
