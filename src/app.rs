@@ -51,7 +51,7 @@ impl App {
             c.active
                 && !has_udp
                 && uri.is_some_and(|u| {
-                    !u.tls && u.transport.unwrap_or(ext.transport) == Transport::Udp
+                    crate::registration::transport_for(u, ext.transport) == Transport::Udp
                 })
         }) {
             return Err(AppError::NoUdpListener { id: c.id.clone() });

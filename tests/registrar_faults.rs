@@ -90,7 +90,7 @@ impl UdpRegistrar {
         format!("sip:{}", self.addr)
     }
 
-    /// Next request, skipping retransmissions of `skip_branch`.
+    /// Next request, retransmissions included.
     async fn recv(&self) -> (Message, SocketAddr) {
         let mut buf = vec![0u8; 65536];
         let (n, from) = timeout(WAIT, self.sock.recv_from(&mut buf))
@@ -450,5 +450,32 @@ async fn requests_to_the_daemon_get_precise_answers() {
     // Pure garbage is dropped; the daemon still answers afterwards.
     sock.send_to(b"\x00\x01garbage", daemon).await.unwrap();
     assert_eq!(exchange(ask("OPTIONS", "")).await.status(), Some(200));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wildcard_listener_advertises_the_routed_source_address() {
+    let reg = UdpRegistrar::bind("127.0.1.20").await;
+    let app = start(config("0.0.0.0", &[("c1", &reg.uri(), "UDP")])).await;
+    let mut branch = String::new();
+    let (req, from) = reg.recv_new(&mut branch).await;
+    let contact = req.contacts().unwrap()[0].uri.clone();
+    assert_eq!(
+        contact.host.to_string(),
+        from.ip().to_string(),
+        "Contact names where we send from"
+    );
+    assert_eq!(contact.port, Some(from.port()));
+    let via = req.top_via().unwrap();
+    assert_eq!(via.host.to_string(), from.ip().to_string());
+    // A refused attempt and its retry keep the same advertised address.
+    reg.send(
+        from,
+        &response_to(&req, 500, "Server Internal Error", Some("r")).build(),
+    )
+    .await;
+    let (req, from2) = reg.recv_new(&mut branch).await;
+    assert_eq!(from2, from);
+    assert_eq!(req.contacts().unwrap()[0].uri, contact);
     app.stop().await;
 }

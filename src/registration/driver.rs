@@ -63,6 +63,10 @@ struct Outcome {
     seen_as: Option<SocketAddr>,
     /// The Contact address we advertised in this request.
     advertised: Option<SocketAddr>,
+    /// The local IP the kernel routes towards the registrar, when the
+    /// listener is a wildcard (cached so that a REGISTER costs no extra
+    /// socket).
+    route: Option<(SocketAddr, IpAddr)>,
 }
 
 pub(super) struct Driver {
@@ -81,6 +85,8 @@ pub(super) struct Driver {
     /// Address learnt from the registrar's Via (RFC 3581) when no
     /// `sip.public_address` is set.
     learned: Option<SocketAddr>,
+    /// Last `(registrar, local IP towards it)` found for a wildcard listener.
+    route: Option<(SocketAddr, IpAddr)>,
 }
 
 impl Driver {
@@ -113,6 +119,7 @@ impl Driver {
             expiry_at: None,
             hop: None,
             learned: None,
+            route: None,
         }
     }
 
@@ -179,6 +186,9 @@ impl Driver {
         // timeout or transport error the next attempt resolves and connects
         // afresh, and a closed flow that never carried a binding must not
         // trigger an immediate Rebind (which would bypass the backoff).
+        if outcome.route.is_some() {
+            self.route = outcome.route;
+        }
         self.hop = match outcome.event {
             Event::Reply(_) => outcome.hop.clone(),
             _ => None,
@@ -269,6 +279,7 @@ impl Driver {
                 Hop::Udp { .. } => true,
             }),
             learned: self.learned,
+            route: self.route,
             paced,
             stop: self.stop.clone(),
         };
@@ -286,6 +297,7 @@ struct Job {
     register: Register,
     hop: Option<Hop>,
     learned: Option<SocketAddr>,
+    route: Option<(SocketAddr, IpAddr)>,
     paced: bool,
     stop: CancellationToken,
 }
@@ -316,7 +328,8 @@ impl Job {
                 }
             },
         };
-        let (sent_by, advertised) = self.advertised(&hop, transport);
+        let route = self.route_towards(&hop);
+        let (sent_by, advertised) = self.advertised(&hop, transport, route);
         let contact = format!(
             "sip:{}@{};transport={}",
             self.conn.user_name,
@@ -388,6 +401,7 @@ impl Job {
                     hop: Some(hop),
                     seen_as,
                     advertised,
+                    route,
                 };
             }
             Err(TxError::Timeout) => Event::Timeout,
@@ -401,6 +415,7 @@ impl Job {
             hop: Some(hop),
             seen_as: None,
             advertised,
+            route,
         }
     }
 
@@ -414,10 +429,28 @@ impl Job {
             .map_err(|e| e.to_string())
     }
 
+    /// For a wildcard-bound hop, the local IP the kernel routes towards the
+    /// registrar: the driver's cached answer for this remote, or a fresh one.
+    fn route_towards(&self, hop: &Hop) -> Option<(SocketAddr, IpAddr)> {
+        if !hop.local().ip().is_unspecified() {
+            return None;
+        }
+        let remote = hop.remote();
+        match self.route {
+            Some((r, ip)) if r == remote => Some((r, ip)),
+            _ => local_ip_towards(remote).map(|ip| (remote, ip)),
+        }
+    }
+
     /// The `host:port` we put in Via and Contact, and the socket address it
     /// is when we chose it ourselves (None for a configured public address,
     /// which is never replaced by what the registrar reports).
-    fn advertised(&self, hop: &Hop, transport: Transport) -> (String, Option<SocketAddr>) {
+    fn advertised(
+        &self,
+        hop: &Hop,
+        transport: Transport,
+        route: Option<(SocketAddr, IpAddr)>,
+    ) -> (String, Option<SocketAddr>) {
         let listen_port = self.ctx.transports.listen_addr(transport).map(|a| a.port());
         if let Some(public) = &self.ctx.public {
             let port = public
@@ -430,11 +463,7 @@ impl Job {
             return (learned.to_string(), Some(learned));
         }
         let local = hop.local();
-        let ip = if local.ip().is_unspecified() {
-            local_ip_towards(hop.remote()).unwrap_or(local.ip())
-        } else {
-            local.ip()
-        };
+        let ip = route.map(|(_, ip)| ip).unwrap_or(local.ip());
         let port = match transport {
             Transport::Udp => local.port(),
             _ => listen_port.unwrap_or(local.port()),
@@ -451,13 +480,14 @@ impl Outcome {
             hop: None,
             seen_as: None,
             advertised: None,
+            route: None,
         }
     }
 }
 
 /// `sips:` means TLS; a `transport=` parameter wins over the connection's
 /// transport field (RFC 3263 §4.1).
-pub(super) fn transport_for(uri: &ProxyUri, configured: Transport) -> Transport {
+pub fn transport_for(uri: &ProxyUri, configured: Transport) -> Transport {
     if uri.tls {
         Transport::Tls
     } else {

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::transaction::{Layer, client::Timers};
 use crate::transport::Transports;
 
-pub use driver::Snapshot;
+pub use driver::{Snapshot, transport_for};
 pub use state::RegStatus;
 pub use supervisor::{ConnectionStatus, Supervisor};
 

@@ -91,6 +91,8 @@ pub trait InboundHandler: Send + Sync + 'static {
 pub enum Hop {
     Udp {
         socket: Arc<UdpSocket>,
+        /// The socket's bound address (read once at bind, not per message).
+        local: SocketAddr,
         remote: SocketAddr,
     },
     Stream(Flow),
@@ -118,16 +120,14 @@ impl Hop {
 
     pub fn local(&self) -> SocketAddr {
         match self {
-            Hop::Udp { socket, .. } => socket
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0)),
+            Hop::Udp { local, .. } => *local,
             Hop::Stream(f) => f.local(),
         }
     }
 
     pub async fn send(&self, bytes: Bytes) -> Result<(), Error> {
         match self {
-            Hop::Udp { socket, remote } => socket
+            Hop::Udp { socket, remote, .. } => socket
                 .send_to(&bytes, remote)
                 .await
                 .map(|_| ())
@@ -150,7 +150,8 @@ pub struct Transports {
 }
 
 struct Inner {
-    udp: Vec<Arc<UdpSocket>>,
+    /// UDP sockets with their bound addresses.
+    udp: Vec<(Arc<UdpSocket>, SocketAddr)>,
     tcp_listen: Option<SocketAddr>,
     tls_listen: Option<SocketAddr>,
     /// One slot per (transport, remote); the async mutex inside a slot
@@ -181,7 +182,8 @@ impl Transports {
             match l.transport {
                 Transport::Udp => {
                     let s = udp::bind(l.addr).map_err(bind_err)?;
-                    udp.push(Arc::new(s));
+                    let local = s.local_addr().map_err(bind_err)?;
+                    udp.push((Arc::new(s), local));
                 }
                 Transport::Tcp => tcp_listeners.push(
                     tokio::net::TcpListener::bind(l.addr)
@@ -210,8 +212,8 @@ impl Transports {
             cancel,
         });
         let this = Transports { inner };
-        for s in &this.inner.udp {
-            tokio::spawn(udp::recv_loop(this.clone(), s.clone()));
+        for (s, local) in &this.inner.udp {
+            tokio::spawn(udp::recv_loop(this.clone(), s.clone(), *local));
         }
         for l in tcp_listeners {
             tokio::spawn(stream::accept_loop(this.clone(), l, None));
@@ -230,19 +232,10 @@ impl Transports {
         &self.inner.cancel
     }
 
-    /// Local addresses of the UDP sockets.
-    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.inner
-            .udp
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
-    }
-
     /// The local listener address for a transport, if any.
     pub fn listen_addr(&self, transport: Transport) -> Option<SocketAddr> {
         match transport {
-            Transport::Udp => self.udp_addrs().into_iter().next(),
+            Transport::Udp => self.inner.udp.first().map(|(_, local)| *local),
             Transport::Tcp => self.inner.tcp_listen,
             Transport::Tls => self.inner.tls_listen,
         }
@@ -265,9 +258,9 @@ impl Transports {
     /// The UDP socket to use towards `remote`: same address family, and
     /// one whose address can reach it (a loopback-bound socket only for a
     /// loopback remote), preferring a specific address over a wildcard.
-    fn udp_socket_for(&self, remote: SocketAddr) -> Option<Arc<UdpSocket>> {
-        let rank = |s: &Arc<UdpSocket>| -> Option<u8> {
-            let ip = s.local_addr().ok()?.ip();
+    fn udp_socket_for(&self, remote: SocketAddr) -> Option<(Arc<UdpSocket>, SocketAddr)> {
+        let rank = |local: &SocketAddr| -> Option<u8> {
+            let ip = local.ip();
             if ip.is_ipv4() != remote.is_ipv4() {
                 return None;
             }
@@ -282,9 +275,9 @@ impl Transports {
         self.inner
             .udp
             .iter()
-            .filter_map(|s| rank(s).map(|r| (r, s)))
-            .min_by_key(|(r, _)| *r)
-            .map(|(_, s)| s.clone())
+            .filter_map(|(s, local)| rank(local).map(|r| (r, s, local)))
+            .min_by_key(|(r, _, _)| *r)
+            .map(|(_, s, local)| (s.clone(), *local))
     }
 
     /// Gets the hop towards `remote`: the shared UDP socket, or the existing
@@ -298,10 +291,14 @@ impl Transports {
     ) -> Result<Hop, Error> {
         match transport {
             Transport::Udp => {
-                let socket = self
+                let (socket, local) = self
                     .udp_socket_for(remote)
                     .ok_or(Error::NoListener(Transport::Udp))?;
-                Ok(Hop::Udp { socket, remote })
+                Ok(Hop::Udp {
+                    socket,
+                    local,
+                    remote,
+                })
             }
             Transport::Tcp | Transport::Tls => {
                 let slot = {
@@ -332,29 +329,6 @@ impl Transports {
         }
     }
 
-    /// Sends a datagram from the socket bound at `local` (or any of the
-    /// right family).
-    pub async fn send_udp_from(
-        &self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        bytes: &[u8],
-    ) -> Result<(), Error> {
-        let socket = self
-            .inner
-            .udp
-            .iter()
-            .find(|s| s.local_addr().map(|a| a == local).unwrap_or(false))
-            .cloned()
-            .or_else(|| self.udp_socket_for(remote))
-            .ok_or(Error::NoListener(Transport::Udp))?;
-        socket
-            .send_to(bytes, remote)
-            .await
-            .map(|_| ())
-            .map_err(|source| Error::Send { remote, source })
-    }
-
     /// Sends a response to an inbound request without waiting: over its
     /// flow, or by UDP to the address RFC 3261 §18.2.2 and RFC 3581 §4 give
     /// (source IP; source port when the Via has `rport`, else its sent-by
@@ -377,9 +351,9 @@ impl Transports {
             .inner
             .udp
             .iter()
-            .find(|s| s.local_addr().map(|a| a == to.local).unwrap_or(false))
-            .cloned()
-            .or_else(|| self.udp_socket_for(dest));
+            .find(|(_, local)| *local == to.local)
+            .map(|(s, _)| s.clone())
+            .or_else(|| self.udp_socket_for(dest).map(|(s, _)| s));
         if let Some(s) = socket
             && let Err(e) = s.try_send_to(&bytes, dest)
         {

@@ -20,10 +20,7 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s)
 }
 
-pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>) {
-    let Ok(local) = socket.local_addr() else {
-        return;
-    };
+pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: SocketAddr) {
     let mut buf = vec![0u8; 65_536];
     let mut warn = RateLimited::new(Duration::from_secs(5));
     let cancel = t.cancel_token().clone();
