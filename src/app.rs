@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Transport};
+use crate::dns::Dns;
 use crate::registration::{Context, Supervisor};
 use crate::transaction::Layer;
 use crate::transaction::client::Timers;
@@ -20,6 +21,8 @@ pub enum AppError {
     Transport(#[from] transport::Error),
     #[error("connection {id:?} uses UDP but sip.listen has no udp: address")]
     NoUdpListener { id: String },
+    #[error(transparent)]
+    Dns(#[from] crate::dns::Error),
 }
 
 /// A running daemon.
@@ -64,7 +67,16 @@ impl App {
         for l in &config.sip.listen {
             tracing::info!(transport = %l.transport, addr = %l.addr, "listening");
         }
-        let mut ctx = Context::new(config.clone(), layer, transports.clone());
+        // NAPTR/SRV choices are limited to the transports we listen on
+        // (a TLS or TCP destination needs our Record-Route on that transport).
+        let mut allowed: Vec<Transport> = Vec::new();
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            if config.sip.listen.iter().any(|l| l.transport == t) {
+                allowed.push(t);
+            }
+        }
+        let dns = Arc::new(Dns::new(&config.dns, allowed)?);
+        let mut ctx = Context::new(config.clone(), layer, transports.clone(), dns);
         ctx.timers = timers;
         let ctx = Arc::new(ctx);
         let mut supervisor = Supervisor::new(ctx);

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dns;
 pub mod registration;
 pub mod sip;
 pub mod transaction;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::transaction::{Layer, client::Timers};
 use crate::transport::Transports;
 
@@ -30,10 +31,17 @@ pub struct Context {
     pub timers: Timers,
     /// `sip.public_address`, parsed.
     pub public: Option<PublicAddress>,
+    /// RFC 3263 resolution and target health, shared with routing.
+    pub dns: Arc<Dns>,
 }
 
 impl Context {
-    pub fn new(config: Arc<Config>, layer: Layer, transports: Transports) -> Context {
+    pub fn new(
+        config: Arc<Config>,
+        layer: Layer,
+        transports: Transports,
+        dns: Arc<Dns>,
+    ) -> Context {
         let public = config
             .sip
             .public_address
@@ -46,6 +54,7 @@ impl Context {
             transports,
             timers: Timers::default(),
             public,
+            dns,
         }
     }
 }
