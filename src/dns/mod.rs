@@ -75,6 +75,15 @@ struct Service {
     addrs: Vec<Vec<IpAddr>>,
 }
 
+type Fetched = Result<(Vec<Service>, Instant), Error>;
+
+#[derive(Debug, Default)]
+struct Slot {
+    entry: Option<Entry>,
+    /// A re-resolution still running after we stopped waiting for it.
+    pending: Option<tokio::task::JoinHandle<Fetched>>,
+}
+
 #[derive(Debug)]
 struct Entry {
     services: Arc<[Service]>,
@@ -83,12 +92,14 @@ struct Entry {
     stale: bool,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+/// How long a caller waits for a re-resolution when an expired answer is
+/// at hand (RFC 8767 §5 suggests 1.8 s): a dead nameserver must not delay
+/// every refresh by the resolver's full timeout.
+pub const STALE_ANSWER_WAIT: Duration = Duration::from_millis(1800);
 
 pub struct Dns {
-    lookup: Arc<dyn Lookup>,
-    allowed: Vec<Transport>,
-    cache: Vec<Mutex<HashMap<Query, Slot>>>,
+    fetcher: Fetcher,
+    cache: Vec<Mutex<HashMap<Query, Arc<tokio::sync::Mutex<Slot>>>>>,
     grey: Vec<Mutex<Greylist>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -112,8 +123,10 @@ impl Dns {
         allowed: Vec<Transport>,
     ) -> Dns {
         Dns {
-            lookup,
-            allowed,
+            fetcher: Fetcher {
+                lookup,
+                allowed: allowed.into(),
+            },
             cache: (0..SHARDS).map(|_| Mutex::default()).collect(),
             grey: (0..SHARDS)
                 .map(|_| Mutex::new(Greylist::new(greylist)))
@@ -132,7 +145,7 @@ impl Dns {
     /// after a recent failure go last.
     pub async fn resolve(&self, q: &Query) -> Result<Vec<Target>, Error> {
         let server_name: Arc<str> = q.server_name().into();
-        if let Plan::Numeric(addr, transport) = rfc3263::plan(q, &self.allowed) {
+        if let Plan::Numeric(addr, transport) = rfc3263::plan(q, &self.fetcher.allowed) {
             return Ok(vec![Target {
                 addr,
                 transport,
@@ -202,6 +215,9 @@ impl Dns {
 
     /// The cached services for `q`, re-resolved when their TTL ran out. One
     /// query at a time per name: concurrent callers wait for its answer.
+    /// With an expired answer at hand, a slow re-resolution is waited for at
+    /// most [`STALE_ANSWER_WAIT`]; it goes on in the background and its
+    /// answer is used once it comes.
     async fn services(&self, q: &Query) -> Result<Arc<[Service]>, Error> {
         let slot = {
             let mut shard = self.cache[self.shard(q)]
@@ -209,28 +225,59 @@ impl Dns {
                 .unwrap_or_else(|e| e.into_inner());
             shard.entry(q.clone()).or_default().clone()
         };
-        let mut entry = slot.lock().await;
+        let mut slot = slot.lock().await;
         let now = Instant::now();
-        if let Some(e) = entry.as_ref().filter(|e| e.valid_until > now) {
+        if let Some(e) = slot.entry.as_ref().filter(|e| e.valid_until > now) {
             return Ok(e.services.clone());
         }
-        match self.fetch(q).await {
+        let usable_stale = slot
+            .entry
+            .as_ref()
+            .is_some_and(|e| now < e.valid_until + STALE_GRACE);
+        // A re-resolution already running: do not wait for it again.
+        let wait = match &slot.pending {
+            Some(t) if !t.is_finished() => Duration::ZERO,
+            _ => STALE_ANSWER_WAIT,
+        };
+        let mut task = match slot.pending.take() {
+            Some(t) => t,
+            None => {
+                let fetcher = self.fetcher.clone();
+                let q = q.clone();
+                tokio::spawn(async move { fetcher.fetch(&q).await })
+            }
+        };
+        let fetched = if usable_stale {
+            match tokio::time::timeout(wait, &mut task).await {
+                Ok(joined) => joined_result(q, joined),
+                Err(_) => {
+                    slot.pending = Some(task);
+                    Err(Error::Unreachable {
+                        host: q.host.clone(),
+                        reason: format!("no answer within {} ms", STALE_ANSWER_WAIT.as_millis()),
+                    })
+                }
+            }
+        } else {
+            joined_result(q, task.await)
+        };
+        match fetched {
             Ok((services, valid_until)) => {
-                if entry.as_ref().is_some_and(|e| e.stale) {
+                if slot.entry.as_ref().is_some_and(|e| e.stale) {
                     tracing::info!(host = %q.host, "DNS answers again");
                 }
                 let now = Instant::now();
                 let valid_until = valid_until.clamp(now + MIN_VALIDITY, now + MAX_VALIDITY);
                 let services: Arc<[Service]> = services.into();
-                *entry = Some(Entry {
+                slot.entry = Some(Entry {
                     services: services.clone(),
                     valid_until,
                     stale: false,
                 });
                 Ok(services)
             }
-            Err(Error::Unreachable { host, reason }) => match entry.as_mut() {
-                Some(e) if now < e.valid_until + STALE_GRACE => {
+            Err(Error::Unreachable { host, reason }) => match slot.entry.as_mut() {
+                Some(e) if usable_stale => {
                     if !e.stale {
                         tracing::warn!(
                             host = %host,
@@ -246,13 +293,32 @@ impl Dns {
             },
             Err(e) => {
                 // An authoritative "no such service" replaces the old answer.
-                *entry = None;
+                slot.entry = None;
                 Err(e)
             }
         }
     }
+}
 
-    async fn fetch(&self, q: &Query) -> Result<(Vec<Service>, Instant), Error> {
+fn joined_result(q: &Query, joined: Result<Fetched, tokio::task::JoinError>) -> Fetched {
+    joined.unwrap_or_else(|e| {
+        Err(Error::Unreachable {
+            host: q.host.clone(),
+            reason: format!("resolution task failed: {e}"),
+        })
+    })
+}
+
+/// The queries of one resolution, owned so that it can outlive a caller
+/// that stopped waiting.
+#[derive(Clone)]
+struct Fetcher {
+    lookup: Arc<dyn Lookup>,
+    allowed: Arc<[Transport]>,
+}
+
+impl Fetcher {
+    async fn fetch(&self, q: &Query) -> Fetched {
         let mut valid_until = Instant::now() + MAX_VALIDITY;
         let host = q.host.clone();
         let unreachable = |reason: String| Error::Unreachable {

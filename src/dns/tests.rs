@@ -456,3 +456,39 @@ async fn weights_spread_first_choice() {
     }
     assert_eq!(firsts.len(), 2, "each call draws anew");
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_dns_does_not_hold_back_a_cached_answer() {
+    let f = Fake::new();
+    two_ips(&f);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    d.resolve(&query).await.unwrap();
+    // The zone changes and the nameserver becomes slow.
+    f.srv("_sip._udp.pbx.test", &[(10, 0, 5060, "sip2.pbx.test")]);
+    *f.delay.lock().unwrap() = Duration::from_secs(10);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        d.resolve(&query).await.unwrap().len(),
+        3,
+        "last good answer"
+    );
+    assert_eq!(Instant::now() - t0, STALE_ANSWER_WAIT);
+    // Meanwhile: served at once from the stale answer, no second query.
+    let n = f.queries().len();
+    let t1 = Instant::now();
+    assert_eq!(d.resolve(&query).await.unwrap().len(), 3);
+    assert_eq!(Instant::now(), t1);
+    assert_eq!(f.queries().len(), n);
+    // The background resolution completes (two queries of 10 s): its
+    // answer is used.
+    for _ in 0..30 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap()),
+        ["127.0.0.21:5060/UDP", "127.0.0.22:5060/UDP"]
+    );
+}

@@ -18,12 +18,16 @@
 //! | 50..=59 | `shutdown.rs`                               |
 //! | 60..=69 | `reload.rs`                                 |
 //! | 70..=79 | `proxy_invite.rs`                           |
-//! | 80..=99 | free; 127.0.0.5/.6 and .62/.63 are used by the shell selftests |
+//! | 80..=89 | `api.rs`, `store.rs`                        |
+//! | 90..=99 | `dns_failover.rs`                           |
+//! (127.0.0.5/.6 and .62/.63 are used by the shell selftests.)
 //!
 //! (`registrar_faults.rs` uses 127.0.1.0/24.) Within a file, give each test its
 //! own address of the block, because the tests of one binary run in parallel.
 
 #![allow(dead_code)]
+
+pub mod dns;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -493,6 +497,8 @@ pub struct KamailioOpts {
     pub password: String,
     /// Shorter expiries get 423 with Min-Expires (otherwise they are raised silently).
     pub min_expires: Option<u32>,
+    /// Longer expiries are lowered to this (short values make refreshes come soon).
+    pub max_expires: Option<u32>,
 }
 
 impl KamailioOpts {
@@ -504,6 +510,7 @@ impl KamailioOpts {
             tls_cert: None,
             password: password.to_owned(),
             min_expires: None,
+            max_expires: None,
         }
     }
 }
@@ -558,6 +565,9 @@ impl Kamailio {
         if let Some(m) = opts.min_expires {
             defines.push(format!("MIN_EXPIRES={m}"));
             defines.push("WITH_423".to_owned());
+        }
+        if let Some(m) = opts.max_expires {
+            defines.push(format!("MAX_EXPIRES={m}"));
         }
         if let Some(tls_port) = opts.tls_port {
             let (cert, key) = opts
