@@ -499,6 +499,8 @@ pub struct KamailioOpts {
     pub min_expires: Option<u32>,
     /// Longer expiries are lowered to this (short values make refreshes come soon).
     pub max_expires: Option<u32>,
+    /// Also route INVITEs to registered users (record-routed, stateful).
+    pub pbx: bool,
 }
 
 impl KamailioOpts {
@@ -511,6 +513,7 @@ impl KamailioOpts {
             password: password.to_owned(),
             min_expires: None,
             max_expires: None,
+            pbx: false,
         }
     }
 }
@@ -565,6 +568,9 @@ impl Kamailio {
         if let Some(m) = opts.min_expires {
             defines.push(format!("MIN_EXPIRES={m}"));
             defines.push("WITH_423".to_owned());
+        }
+        if opts.pbx {
+            defines.push("WITH_PBX".to_owned());
         }
         if let Some(m) = opts.max_expires {
             defines.push(format!("MAX_EXPIRES={m}"));
