@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod metrics;
 pub mod registration;
 pub mod sip;
 pub mod transaction;

@@ -21,6 +21,7 @@ use super::state::{
 };
 use crate::config::{Connection, ProxyUri, Transport};
 use crate::dns::{Query, Target};
+use crate::metrics::{self, RegisterOutcome};
 use crate::sip::digest::{self, Credentials};
 use crate::sip::{HeaderName, Host, Message, Method};
 use crate::transaction::{TxError, new_branch};
@@ -243,6 +244,7 @@ impl Driver {
                 reason = why,
                 "REGISTER failing over to the next target"
             );
+            metrics::failover();
             self.aim = Aim::At {
                 targets,
                 index: next,
@@ -417,6 +419,7 @@ impl Job {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::debug!(connection_id = %self.conn.id, target = %target, error = %e, "registrar unreachable");
+                    metrics::register_result(RegisterOutcome::TransportError, None);
                     return failed(Event::TransportError);
                 }
             },
@@ -472,6 +475,7 @@ impl Job {
             user_agent: &self.ctx.config.sip.user_agent,
             auth: &auth,
         });
+        let sent_at = Instant::now();
         let result = self
             .ctx
             .layer
@@ -483,6 +487,15 @@ impl Job {
                 self.ctx.timers,
             )
             .await;
+        let took = Some(sent_at.elapsed());
+        metrics::register_result(
+            match &result {
+                Ok(msg) => RegisterOutcome::Code(msg.status().unwrap_or(0)),
+                Err(TxError::Timeout) => RegisterOutcome::Timeout,
+                Err(_) => RegisterOutcome::TransportError,
+            },
+            took,
+        );
         let event = match result {
             Ok(msg) => {
                 let seen_as = (transport == Transport::Udp && self.ctx.public.is_none())

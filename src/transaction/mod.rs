@@ -193,6 +193,7 @@ impl Layer {
 
 impl InboundHandler for Layer {
     fn handle(&self, inbound: Inbound) {
+        crate::metrics::sip_received(&inbound.msg);
         if inbound.msg.is_request() {
             if let Some(t) = self.inner.transports.get() {
                 server::answer(t, &self.inner.user_agent, inbound);
