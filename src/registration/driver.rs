@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub last_registered_ip: Option<String>,
     pub updated_at: SystemTime,
     pub expires_at: Option<SystemTime>,
+    /// The TCP/TLS flow the binding lives on (calls from the PBX may come
+    /// back over it).
+    pub flow: Option<u64>,
 }
 
 impl Snapshot {
@@ -47,6 +50,7 @@ impl Snapshot {
             last_registered_ip: None,
             updated_at: SystemTime::now(),
             expires_at: None,
+            flow: None,
         }
     }
 }
@@ -318,6 +322,10 @@ impl Driver {
             last_registered_ip: p.registered_target.or(old.last_registered_ip.clone()),
             updated_at: now,
             expires_at: p.expires_in.map(|d| now + d),
+            flow: match (&self.hop, p.status) {
+                (Some(Hop::Stream(f)), RegStatus::Success) => Some(f.id()),
+                _ => None,
+            },
         };
         if snap.status != old.status {
             tracing::info!(
