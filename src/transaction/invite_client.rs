@@ -27,7 +27,7 @@ pub enum State {
 }
 
 /// The timers an INVITE client transaction arms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
     /// INVITE retransmission (unreliable transports only), T1 doubling.
     A,

@@ -23,7 +23,7 @@ pub enum State {
     Terminated,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
     /// Final non-2xx retransmission (unreliable transports only).
     G,
