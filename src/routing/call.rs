@@ -93,7 +93,7 @@ pub struct CallOutcome {
 #[derive(Clone, Debug)]
 pub enum CallEvent {
     /// A response from downstream whose top Via branch is one of ours.
-    Response(Message),
+    Response(Box<Message>),
     Timer(CallTimer),
     /// Sending to target `t` failed (ICMP unreachable, refused, TLS failure).
     TransportError(usize),
@@ -148,6 +148,8 @@ struct Attempt {
     cancelled: bool,
     /// Gave up waiting (cancel guard fired).
     abandoned: bool,
+    /// The call has dealt with this attempt's end (final, failure, timeout).
+    concluded: bool,
 }
 
 impl Attempt {
@@ -334,7 +336,8 @@ impl Call {
         self.phase == Phase::Trying
             && !self.upstream_cancelled
             && n + 1 == self.attempts.len()
-            && self.attempts[n].waiting()
+            && !self.attempts[n].concluded
+            && !self.attempts[n].abandoned
     }
 
     fn on_upstream_cancel(&mut self, now: Instant, out: &mut Vec<CallAction>) {
@@ -413,7 +416,9 @@ impl Call {
                     };
                     out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
                     out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
-                    if self.is_current(n) {
+                    let current = self.is_current(n);
+                    self.attempts[n].concluded = true;
+                    if current {
                         out.push(CallAction::TargetFailed(target, reason));
                         self.attempt_failed(outcome, now, out);
                     } else if self.upstream_cancelled && self.phase == Phase::Trying {
@@ -458,6 +463,7 @@ impl Call {
             }
             return;
         }
+        self.attempts[n].concluded = true;
         out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
         out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
         out.push(CallAction::Disarm(CallTimer::CancelGuard(n)));
@@ -552,6 +558,7 @@ impl Call {
             cancel_pending: false,
             cancelled: false,
             abandoned: false,
+            concluded: false,
         });
         out.push(CallAction::SendToTarget(t, bytes));
         out.push(CallAction::Arm(
@@ -575,6 +582,7 @@ impl Call {
     fn give_up(&mut self, now: Instant, out: &mut Vec<CallAction>) {
         match self.best.choose() {
             Best::Relay(m) => {
+                let m = *m;
                 let code = m.status().unwrap_or(500);
                 self.finish_bytes(code, m.to_bytes(), now, out);
             }

@@ -84,14 +84,14 @@ pub fn decide(policy: &Policy, outcome: Outcome, has_next: bool) -> Verdict {
 #[derive(Clone, Debug)]
 pub enum Best {
     /// Relay this received response (already without our Via).
-    Relay(Message),
+    Relay(Box<Message>),
     /// Generate a response with this code ourselves.
     Generate(u16),
 }
 
 #[derive(Clone, Debug)]
 enum Candidate {
-    Received(Message),
+    Received(Box<Message>),
     /// A timeout (408) or transport error (503) recorded as a code.
     Synthetic(u16),
 }
@@ -115,7 +115,7 @@ pub struct BestResponse {
 impl BestResponse {
     /// Records a received final response (our Via already removed).
     pub fn add_response(&mut self, resp: Message) {
-        self.candidates.push(Candidate::Received(resp));
+        self.candidates.push(Candidate::Received(Box::new(resp)));
     }
 
     /// Records an attempt that ended without a response.
@@ -171,7 +171,9 @@ impl BestResponse {
                     let Candidate::Received(o) = other else {
                         continue;
                     };
-                    if std::ptr::eq(o, m) || !matches!(o.status(), Some(401 | 407)) {
+                    if std::ptr::eq(o.as_ref(), m.as_ref())
+                        || !matches!(o.status(), Some(401 | 407))
+                    {
                         continue;
                     }
                     for name in [HeaderName::WwwAuthenticate, HeaderName::ProxyAuthenticate] {
