@@ -5,6 +5,8 @@
 //! * `sip`: wire-faithful message parser and builder, URIs, digest (pure).
 //! * `transport`: UDP sockets, TCP/TLS flows, framing, keepalive.
 //! * `transaction`: RFC 3261 §17 client transactions and timers.
+//! * `routing`: pure proxy decisions (RFC 3261 §16): match, source check,
+//!   forwarding, failover, the per-call machine.
 //! * `registration`: pure REGISTER state machine, its driver task, supervisor.
 //! * `app`: wiring and graceful shutdown.
 
@@ -15,6 +17,7 @@ pub mod config;
 pub mod dns;
 pub mod metrics;
 pub mod registration;
+pub mod routing;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

@@ -4,6 +4,9 @@
 //! requests addressed to the daemon itself.
 
 pub mod client;
+pub mod invite_client;
+pub mod invite_server;
+pub mod non_invite_server;
 mod server;
 
 pub use server::ALLOW;
