@@ -630,7 +630,7 @@ pub fn transport_for(uri: &ProxyUri, configured: Transport) -> Transport {
 
 /// The local address the kernel would use towards `remote` (no packet is
 /// sent: connecting a UDP socket only picks a route).
-fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
     let bind: SocketAddr = if remote.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -18,6 +18,7 @@ use crate::dns::Dns;
 use crate::transaction::{Layer, client::Timers};
 use crate::transport::Transports;
 
+pub(crate) use driver::local_ip_towards;
 pub use driver::{Snapshot, transport_for};
 pub use state::RegStatus;
 pub use supervisor::{ConnectionStatus, Supervisor};

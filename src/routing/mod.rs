@@ -8,6 +8,7 @@
 pub mod call;
 pub mod failover;
 pub mod forward;
+pub mod proxy;
 pub mod route;
 
 #[cfg(test)]

@@ -56,6 +56,11 @@ pub enum Upstream {
 /// Must not block: it runs on a socket's receive loop.
 pub trait RequestHandler: Send + Sync + 'static {
     fn on_request(&self, inbound: Inbound);
+    /// A response no client transaction expects (a stateless proxy relays
+    /// it by its Via, §16.11).
+    fn on_stray_response(&self, inbound: Inbound) {
+        tracing::debug!(source = %inbound.source, "stray response dropped (§18.1.2)");
+    }
 }
 
 /// Server transaction key: branch, and whether it is an INVITE.
@@ -305,7 +310,7 @@ impl Layer {
     }
 
     fn on_response(&self, inbound: Inbound) {
-        let msg = inbound.msg;
+        let msg = &inbound.msg;
         let (Ok(via), Ok(cseq)) = (msg.top_via(), msg.cseq()) else {
             tracing::debug!(source = %inbound.source, "response without Via branch or CSeq dropped");
             return;
@@ -325,11 +330,14 @@ impl Layer {
             Some(tx) => {
                 // A full queue means retransmissions are piling up: dropping
                 // one is what UDP would have done.
-                let _ = tx.try_send(msg);
+                let _ = tx.try_send(inbound.msg);
             }
-            None => {
-                tracing::debug!(source = %inbound.source, branch, "stray response dropped (§18.1.2)")
-            }
+            None => match self.inner.router.get() {
+                Some(router) => router.on_stray_response(inbound),
+                None => {
+                    tracing::debug!(source = %inbound.source, "stray response dropped (§18.1.2)")
+                }
+            },
         }
     }
 }
