@@ -6,13 +6,17 @@
 //! * `transport`: UDP sockets, TCP/TLS flows, framing, keepalive.
 //! * `transaction`: RFC 3261 §17 client transactions and timers.
 //! * `registration`: pure REGISTER state machine, its driver task, supervisor.
+//! * `store`: SQLite persistence of connections (file- and API-owned).
+//! * `api`: REST API (Telnyx v2 shapes), error format, OpenAPI document.
 //! * `app`: wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod registration;
 pub mod sip;
+pub mod store;
 pub mod transaction;
 pub mod transport;

@@ -19,7 +19,7 @@ use crate::transport::Transports;
 
 pub use driver::{Snapshot, transport_for};
 pub use state::RegStatus;
-pub use supervisor::{ConnectionStatus, Supervisor};
+pub use supervisor::{Applied, ConnectionStatus, Supervisor};
 
 /// What every driver shares.
 pub struct Context {
