@@ -18,7 +18,9 @@
 //! | 50..=59 | `shutdown.rs`                               |
 //! | 60..=69 | `reload.rs`                                 |
 //! | 70..=79 | `proxy_invite.rs`                           |
-//! | 80..=89 | `api.rs`, `store.rs`, `api_contract.rs`     |
+//! | 80..=85 | `api.rs`                                    |
+//! | 86..=87 | `store.rs`                                  |
+//! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | free; 127.0.0.5/.6 and .62/.63 are used by the shell selftests |
 //!
 //! (`registrar_faults.rs` uses 127.0.1.0/24.) Within a file, give each test its
