@@ -262,6 +262,7 @@ username = "f"
         (json!({"active": "yes"}), "/active"),
         (json!({"id": "123"}), "/id"),
         (json!({"user_id": "999"}), "/user_id"),
+        (json!({"user_id": "323"}), "/user_id"),
         (json!({"registration_status": 4}), "/registration_status"),
     ] {
         expect_error(&a.patch(&path, &body), 422, pointer);
@@ -278,8 +279,24 @@ username = "f"
             "/v2/uac_connections",
             &json!({"connection_name": "dup", "user_name": taken}),
         ),
+        409,
+        "/user_name",
+    );
+    expect_error(
+        &a.post(
+            "/v2/uac_connections",
+            &json!({"connection_name": "x", "user_name": ""}),
+        ),
         422,
         "/user_name",
+    );
+    expect_error(
+        &a.patch(
+            &path,
+            &json!({"": null, "external_uac_settings": {"nope": null}}),
+        ),
+        422,
+        "/",
     );
     let strip = |mut v: Value| {
         let o = v.as_object_mut().unwrap();
@@ -292,6 +309,12 @@ username = "f"
         strip(after),
         strip(before),
         "rejected requests changed nothing"
+    );
+    let integral = json!({"external_uac_settings": {"expiration_sec": 600.0}});
+    assert_eq!(
+        data(expect(&a.patch(&path, &integral), 200))["external_uac_settings"]["expiration_sec"],
+        600,
+        "600.0 is the integer 600"
     );
 
     // File-owned: readable, not changeable.

@@ -61,7 +61,10 @@ pub async fn read_object(headers: &HeaderMap, body: Body) -> Result<Map<String, 
 
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(mut m)) => {
+            m.values_mut().for_each(integral_floats);
+            Ok(m)
+        }
         Ok(_) => Err(ApiError::invalid(
             "",
             "the request body must be a JSON object",
@@ -70,7 +73,26 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Rejects server-set fields, and a `user_id` other than the caller's.
+/// JSON has one number type: `3600.0` is the integer 3600 (as JSON Schema's
+/// `integer` says), so integral floats become integers before typed parsing.
+fn integral_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 {
+                *v = Value::from(f as u64);
+            } else if f.fract() == 0.0 && f < 0.0 && f > i64::MIN as f64 {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats),
+        Value::Object(o) => o.values_mut().for_each(integral_floats),
+        _ => {}
+    }
+}
+
+/// Rejects server-set fields, `user_id` included (the token's user owns
+/// what it creates).
 pub fn check_writable(body: &Map<String, Value>, caller: &str) -> Result<(), ApiError> {
     let mut issues = Vec::new();
     for key in READ_ONLY {
@@ -78,13 +100,63 @@ pub fn check_writable(body: &Map<String, Value>, caller: &str) -> Result<(), Api
             issues.push((format!("/{key}"), "is read-only".to_owned()));
         }
     }
-    match body.get("user_id") {
-        None => {}
-        Some(Value::String(u)) if u == caller => {}
-        Some(_) => issues.push((
+    if body.contains_key("user_id") {
+        issues.push((
             "/user_id".to_owned(),
-            "must be the user_id that the token acts for".to_owned(),
-        )),
+            format!("is read-only: connections belong to the token's user ({caller})"),
+        ));
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_all(issues))
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "connection_name",
+    "user_name",
+    "password",
+    "active",
+    "external_uac_settings",
+    "internal_uac_settings",
+];
+const EXTERNAL_KEYS: &[&str] = &[
+    "proxy",
+    "outbound_proxy",
+    "transport",
+    "username",
+    "auth_username",
+    "password",
+    "from_user",
+    "expiration_sec",
+];
+const INTERNAL_KEYS: &[&str] = &["destination_uri"];
+
+/// Unknown members of a patch are rejected even when `null` (a merge would
+/// drop them silently). Read-only members are [`check_writable`]'s.
+pub fn check_known(patch: &Map<String, Value>) -> Result<(), ApiError> {
+    let mut issues = Vec::new();
+    let mut unknown = |obj: &Map<String, Value>, known: &[&str], prefix: &str| {
+        for k in obj.keys() {
+            if !known.contains(&k.as_str())
+                && !(prefix.is_empty() && (READ_ONLY.contains(&k.as_str()) || k == "user_id"))
+            {
+                issues.push((
+                    format!("{prefix}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    "unknown field".to_owned(),
+                ));
+            }
+        }
+    };
+    unknown(patch, TOP_KEYS, "");
+    for (key, known) in [
+        ("external_uac_settings", EXTERNAL_KEYS),
+        ("internal_uac_settings", INTERNAL_KEYS),
+    ] {
+        if let Some(Value::Object(o)) = patch.get(key) {
+            unknown(o, known, &format!("/{key}"));
+        }
     }
     if issues.is_empty() {
         Ok(())
@@ -180,6 +252,13 @@ fn quoted_name(msg: &str) -> Option<&str> {
 /// the offending field's pointer; then fills defaults for `caller` and runs the
 /// shared field checks (every issue reported).
 pub fn to_connection(doc: Value, caller: &str) -> Result<Connection, ApiError> {
+    // An empty user_name would read as absent and be generated: say so instead.
+    if doc.get("user_name").and_then(Value::as_str) == Some("") {
+        return Err(ApiError::invalid(
+            "/user_name",
+            "must be 1 to 64 characters",
+        ));
+    }
     let mut conn: Connection = serde_path_to_error::deserialize(&doc).map_err(|e| {
         let path: Vec<String> = e
             .path()

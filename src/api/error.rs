@@ -148,10 +148,18 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::DuplicateUserName(u) => ApiError::invalid(
-                "/user_name",
-                format!("user_name {u:?} is already used by another connection"),
-            ),
+            StoreError::DuplicateUserName(u) => {
+                let mut e = ApiError::one(
+                    StatusCode::CONFLICT,
+                    "user_name_taken",
+                    format!("user_name {u:?} is already used by another connection"),
+                );
+                e.errors[0].source = Some(Source {
+                    pointer: Some("/user_name".into()),
+                    parameter: None,
+                });
+                e
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::internal()

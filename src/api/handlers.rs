@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::body::{self, check_writable, infer_transport, merge_patch, to_connection, to_document};
+use super::body::{
+    self, check_known, check_writable, infer_transport, merge_patch, to_connection, to_document,
+};
 use super::error::ApiError;
 use super::query::{self, CredentialType};
 use super::view;
@@ -137,6 +139,7 @@ pub async fn update(
         return Err(ApiError::file_owned(&id));
     }
     check_writable(&patch, &caller.user_id)?;
+    check_known(&patch)?;
     let patch_ext = patch.get("external_uac_settings").cloned();
     let patch = Value::Object(patch);
     let mut doc = to_document(&row.connection);

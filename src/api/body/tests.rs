@@ -104,11 +104,16 @@ fn a_wrongly_typed_password_is_not_echoed() {
 }
 
 #[test]
-fn read_only_fields_and_foreign_user_ids_are_rejected() {
+fn read_only_fields_and_user_ids_are_rejected() {
     let body = json!({"id": "1", "created_at": "x", "user_id": "other", "connection_name": "x"});
     let e = check_writable(body.as_object().unwrap(), "323").unwrap_err();
     assert_eq!(pointers(&e), ["/id", "/created_at", "/user_id"]);
-    let ok = json!({"user_id": "323", "connection_name": "x"});
+    let own = json!({"user_id": "323", "connection_name": "x"});
+    assert_eq!(
+        pointers(&check_writable(own.as_object().unwrap(), "323").unwrap_err()),
+        ["/user_id"]
+    );
+    let ok = json!({"connection_name": "x", "active": false});
     assert!(check_writable(ok.as_object().unwrap(), "323").is_ok());
 }
 
@@ -159,6 +164,12 @@ fn transport_follows_the_proxy_uri_when_not_given() {
 }
 
 #[test]
+fn integral_floats_are_integers() {
+    let m = parse_object(br#"{"a": 3600.0, "b": {"c": [-2.0, 1.5]}}"#).unwrap();
+    assert_eq!(Value::Object(m), json!({"a": 3600, "b": {"c": [-2, 1.5]}}));
+}
+
+#[test]
 fn bodies_must_be_json_objects() {
     assert_eq!(
         parse_object(b"{").unwrap_err().status,
@@ -182,4 +193,20 @@ fn bodies_must_be_json_objects() {
     assert!(is_json(&h));
     h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
     assert!(!is_json(&h));
+}
+
+#[test]
+fn unknown_patch_members_are_rejected_even_when_null() {
+    let p = json!({"": null, "external_uac_settings": {"nope": null, "proxy": null}, "internal_uac_settings": {"x": 1}});
+    let e = check_known(p.as_object().unwrap()).unwrap_err();
+    assert_eq!(
+        pointers(&e),
+        [
+            "/",
+            "/external_uac_settings/nope",
+            "/internal_uac_settings/x"
+        ]
+    );
+    let ok = json!({"connection_name": "x", "external_uac_settings": {"proxy": null}});
+    assert!(check_known(ok.as_object().unwrap()).is_ok());
 }
