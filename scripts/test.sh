@@ -3,6 +3,7 @@
 # Debian 12 machine (root, apt reachable), and what .ci/run executes:
 #   1. installs the interop peers with apt when missing (apt-get update only then):
 #      sip-tester (SIPp), kamailio + tls + utils modules (kamcmd), openssl, python3
+#   1b. installs schemathesis (PyPI, pinned) into .venv-test/ for the API contract test
 #   2. makes sure rustfmt and clippy are installed (rustup component add)
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test --all-targets,
 #      cargo test --doc (there is a lib); fails on the first failure.
@@ -39,6 +40,27 @@ case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; es
 for b in sipp kamailio kamcmd openssl; do
   command -v "$b" >/dev/null || { log "$b still missing after install"; exit 1; }
 done
+
+# --- 1b. schemathesis (contract test) --------------------------------------
+# From PyPI into a venv of our own (Debian 12's python3 is externally managed),
+# pinned; tests/api_contract.rs finds it through UACD_SCHEMATHESIS.
+SCHEMATHESIS_VERSION=4.32.5
+VENV=.venv-test
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    command -v apt-get >/dev/null || { log "python3-venv missing and no apt-get: install it by hand"; exit 1; }
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    log "installing python3-venv"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export UACD_SCHEMATHESIS="$PWD/$VENV/bin/schemathesis"
+"$UACD_SCHEMATHESIS" --version >/dev/null || { log "schemathesis does not run"; exit 1; }
 
 # --- 2. toolchain components ----------------------------------------------
 command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }

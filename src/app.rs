@@ -1,16 +1,22 @@
-//! Starts the subsystems in order (transports, transaction layer,
-//! registrations), runs until the shutdown future resolves, then stops
-//! them: unregister within the deadline, close listeners.
+//! Starts the subsystems in order (store, transports, transaction layer,
+//! registrations, API), runs until the shutdown future resolves, then stops
+//! them: close the API, unregister within the deadline, close listeners.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::store::{SqliteStore, StoreError, StoreHandle, now_ms};
 
 use crate::config::{Config, Transport};
 use crate::dns::Dns;
 use crate::registration::{Context, Supervisor};
+use crate::routing::proxy::Router;
 use crate::transaction::Layer;
 use crate::transaction::client::Timers;
 use crate::transport::{self, Transports};
@@ -23,26 +29,57 @@ pub enum AppError {
     NoUdpListener { id: String },
     #[error(transparent)]
     Dns(#[from] crate::dns::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen for the API on {addr}: {source}")]
+    ApiListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running daemon.
 pub struct App {
     pub transports: Transports,
     pub supervisor: Supervisor,
+    pub store: StoreHandle,
+    /// Where the API listens (the bound address when `api.listen` has port 0).
+    pub api_addr: SocketAddr,
+    api: JoinHandle<()>,
+    api_cancel: CancellationToken,
     cancel: CancellationToken,
     config: Arc<Config>,
 }
 
 impl App {
-    /// Binds every listener and starts every registration.
+    /// Opens the store at `store.path`, binds every listener, starts every
+    /// registration and the API.
     pub async fn start(config: Config) -> Result<App, AppError> {
-        App::start_with_timers(config, Timers::default()).await
+        let path = config.store.path.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        tracing::info!(path = %config.store.path.display(), "store opened");
+        let secret = dialog_secret(&config);
+        App::start_with(config, StoreHandle::new(store), Timers::default(), secret).await
     }
 
     /// Like [`App::start`] with other RFC 3261 timer values (tests use a
-    /// short T1 so that Timer F fires in seconds).
+    /// short T1 so that Timer F fires in seconds) and an in-memory store.
     pub async fn start_with_timers(config: Config, timers: Timers) -> Result<App, AppError> {
-        let config = Arc::new(config);
+        let store = SqliteStore::open_in_memory()?;
+        App::start_with(config, StoreHandle::new(store), timers, rand::random()).await
+    }
+
+    /// Starts with a given store (and the key of the dialog tokens): the file's connections are synced into it
+    /// (file-owned rows inserted, updated or removed), then every stored
+    /// connection, file- or API-owned, starts registering.
+    pub async fn start_with(
+        mut config: Config,
+        store: StoreHandle,
+        timers: Timers,
+        dialog_secret: [u8; 16],
+    ) -> Result<App, AppError> {
         let has_udp = config
             .sip
             .listen
@@ -59,6 +96,24 @@ impl App {
         }) {
             return Err(AppError::NoUdpListener { id: c.id.clone() });
         }
+        let mut file = std::mem::take(&mut config.connections);
+        let generated = config.generated_passwords.clone();
+        let (file, rows) = store
+            .run(move |s| {
+                let report = s.sync_file(&mut file, &generated, now_ms())?;
+                tracing::info!(
+                    inserted = report.inserted,
+                    updated = report.updated,
+                    removed = report.removed,
+                    "config connections synced into the store"
+                );
+                Ok((file, s.all()?))
+            })
+            .await?;
+        // The file's connections, with the passwords in force (a generated
+        // one comes from the store after the first start).
+        config.connections = file;
+        let config = Arc::new(config);
         let cancel = CancellationToken::new();
         let layer = Layer::new(&config.sip.user_agent);
         let transports =
@@ -79,14 +134,37 @@ impl App {
         let mut ctx = Context::new(config.clone(), layer, transports.clone(), dns);
         ctx.timers = timers;
         let ctx = Arc::new(ctx);
-        let mut supervisor = Supervisor::new(ctx);
-        for c in &config.connections {
-            supervisor.start(c.clone());
+        let supervisor = Supervisor::new(ctx.clone());
+        // Calls may come as soon as the first registration succeeds.
+        let router = Router::new(&ctx, Arc::new(supervisor.clone()), dialog_secret);
+        ctx.layer.set_router(Arc::new(router));
+        for row in rows {
+            supervisor.start(row.connection);
         }
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| AppError::ApiListen {
+                addr: config.api.listen,
+                source,
+            })?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| AppError::ApiListen {
+                addr: config.api.listen,
+                source,
+            })?;
+        let api_cancel = cancel.child_token();
+        let state = ApiState::new(&config, store.clone(), supervisor.clone());
+        let api = tokio::spawn(api::serve(listener, state, api_cancel.clone()));
+        tracing::info!(addr = %api_addr, "API listening");
         tracing::info!(connections = supervisor.len(), "uacd started");
         Ok(App {
             transports,
             supervisor,
+            store,
+            api_addr,
+            api,
+            api_cancel,
             cancel,
             config,
         })
@@ -101,10 +179,47 @@ impl App {
     /// Unregisters every connection (bounded by
     /// `registration.unregister_timeout_sec`) and closes the listeners.
     pub async fn stop(self) {
-        tracing::info!("shutting down: unregistering");
+        tracing::info!("shutting down: closing the API, unregistering");
+        // No new API writes while unregistering; in-flight requests get a moment.
+        self.api_cancel.cancel();
+        let mut api = self.api;
+        if tokio::time::timeout(Duration::from_secs(2), &mut api)
+            .await
+            .is_err()
+        {
+            api.abort();
+        }
         let deadline = Duration::from_secs(self.config.registration.unregister_timeout_sec);
         self.supervisor.shutdown(deadline).await;
         self.cancel.cancel();
         tracing::info!("uacd stopped");
     }
+}
+
+/// The key of the dialog tokens in our Record-Route entries: kept next to
+/// the store (`<store>.key`, 0600) so that dialogs set up before a restart
+/// can still be routed; random when it cannot be kept.
+fn dialog_secret(config: &Config) -> [u8; 16] {
+    use std::io::Write;
+    let path = config.store.path.with_extension("key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice())
+    {
+        return key;
+    }
+    let key: [u8; 16] = rand::random();
+    let written = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&key))
+    };
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "dialog key not saved; calls set up before a restart will not route in-dialog requests after it");
+    }
+    key
 }

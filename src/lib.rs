@@ -8,10 +8,13 @@
 //! * `routing`: pure proxy decisions (RFC 3261 §16): match, source check,
 //!   forwarding, failover, the per-call machine.
 //! * `registration`: pure REGISTER state machine, its driver task, supervisor.
+//! * `store`: SQLite persistence of connections (file- and API-owned).
+//! * `api`: REST API (Telnyx v2 shapes), error format, OpenAPI document.
 //! * `app`: wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod dns;
@@ -19,5 +22,6 @@ pub mod metrics;
 pub mod registration;
 pub mod routing;
 pub mod sip;
+pub mod store;
 pub mod transaction;
 pub mod transport;

@@ -7,7 +7,7 @@ mod reader;
 mod sections;
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,9 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub routing: RoutingConfig,
     pub connections: Vec<Connection>,
+    /// Ids of the file connections that set no `password`: theirs was generated
+    /// at load, and the store keeps the first one generated across restarts.
+    pub generated_passwords: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

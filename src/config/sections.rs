@@ -1,6 +1,7 @@
 //! Reads each section of the spanned TOML document into the typed config, applying
 //! defaults and reporting every invalid value at its line (design.md Part 2).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -55,7 +56,7 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
     let sip = read_sip(ctx, &sip, &tls);
     let api = read_api(ctx, &api, base_dir);
     let default_user = api.tokens.first().map(|t| t.user_id.clone());
-    let connections = read_connections(ctx, root, default_user.as_deref());
+    let (connections, generated_passwords) = read_connections(ctx, root, default_user.as_deref());
     Config {
         sip,
         tls,
@@ -63,11 +64,15 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         api,
         metrics: read_metrics(ctx, &metrics),
         store: StoreConfig {
-            path: path_of(ctx, &store, "path").unwrap_or_else(|| StoreConfig::default().path),
+            // Relative to the config file's directory, like token_file.
+            path: path_of(ctx, &store, "path")
+                .map(|p| base_dir.join(p))
+                .unwrap_or_else(|| StoreConfig::default().path),
         },
         registration: read_registration(ctx, &registration),
         routing: read_routing(ctx, &routing),
         connections,
+        generated_passwords,
     }
 }
 
@@ -384,8 +389,9 @@ fn read_connections(
     ctx: &mut Ctx,
     root: &TableView<'_, '_>,
     default_user: Option<&str>,
-) -> Vec<Connection> {
+) -> (Vec<Connection>, BTreeSet<String>) {
     let mut out = Vec::new();
+    let mut generated = BTreeSet::new();
     let mut ids = Seen::new("id");
     let mut user_names = Seen::new("user_name");
     for t in root.table_array(ctx, "connection", CONNECTION_KEYS) {
@@ -406,9 +412,12 @@ fn read_connections(
                 ctx.report(&span, &t.key(key), reason);
             }
         }
+        if !t.has("password") {
+            generated.insert(conn.id.clone());
+        }
         out.push(conn);
     }
-    out
+    (out, generated)
 }
 
 /// One `[[connection]]`: reads, fills defaults, and runs the shared field checks.

@@ -44,7 +44,13 @@ fn example_parses_with_defaults() {
     assert_eq!(c.api.tokens[0].token.expose(), "change-me");
     assert_eq!(c.api.tokens[0].user_id, "323");
     assert_eq!(c.metrics, MetricsConfig::default());
-    assert_eq!(c.store.path, PathBuf::from("/var/lib/uacd/uacd.db"));
+    assert_eq!(
+        c.store.path,
+        PathBuf::from("uacd.db"),
+        "relative to the file"
+    );
+    let abs = parse(EXAMPLE, "/etc/uacd/uacd.toml").unwrap();
+    assert_eq!(abs.store.path, PathBuf::from("/etc/uacd/uacd.db"));
     assert_eq!(c.registration, RegistrationConfig::default());
     assert_eq!(c.routing, RoutingConfig::default());
     let conn = &c.connections[0];

@@ -21,7 +21,7 @@ use crate::transport::Transports;
 pub(crate) use driver::local_ip_towards;
 pub use driver::{Snapshot, transport_for};
 pub use state::RegStatus;
-pub use supervisor::{ConnectionStatus, Supervisor};
+pub use supervisor::{Applied, ConnectionStatus, Supervisor};
 
 /// What every driver shares.
 pub struct Context {

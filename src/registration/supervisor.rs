@@ -1,13 +1,18 @@
 //! Owns one driver task per connection, their stop tokens and status
-//! channels; starts them, and on shutdown unregisters them all within a
-//! deadline.
+//! channels; starts, replaces and removes them while the daemon runs (live
+//! apply from the API), and on shutdown unregisters them all within a deadline.
+//!
+//! [`Supervisor`] is a cheap-clone handle (`Arc` inside) shared by the app, the
+//! API handlers and routing. Its std `Mutex` is held for a few map operations,
+//! never across an `.await`. Changes to one connection id must be serialised
+//! by the caller (the API does so with its write lock).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Driver, Snapshot};
@@ -21,34 +26,95 @@ pub struct ConnectionStatus {
     pub snapshot: Snapshot,
 }
 
+/// What [`Supervisor::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A new connection: registration started (or Not Applicable).
+    Started,
+    /// External settings, `active` or `user_name` changed: the old binding was
+    /// unregistered and a new registration started.
+    Restarted,
+    /// Only name, internal settings or our own password changed: the running
+    /// registration (and its Call-ID) was left alone.
+    Updated,
+    /// Nothing changed.
+    Unchanged,
+}
+
 struct Entry {
     connection: Arc<Connection>,
     status: watch::Receiver<Snapshot>,
     stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    /// Start order, for stable listings.
+    seq: u64,
 }
 
-pub struct Supervisor {
-    ctx: Arc<Context>,
+#[derive(Default)]
+struct State {
     entries: HashMap<String, Entry>,
-    /// Insertion order, for stable listings.
-    order: Vec<String>,
-    tasks: JoinSet<()>,
+    /// `user_name` → id, for routing's per-call lookup.
+    by_user: HashMap<String, String>,
+    next_seq: u64,
+}
+
+struct Inner {
+    ctx: Arc<Context>,
+    state: Mutex<State>,
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+/// A driver that was told to stop, to be waited for outside the lock.
+struct Stopping {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Stopping {
+    /// Cancels the driver (it sends `Expires: 0` when registered) and waits
+    /// for it at most `deadline`; aborts it after that.
+    async fn finish(self, deadline: Duration) {
+        self.stop.cancel();
+        if let Some(mut task) = self.task
+            && tokio::time::timeout(deadline, &mut task).await.is_err()
+        {
+            tracing::warn!("unregistration deadline passed; abandoning the binding");
+            task.abort();
+        }
+    }
 }
 
 impl Supervisor {
     pub fn new(ctx: Arc<Context>) -> Supervisor {
         Supervisor {
-            ctx,
-            entries: HashMap::new(),
-            order: Vec::new(),
-            tasks: JoinSet::new(),
+            inner: Arc::new(Inner {
+                ctx,
+                state: Mutex::new(State::default()),
+            }),
         }
     }
 
-    /// Starts registering `conn` (or records it as Not Applicable when it is
-    /// inactive or has no proxy).
-    pub fn start(&mut self, conn: Connection) {
-        let conn = Arc::new(conn);
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unregister_deadline(&self) -> Duration {
+        Duration::from_secs(self.inner.ctx.config.registration.unregister_timeout_sec)
+    }
+
+    /// Spawns the driver for `conn` (none when it is inactive or has no proxy).
+    fn spawn(
+        &self,
+        conn: &Arc<Connection>,
+    ) -> (
+        watch::Receiver<Snapshot>,
+        CancellationToken,
+        Option<JoinHandle<()>>,
+    ) {
         let applicable = conn.active && conn.external_uac_settings.proxy.is_some();
         let initial = if applicable {
             RegStatus::NotRegistered
@@ -57,67 +123,241 @@ impl Supervisor {
         };
         let (tx, rx) = watch::channel(Snapshot::new(initial));
         let stop = CancellationToken::new();
-        if applicable {
-            let driver = Driver::new(self.ctx.clone(), conn.clone(), tx, stop.clone());
-            self.tasks.spawn(driver.run());
+        let task = if applicable {
+            let driver = Driver::new(self.inner.ctx.clone(), conn.clone(), tx, stop.clone());
+            Some(tokio::spawn(driver.run()))
         } else {
             tracing::info!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
-        }
-        self.order.push(conn.id.clone());
-        self.entries.insert(
+            None
+        };
+        (rx, stop, task)
+    }
+
+    /// Starts registering `conn` (or records it as Not Applicable when it is
+    /// inactive or has no proxy). A connection with the same id is replaced
+    /// without waiting for its unregistration: use [`Supervisor::upsert`] for
+    /// live changes.
+    pub fn start(&self, conn: Connection) {
+        let conn = Arc::new(conn);
+        let (status, stop, task) = self.spawn(&conn);
+        let mut st = self.state();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.by_user.insert(conn.user_name.clone(), conn.id.clone());
+        if let Some(old) = st.entries.insert(
             conn.id.clone(),
             Entry {
                 connection: conn,
-                status: rx,
+                status,
                 stop,
+                task,
+                seq,
             },
-        );
+        ) {
+            old.stop.cancel();
+        }
+    }
+
+    /// Applies a new or changed connection. A change to `external_uac_settings`,
+    /// `active` or `user_name` unregisters the old binding (bounded by
+    /// `registration.unregister_timeout_sec`) before registering the new one;
+    /// any other change only swaps the connection that the API and routing see.
+    pub async fn upsert(&self, conn: Connection) -> Applied {
+        let conn = Arc::new(conn);
+        let stopping = {
+            let mut st = self.state();
+            let Some(entry) = st.entries.get_mut(&conn.id) else {
+                drop(st);
+                self.start(Arc::unwrap_or_clone(conn));
+                return Applied::Started;
+            };
+            let old = entry.connection.clone();
+            if *old == *conn {
+                return Applied::Unchanged;
+            }
+            entry.connection = conn.clone();
+            let restart = old.external_uac_settings != conn.external_uac_settings
+                || old.active != conn.active
+                || old.user_name != conn.user_name;
+            if old.user_name != conn.user_name {
+                st.by_user.remove(&old.user_name);
+                st.by_user.insert(conn.user_name.clone(), conn.id.clone());
+            }
+            if !restart {
+                return Applied::Updated;
+            }
+            let entry = st.entries.get_mut(&conn.id).expect("present above");
+            Stopping {
+                stop: entry.stop.clone(),
+                task: entry.task.take(),
+            }
+        };
+        tracing::info!(connection_id = %conn.id, "registration settings changed: unregistering the old binding");
+        stopping.finish(self.unregister_deadline()).await;
+        let (status, stop, task) = self.spawn(&conn);
+        let mut st = self.state();
+        match st.entries.get_mut(&conn.id) {
+            Some(e) => {
+                e.status = status;
+                e.stop = stop;
+                e.task = task;
+            }
+            // Removed meanwhile (callers should serialise): do not leak a driver.
+            None => stop.cancel(),
+        }
+        Applied::Restarted
+    }
+
+    /// Unregisters (`Expires: 0`, bounded wait) and forgets a connection;
+    /// returns it with its last status, or None if unknown.
+    pub async fn remove(&self, id: &str) -> Option<ConnectionStatus> {
+        let entry = {
+            let mut st = self.state();
+            let e = st.entries.remove(id)?;
+            if st
+                .by_user
+                .get(&e.connection.user_name)
+                .is_some_and(|i| i == id)
+            {
+                st.by_user.remove(&e.connection.user_name);
+            }
+            e
+        };
+        Stopping {
+            stop: entry.stop,
+            task: entry.task,
+        }
+        .finish(self.unregister_deadline())
+        .await;
+        let snapshot = entry.status.borrow().clone();
+        Some(ConnectionStatus {
+            connection: entry.connection,
+            snapshot,
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.state().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.state().entries.is_empty()
+    }
+
+    /// One connection with its current snapshot.
+    pub fn get(&self, id: &str) -> Option<ConnectionStatus> {
+        self.state().entries.get(id).map(|e| ConnectionStatus {
+            connection: e.connection.clone(),
+            snapshot: e.status.borrow().clone(),
+        })
+    }
+
+    /// The current snapshot of one connection.
+    pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
+        self.state()
+            .entries
+            .get(id)
+            .map(|e| e.status.borrow().clone())
+    }
+
+    /// The connection whose Contact user is `user_name` (routing looks this up
+    /// on each inbound call, so a changed `destination_uri` applies at once).
+    pub fn connection_by_user(&self, user_name: &str) -> Option<Arc<Connection>> {
+        let st = self.state();
+        let id = st.by_user.get(user_name)?;
+        st.entries.get(id).map(|e| e.connection.clone())
     }
 
     /// Every connection with its current snapshot, in start order.
     pub fn statuses(&self) -> Vec<ConnectionStatus> {
-        self.order
-            .iter()
-            .filter_map(|id| self.entries.get(id))
-            .map(|e| ConnectionStatus {
-                connection: e.connection.clone(),
-                snapshot: e.status.borrow().clone(),
+        let st = self.state();
+        let mut v: Vec<(u64, ConnectionStatus)> = st
+            .entries
+            .values()
+            .map(|e| {
+                (
+                    e.seq,
+                    ConnectionStatus {
+                        connection: e.connection.clone(),
+                        snapshot: e.status.borrow().clone(),
+                    },
+                )
             })
-            .collect()
+            .collect();
+        drop(st);
+        v.sort_by_key(|(seq, _)| *seq);
+        v.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// A receiver that sees every status change of one connection.
+    /// A receiver that sees every status change of one connection (until
+    /// the connection is restarted or removed).
     pub fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
-        self.entries.get(id).map(|e| e.status.clone())
+        self.state().entries.get(id).map(|e| e.status.clone())
     }
 
     /// Unregisters everything (`Expires: 0`) and waits for the drivers, at
     /// most `deadline`; drivers still running then are aborted.
-    pub async fn shutdown(mut self, deadline: Duration) {
-        for e in self.entries.values() {
+    pub async fn shutdown(&self, deadline: Duration) {
+        let entries: Vec<Entry> = {
+            let mut st = self.state();
+            st.by_user.clear();
+            st.entries.drain().map(|(_, e)| e).collect()
+        };
+        for e in &entries {
             e.stop.cancel();
         }
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        let mut statuses = Vec::new();
+        for mut e in entries {
+            tasks.extend(e.task.take());
+            statuses.push(e.status);
+        }
+        let remaining = tasks.len();
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drain = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
         if tokio::time::timeout(deadline, drain).await.is_err() {
+            let left = aborts.iter().filter(|a| !a.is_finished()).count();
             tracing::warn!(
-                remaining = self.tasks.len(),
+                remaining = left,
+                of = remaining,
                 "unregistration deadline passed; abandoning the rest"
             );
-            self.tasks.abort_all();
+            for a in aborts {
+                a.abort();
+            }
         }
-        let registered = self
-            .entries
-            .values()
-            .filter(|e| e.status.borrow().status == RegStatus::Success)
+        let registered = statuses
+            .iter()
+            .filter(|s| s.borrow().status == RegStatus::Success)
             .count();
         tracing::info!(still_registered = registered, "registrations stopped");
+    }
+}
+
+impl crate::routing::proxy::Connections for Supervisor {
+    fn by_user(&self, user: &str) -> Option<ConnectionStatus> {
+        let st = self.state();
+        let id = st.by_user.get(user)?;
+        st.entries.get(id).map(|e| ConnectionStatus {
+            connection: e.connection.clone(),
+            snapshot: e.status.borrow().clone(),
+        })
+    }
+
+    /// Linear in the number of connections: used only when neither the
+    /// Request-URI user nor its `line` parameter names a connection.
+    fn by_flow(&self, flow: u64) -> Option<ConnectionStatus> {
+        let st = self.state();
+        st.entries
+            .values()
+            .find(|e| e.status.borrow().flow == Some(flow))
+            .map(|e| ConnectionStatus {
+                connection: e.connection.clone(),
+                snapshot: e.status.borrow().clone(),
+            })
     }
 }

@@ -18,8 +18,11 @@
 //! | 50..=59 | `shutdown.rs`                               |
 //! | 60..=69 | `reload.rs`                                 |
 //! | 70..=79 | `proxy_invite.rs`                           |
-//! | 80..=89 | `api.rs`, `store.rs`                        |
+//! | 80..=85 | `api.rs`                                    |
+//! | 86..=87 | `store.rs`                                  |
+//! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | `dns_failover.rs`                           |
+//!
 //! (127.0.0.5/.6 and .62/.63 are used by the shell selftests.)
 //!
 //! (`registrar_faults.rs` uses 127.0.1.0/24.) Within a file, give each test its
@@ -704,10 +707,16 @@ pub struct Uacd {
 }
 
 impl Uacd {
-    /// Writes `config_toml` to `<dir>/uacd.toml` and starts the daemon.
+    /// Writes `config_toml` to `<dir>/uacd.toml` and starts the daemon. A
+    /// config without a `[store]` section gets `<dir>/uacd.db`, so that tests
+    /// never share (or need) `/var/lib/uacd`.
     pub fn start(config_toml: &str, dir: &Path) -> Uacd {
         let config = dir.join("uacd.toml");
-        fs::write(&config, config_toml).expect("write uacd.toml");
+        let mut text = config_toml.to_owned();
+        if !text.lines().any(|l| l.trim() == "[store]") {
+            text.push_str(&format!("\n[store]\npath = {:?}\n", dir.join("uacd.db")));
+        }
+        fs::write(&config, text).expect("write uacd.toml");
         let mut cmd = Command::new(uacd_bin());
         cmd.arg("run").arg("--config").arg(&config).current_dir(dir);
         cmd.env(

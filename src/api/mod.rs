@@ -1,0 +1,196 @@
+//! The REST API (design.md Part 2, Telnyx v2 shapes) on `api.listen`:
+//! `/v2/uac_connections` CRUD with live apply, registration status, seed 002's
+//! `/v2/sip_registration_status`, `/healthz` and the OpenAPI document at
+//! `/v2/openapi.json` (kept in `openapi/uacd.json`).
+
+mod body;
+mod error;
+mod handlers;
+mod query;
+mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, ErrorObject, Source};
+
+use crate::config::Config;
+use crate::registration::Supervisor;
+use crate::store::StoreHandle;
+
+/// The OpenAPI 3.1 document served at `GET /v2/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi/uacd.json");
+
+/// What the handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: StoreHandle,
+    supervisor: Supervisor,
+    /// SHA-256 of each token, with the user it acts for.
+    tokens: Vec<([u8; 32], String)>,
+    /// Serialises writes (store + live apply) so that each id changes in order.
+    write: tokio::sync::Mutex<()>,
+    /// The `fqdn` of connection objects: where PBXes reach us.
+    fqdn: String,
+    /// Whether `sip.listen` has a UDP socket (UDP connections need one).
+    has_udp: bool,
+}
+
+impl ApiState {
+    pub fn new(config: &Config, store: StoreHandle, supervisor: Supervisor) -> ApiState {
+        let tokens = config
+            .api
+            .tokens
+            .iter()
+            .map(|t| (sha256(t.token.expose().as_bytes()), t.user_id.clone()))
+            .collect();
+        ApiState {
+            inner: Arc::new(Shared {
+                store,
+                supervisor,
+                tokens,
+                write: tokio::sync::Mutex::new(()),
+                fqdn: fqdn(config),
+                has_udp: config
+                    .sip
+                    .listen
+                    .iter()
+                    .any(|l| l.transport == crate::config::Transport::Udp),
+            }),
+        }
+    }
+
+    /// The user a bearer token acts for. Every configured token is compared
+    /// (SHA-256 digests, constant time), so timing tells nothing about which
+    /// or how much matched.
+    fn user_for(&self, token: &str) -> Option<String> {
+        let given = sha256(token.as_bytes());
+        let mut found = None;
+        for (digest, user) in &self.inner.tokens {
+            if constant_time_eq(digest, &given) && found.is_none() {
+                found = Some(user.clone());
+            }
+        }
+        found
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// `sip.public_address`'s host, else the first SIP listener's IP, else the host name.
+fn fqdn(config: &Config) -> String {
+    if let Some(p) = config.sip.public_address.as_deref() {
+        let host = p.rsplit_once(':').map_or(p, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') {
+                h
+            } else {
+                p
+            }
+        });
+        return host.trim_matches(['[', ']']).to_owned();
+    }
+    match config.sip.listen.first() {
+        Some(l) if !l.addr.ip().is_unspecified() => l.addr.ip().to_string(),
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    }
+}
+
+/// The authenticated caller (`Authorization: Bearer <token>`); 401 otherwise.
+pub struct Caller {
+    pub user_id: String,
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(ApiError::unauthorized)?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(ApiError::unauthorized)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthorized());
+        }
+        state
+            .user_for(token.trim())
+            .map(|user_id| Caller { user_id })
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// Every route. `/metrics` (issue 7) goes beside `/healthz`: unauthenticated,
+/// on the same listener.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/v2/uac_connections",
+            get(handlers::list).post(handlers::create),
+        )
+        .route(
+            "/v2/uac_connections/{id}",
+            get(handlers::get_one)
+                .patch(handlers::update)
+                .delete(handlers::delete),
+        )
+        .route(
+            "/v2/uac_connections/{id}/registration_status",
+            get(handlers::registration_status),
+        )
+        .route(
+            "/v2/sip_registration_status",
+            get(handlers::sip_registration_status),
+        )
+        .route("/v2/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { ApiError::not_found("resource") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn openapi() -> Response {
+    let mut r = OPENAPI.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves the API on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "API server failed");
+    }
+}

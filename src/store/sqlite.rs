@@ -1,0 +1,444 @@
+//! The SQLite store (rusqlite, bundled SQLite): WAL journal with
+//! `synchronous=FULL` (each commit fsyncs the WAL, so an acknowledged write
+//! survives `kill -9` and power loss), schema migrations by
+//! `PRAGMA user_version`, file created 0600 (it holds PBX passwords).
+
+use std::collections::BTreeSet;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport};
+use crate::config::{Connection, Secret};
+
+/// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: connections. `settings` is the connection as JSON without its
+    // passwords, which have their own columns.
+    "CREATE TABLE connections (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL UNIQUE,
+        connection_name TEXT NOT NULL,
+        owner TEXT NOT NULL CHECK (owner IN ('file', 'api')),
+        settings TEXT NOT NULL,
+        password TEXT NOT NULL,
+        external_password TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX connections_user_created ON connections (user_id, created_at);",
+];
+
+const COLUMNS: &str = "id, owner, settings, password, external_password, created_at, updated_at";
+
+/// SQLite behind two connections: one writer, one reader (WAL lets reads
+/// proceed during a write). Locks are std mutexes held for one call, on a
+/// blocking thread.
+pub struct SqliteStore {
+    writer: Mutex<rusqlite::Connection>,
+    /// None for an in-memory store (one connection sees one database).
+    reader: Option<Mutex<rusqlite::Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it 0600 if absent, with its directory 0700) and
+    /// migrates the store at `path`; checks its integrity first.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                warn_if_readable_by_others(path);
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        }
+        let writer = open_conn(path)?;
+        check_integrity(&writer, path)?;
+        migrate(&writer, path)?;
+        let reader = open_conn(path)?;
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            reader: Some(Mutex::new(reader)),
+        })
+    }
+
+    /// A store that lives in memory only (tests that need no persistence).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = rusqlite::Connection::open_in_memory().map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        migrate(&conn, &path)?;
+        Ok(SqliteStore {
+            writer: Mutex::new(conn),
+            reader: None,
+        })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, rusqlite::Connection> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, rusqlite::Connection> {
+        match &self.reader {
+            Some(r) => r.lock().unwrap_or_else(|e| e.into_inner()),
+            None => self.writer(),
+        }
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "store file is readable by group/others; it holds PBX passwords (chmod 600)");
+        }
+    }
+}
+
+fn open_conn(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let conn = rusqlite::Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    // journal_mode is the first statement that reads the file: "file is not a
+    // database" shows up here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open {
+            path: path.to_owned(),
+            reason: format!("cannot switch to WAL journal mode (got {mode})"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(open_err)?;
+    Ok(conn)
+}
+
+fn check_integrity(conn: &rusqlite::Connection, path: &Path) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check")
+        .map_err(|e| corrupt(e.to_string()))?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| corrupt(e.to_string()))?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        Ok(())
+    } else {
+        Err(corrupt(lines.join("; ")))
+    }
+}
+
+fn migrate(conn: &rusqlite::Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+fn owner_from(s: &str) -> Owner {
+    if s == "file" { Owner::File } else { Owner::Api }
+}
+
+/// Decodes one row selected with [`COLUMNS`].
+fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, StoreError>> {
+    let id: String = r.get(0)?;
+    let owner: String = r.get(1)?;
+    let settings: String = r.get(2)?;
+    let password: String = r.get(3)?;
+    let external: Option<String> = r.get(4)?;
+    let created_at: i64 = r.get(5)?;
+    let updated_at: i64 = r.get(6)?;
+    Ok(match serde_json::from_str::<Connection>(&settings) {
+        Ok(mut c) => {
+            c.id = id;
+            c.password = Secret::new(password);
+            c.external_uac_settings.password = external.map(Secret::new);
+            Ok(Row {
+                connection: c,
+                owner: owner_from(&owner),
+                created_at,
+                updated_at,
+            })
+        }
+        Err(source) => Err(StoreError::Decode { id, source }),
+    })
+}
+
+fn collect(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Row>, StoreError> {
+    let mut out = Vec::new();
+    for r in stmt.query_map(params, decode)? {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+fn encode(c: &Connection) -> Result<String, StoreError> {
+    serde_json::to_string(c).map_err(StoreError::Encode)
+}
+
+/// Maps UNIQUE violations to the typed errors.
+fn unique(e: rusqlite::Error, c: &Connection) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        if msg.contains("connections.user_name") {
+            return StoreError::DuplicateUserName(c.user_name.clone());
+        }
+        if msg.contains("connections.id") {
+            return StoreError::DuplicateId(c.id.clone());
+        }
+    }
+    StoreError::Sql(e)
+}
+
+fn insert_row(conn: &rusqlite::Connection, row: &Row) -> Result<(), StoreError> {
+    let c = &row.connection;
+    conn.execute(
+        "INSERT INTO connections (id, user_id, user_name, connection_name, owner, settings, password, external_password, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            c.id,
+            c.user_id,
+            c.user_name,
+            c.connection_name,
+            row.owner.as_str(),
+            encode(c)?,
+            c.password.expose(),
+            c.external_uac_settings.password.as_ref().map(Secret::expose),
+            row.created_at,
+            row.updated_at
+        ],
+    )
+    .map_err(|e| unique(e, c))?;
+    Ok(())
+}
+
+fn update_row(conn: &rusqlite::Connection, row: &Row) -> Result<bool, StoreError> {
+    let c = &row.connection;
+    let n = conn
+        .execute(
+            "UPDATE connections SET user_id = ?2, user_name = ?3, connection_name = ?4, owner = ?5,
+             settings = ?6, password = ?7, external_password = ?8, updated_at = ?9 WHERE id = ?1",
+            params![
+                c.id,
+                c.user_id,
+                c.user_name,
+                c.connection_name,
+                row.owner.as_str(),
+                encode(c)?,
+                c.password.expose(),
+                c.external_uac_settings
+                    .password
+                    .as_ref()
+                    .map(Secret::expose),
+                row.updated_at
+            ],
+        )
+        .map_err(|e| unique(e, c))?;
+    Ok(n > 0)
+}
+
+/// `LIKE` pattern for "contains `s`", with `\` as the escape character.
+fn like_contains(s: &str) -> String {
+    let mut p = String::with_capacity(s.len() + 2);
+    p.push('%');
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
+
+impl Store for SqliteStore {
+    fn all(&self) -> Result<Vec<Row>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM connections ORDER BY created_at, seq"
+        ))?;
+        collect(&mut stmt, [])
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM connections WHERE id = ?1"))?;
+        let row = stmt.query_row([id], decode).optional()?;
+        row.transpose()
+    }
+
+    fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        let conn = self.reader();
+        let pattern = q.name_contains.as_deref().map(like_contains);
+        let filter = "user_id = ?1 AND (?2 IS NULL OR connection_name LIKE ?2 ESCAPE '\\')";
+        let total: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM connections WHERE {filter}"))?
+            .query_row(params![q.user_id, pattern], |r| r.get(0))?;
+        let column = match q.sort.key {
+            SortKey::CreatedAt => "created_at",
+            SortKey::UpdatedAt => "updated_at",
+            SortKey::ConnectionName => "connection_name",
+        };
+        let dir = if q.sort.descending { "DESC" } else { "ASC" };
+        let size = i64::from(q.page_size.max(1));
+        let offset = (i64::from(q.page_number.max(1)) - 1).saturating_mul(size);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE {filter}
+             ORDER BY {column} {dir}, seq {dir} LIMIT ?3 OFFSET ?4"
+        ))?;
+        let rows = collect(&mut stmt, params![q.user_id, pattern, size, offset])?;
+        Ok(Page {
+            rows,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    fn insert(&self, row: &Row) -> Result<(), StoreError> {
+        insert_row(&self.writer(), row)
+    }
+
+    fn update(&self, row: &Row) -> Result<bool, StoreError> {
+        update_row(&self.writer(), row)
+    }
+
+    fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .writer()
+            .execute("DELETE FROM connections WHERE id = ?1", [id])?;
+        Ok(n > 0)
+    }
+
+    fn sync_file(
+        &self,
+        file: &mut [Connection],
+        generated_passwords: &BTreeSet<String>,
+        now: i64,
+    ) -> Result<SyncReport, StoreError> {
+        let conn = self.writer();
+        let tx = conn.unchecked_transaction()?;
+        let existing = {
+            let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM connections"))?;
+            collect(&mut stmt, [])?
+        };
+        let mut report = SyncReport::default();
+        let wanted: BTreeSet<&str> = file.iter().map(|c| c.id.as_str()).collect();
+        // Removals first, so that a user_name can move between file connections.
+        for old in existing
+            .iter()
+            .filter(|r| r.owner == Owner::File && !wanted.contains(r.connection.id.as_str()))
+        {
+            tx.execute(
+                "DELETE FROM connections WHERE id = ?1",
+                [&old.connection.id],
+            )?;
+            report.removed += 1;
+        }
+        for c in file.iter_mut() {
+            let old = existing.iter().find(|r| r.connection.id == c.id);
+            match old {
+                Some(r) if r.owner == Owner::Api => {
+                    return Err(StoreError::FileConflict {
+                        id: c.id.clone(),
+                        reason: "an API-created connection has the same id; rename one of them"
+                            .into(),
+                    });
+                }
+                Some(r) => {
+                    if generated_passwords.contains(&c.id) {
+                        c.password = r.connection.password.clone();
+                    }
+                    if r.connection != *c {
+                        let row = Row {
+                            connection: c.clone(),
+                            owner: Owner::File,
+                            created_at: r.created_at,
+                            updated_at: now,
+                        };
+                        update_row(&tx, &row).map_err(|e| file_conflict(e, c))?;
+                        report.updated += 1;
+                    }
+                }
+                None => {
+                    let row = Row {
+                        connection: c.clone(),
+                        owner: Owner::File,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    insert_row(&tx, &row).map_err(|e| file_conflict(e, c))?;
+                    report.inserted += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+fn file_conflict(e: StoreError, c: &Connection) -> StoreError {
+    match e {
+        StoreError::DuplicateUserName(u) => StoreError::FileConflict {
+            id: c.id.clone(),
+            reason: format!("user_name {u:?} is already used by an API-created connection"),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,705 @@
+//! The REST API against the real `uacd` binary with a temp store, on
+//! 127.0.0.80..=85 (one address per test): CRUD, PATCH merge semantics, every
+//! error code, tenant isolation in every verb, pagination/filter/sort, seed
+//! 002's endpoint, and live apply end to end with SIPp registrars. Each test
+//! ends by grepping the daemon's log and every API response for the passwords
+//! it used.
+
+mod api_client;
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use api_client::{Api, Resp};
+use common::{
+    Sipp, Uacd, free_tcp_port, poll_until, require_peer, temp_dir, test_ip, wait_for_tcp_listener,
+};
+use serde_json::{Value, json};
+
+const TOKEN_A: &str = "token-a-7f3c9e";
+const TOKEN_B: &str = "token-b-1d44aa";
+const START_WAIT: Duration = Duration::from_secs(20);
+const STATUS_WAIT: Duration = Duration::from_secs(15);
+const SIPP_WAIT: Duration = Duration::from_secs(60);
+
+struct Daemon {
+    uacd: Uacd,
+    /// Acts for user 323.
+    a: Api,
+    /// Acts for user 999 (its token comes from a token_file).
+    b: Api,
+    ip: Ipv4Addr,
+}
+
+impl Daemon {
+    /// uacd with SIP on `ip:5060` (UDP+TCP), the API on `ip:<free port>`,
+    /// tokens A (user 323, inline) and B (user 999, token_file), and `extra`
+    /// appended (connections, `{ip}` replaced).
+    fn start(n: u8, name: &str, extra: &str) -> Daemon {
+        let dir = temp_dir(name);
+        let ip = test_ip(n);
+        let port = free_tcp_port(ip);
+        std::fs::write(dir.join("token-b.txt"), format!("{TOKEN_B}\n")).unwrap();
+        let config = format!(
+            r#"[sip]
+listen = ["udp:{ip}:5060", "tcp:{ip}:5060"]
+[api]
+listen = "{ip}:{port}"
+[[api.tokens]]
+token = "{TOKEN_A}"
+user_id = "323"
+[[api.tokens]]
+token_file = "token-b.txt"
+user_id = "999"
+[registration]
+retry_interval_sec = 30
+max_retry_interval_sec = 30
+unregister_timeout_sec = 5
+{}"#,
+            extra.replace("{ip}", &ip.to_string())
+        );
+        let uacd = Uacd::start(&config, &dir);
+        wait_for_tcp_listener(ip, port, START_WAIT).unwrap_or_else(|e| {
+            panic!("{e}\n{}", common::tail(uacd.log_path(), 40));
+        });
+        let a = Api::new(SocketAddr::from((ip, port)), TOKEN_A);
+        let b = a.with_token(Some(TOKEN_B));
+        Daemon { uacd, a, b, ip }
+    }
+
+    /// Fails if any password appears in the daemon's log or any API response.
+    fn assert_no_leak(&self, passwords: &[&str]) {
+        let log = std::fs::read_to_string(self.uacd.log_path()).unwrap();
+        let transcript = self.a.transcript();
+        assert!(!transcript.is_empty());
+        for pw in passwords {
+            assert!(!log.contains(pw), "password {pw:?} in the daemon's log");
+            assert!(
+                !transcript.contains(pw),
+                "password {pw:?} in an API response:\n{transcript}"
+            );
+        }
+    }
+}
+
+fn data(r: &Resp) -> Value {
+    r.json()["data"].clone()
+}
+
+fn expect(r: &Resp, status: u16) -> &Resp {
+    assert_eq!(r.status, status, "{r:?}");
+    r
+}
+
+/// Asserts the error format: `errors[0]` has code, title, detail, and the source.
+fn expect_error(r: &Resp, status: u16, source: &str) {
+    expect(r, status);
+    let v = r.json();
+    let e = &v["errors"][0];
+    for k in ["code", "title", "detail"] {
+        assert!(e[k].is_string(), "errors[0].{k} missing: {v}");
+    }
+    assert_eq!(r.error_source(), source, "{v}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{r:?}"
+    );
+}
+
+fn wait_status(api: &Api, id: &str, want: u64) -> Value {
+    let mut last = Value::Null;
+    let ok = poll_until(STATUS_WAIT, || {
+        last = data(&api.get(&format!("/v2/uac_connections/{id}/registration_status")));
+        last["registration_status"] == want
+    });
+    assert!(ok.is_ok(), "{id} never reached status {want}; last: {last}");
+    last
+}
+
+#[test]
+fn crud_merge_patch_and_every_error_code() {
+    let d = Daemon::start(
+        80,
+        "api-crud",
+        r#"
+[[connection]]
+id = "file-pbx"
+connection_name = "File PBX"
+user_id = "323"
+[connection.external_uac_settings]
+proxy = "sip:{ip}:5099"
+username = "f"
+"#,
+    );
+    let a = &d.a;
+
+    // Create: connection_name only; credentials generated, nothing registers.
+    let r = a.post("/v2/uac_connections", &json!({"connection_name": "Office"}));
+    expect(&r, 201);
+    let c = data(&r);
+    let id = c["id"].as_str().unwrap().to_owned();
+    assert!(
+        id.len() == 19 && id.bytes().all(|b| b.is_ascii_digit()),
+        "{c}"
+    );
+    assert_eq!(c["record_type"], "uac_connection");
+    assert_eq!(c["connection_name"], "Office");
+    assert_eq!(c["user_id"], "323");
+    assert_eq!(c["active"], true);
+    assert_eq!(c["registration_status"], 0, "no proxy: Not Applicable");
+    assert!(c["user_name"].as_str().is_some_and(|u| !u.is_empty()));
+    assert_eq!(c["fqdn"], d.ip.to_string());
+    for k in ["created_at", "updated_at", "registration_status_updated_at"] {
+        assert!(c[k].as_str().is_some_and(|t| t.ends_with('Z')), "{k}: {c}");
+    }
+    assert!(c.get("password").is_none(), "{c}");
+    assert_eq!(data(&a.get(&format!("/v2/uac_connections/{id}"))), c);
+
+    // PATCH: nested objects merge, passwords stay write-only.
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"external_uac_settings": {"proxy": "sip:{ip}:5098".replace("{ip}", &d.ip.to_string()), "username": "reg", "password": "Ext-Secret-80", "transport": "TCP"},
+                "internal_uac_settings": {"destination_uri": "1006@assistant-abc123.sip.telnyx.com"}}),
+    );
+    let c1 = data(expect(&r, 200));
+    assert_eq!(c1["external_uac_settings"]["username"], "reg");
+    assert!(
+        c1["external_uac_settings"].get("password").is_none(),
+        "{c1}"
+    );
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"connection_name": "Office 2", "external_uac_settings": {"from_user": "601"}}),
+    );
+    let c2 = data(expect(&r, 200));
+    assert_eq!(c2["connection_name"], "Office 2");
+    let ext = &c2["external_uac_settings"];
+    assert_eq!(ext["from_user"], "601");
+    assert_eq!(ext["username"], "reg", "merged, not replaced: {c2}");
+    assert_eq!(ext["transport"], "TCP");
+    assert_eq!(
+        c2["internal_uac_settings"]["destination_uri"],
+        "1006@assistant-abc123.sip.telnyx.com"
+    );
+    assert_eq!(c2["created_at"], c["created_at"]);
+    // null removes a member (RFC 7396).
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"external_uac_settings": {"from_user": null}}),
+    );
+    assert_eq!(
+        data(expect(&r, 200))["external_uac_settings"]["from_user"],
+        Value::Null
+    );
+
+    // Errors; none of them changes anything.
+    let path = format!("/v2/uac_connections/{id}");
+    let before = data(&a.get(&path));
+    expect_error(&a.with_token(None).get(&path), 401, "<none>");
+    expect_error(&a.with_token(Some("wrong")).get(&path), 401, "<none>");
+    let basic = a.with_token(None).send(
+        "GET",
+        &path,
+        &[("Authorization", "Basic Zm9vOmJhcg==")],
+        None,
+    );
+    expect_error(&basic, 401, "<none>");
+    assert_eq!(basic.header("www-authenticate"), Some("Bearer"));
+    let r = a.send(
+        "PATCH",
+        &path,
+        &[("Content-Type", "text/plain")],
+        Some(b"{}"),
+    );
+    expect_error(&r, 415, "<none>");
+    let r = a.send(
+        "POST",
+        "/v2/uac_connections",
+        &[],
+        Some(b"{\"connection_name\":\"x\"}"),
+    );
+    expect_error(&r, 415, "<none>");
+    let big = json!({"connection_name": "x".repeat(70 * 1024)});
+    expect_error(&a.post("/v2/uac_connections", &big), 413, "<none>");
+    let r = a.send(
+        "PATCH",
+        &path,
+        &[("Content-Type", "application/json")],
+        Some(b"{\"connection_name\": "),
+    );
+    expect_error(&r, 400, "<none>");
+    for (body, pointer) in [
+        (json!({"bogus": 1}), "/bogus"),
+        (json!({"connection_name": 7}), "/connection_name"),
+        (json!({"connection_name": ""}), "/connection_name"),
+        (
+            json!({"external_uac_settings": {"transport": "SCTP"}}),
+            "/external_uac_settings/transport",
+        ),
+        (
+            json!({"external_uac_settings": {"expiration_sec": 59}}),
+            "/external_uac_settings/expiration_sec",
+        ),
+        (
+            json!({"external_uac_settings": {"expiration_sec": 86401}}),
+            "/external_uac_settings/expiration_sec",
+        ),
+        (
+            json!({"external_uac_settings": {"expiration_sec": -5}}),
+            "/external_uac_settings/expiration_sec",
+        ),
+        (
+            json!({"external_uac_settings": {"proxy": "http://x"}}),
+            "/external_uac_settings/proxy",
+        ),
+        (
+            json!({"external_uac_settings": {"extra": true}}),
+            "/external_uac_settings/extra",
+        ),
+        (json!({"active": "yes"}), "/active"),
+        (json!({"id": "123"}), "/id"),
+        (json!({"user_id": "999"}), "/user_id"),
+        (json!({"user_id": "323"}), "/user_id"),
+        (json!({"registration_status": 4}), "/registration_status"),
+    ] {
+        expect_error(&a.patch(&path, &body), 422, pointer);
+    }
+    expect_error(
+        &a.post("/v2/uac_connections", &json!({})),
+        422,
+        "/connection_name",
+    );
+    expect_error(&a.post("/v2/uac_connections", &json!([1])), 422, "");
+    let taken = c["user_name"].as_str().unwrap();
+    expect_error(
+        &a.post(
+            "/v2/uac_connections",
+            &json!({"connection_name": "dup", "user_name": taken}),
+        ),
+        409,
+        "/user_name",
+    );
+    expect_error(
+        &a.post(
+            "/v2/uac_connections",
+            &json!({"connection_name": "x", "user_name": ""}),
+        ),
+        422,
+        "/user_name",
+    );
+    expect_error(
+        &a.patch(
+            &path,
+            &json!({"": null, "external_uac_settings": {"nope": null}}),
+        ),
+        422,
+        "/",
+    );
+    let strip = |mut v: Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("registration_status");
+        o.remove("registration_status_updated_at");
+        v
+    };
+    let after = data(&a.get(&path));
+    assert_eq!(
+        strip(after),
+        strip(before),
+        "rejected requests changed nothing"
+    );
+    let integral = json!({"external_uac_settings": {"expiration_sec": 600.0}});
+    assert_eq!(
+        data(expect(&a.patch(&path, &integral), 200))["external_uac_settings"]["expiration_sec"],
+        600,
+        "600.0 is the integer 600"
+    );
+
+    // File-owned: readable, not changeable.
+    let f = data(expect(&a.get("/v2/uac_connections/file-pbx"), 200));
+    assert_eq!(f["connection_name"], "File PBX");
+    expect_error(
+        &a.patch(
+            "/v2/uac_connections/file-pbx",
+            &json!({"connection_name": "x"}),
+        ),
+        409,
+        "<none>",
+    );
+    expect_error(&a.delete("/v2/uac_connections/file-pbx"), 409, "<none>");
+
+    // Unknown paths and methods answer in the error format too.
+    expect_error(&a.get("/v2/nothing"), 404, "<none>");
+    expect_error(&a.get("/v2/uac_connections/0000"), 404, "<none>");
+    expect_error(&a.send("PUT", &path, &[], None), 405, "<none>");
+
+    // Delete returns the deleted object; then it is gone.
+    let r = a.delete(&path);
+    let gone = data(expect(&r, 200));
+    assert_eq!(gone["id"], id.as_str());
+    assert_eq!(gone["connection_name"], "Office 2");
+    expect_error(&a.get(&path), 404, "<none>");
+    expect_error(&a.delete(&path), 404, "<none>");
+
+    // Public endpoints.
+    let h = a.with_token(None).get("/healthz");
+    assert_eq!(h.status, 200);
+    let doc = a.with_token(None).get("/v2/openapi.json").json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    d.assert_no_leak(&["Ext-Secret-80", TOKEN_A, TOKEN_B]);
+}
+
+#[test]
+fn another_tenants_connection_is_invisible_in_every_verb() {
+    let d = Daemon::start(81, "api-tenants", "");
+    let (a, b) = (&d.a, &d.b);
+    let c = data(expect(
+        &a.post("/v2/uac_connections", &json!({"connection_name": "A's"})),
+        201,
+    ));
+    let id = c["id"].as_str().unwrap();
+    let path = format!("/v2/uac_connections/{id}");
+
+    expect_error(&b.get(&path), 404, "<none>");
+    expect_error(
+        &b.get(&format!("{path}/registration_status")),
+        404,
+        "<none>",
+    );
+    expect_error(
+        &b.patch(&path, &json!({"connection_name": "stolen"})),
+        404,
+        "<none>",
+    );
+    expect_error(&b.delete(&path), 404, "<none>");
+    let list = expect(&b.get("/v2/uac_connections"), 200).json();
+    assert_eq!(list["data"], json!([]));
+    assert_eq!(list["meta"]["total_results"], 0);
+    // B cannot create for A.
+    expect_error(
+        &b.post(
+            "/v2/uac_connections",
+            &json!({"connection_name": "x", "user_id": "323"}),
+        ),
+        422,
+        "/user_id",
+    );
+    // Seed 002: the connection exists but is not B's.
+    let q = |conn: &str, user: &str| {
+        format!(
+            "/v2/sip_registration_status?credential_type=uac_third-party_credential&connection_id={conn}&user_id={user}"
+        )
+    };
+    expect_error(&b.get(&q(id, "999")), 403, "<none>");
+    expect_error(&b.get(&q(id, "323")), 403, "<none>");
+    expect_error(&a.get(&q(id, "999")), 403, "<none>");
+    // Untouched.
+    assert_eq!(data(&a.get(&path))["connection_name"], "A's");
+    assert_eq!(
+        expect(&a.get("/v2/uac_connections"), 200).json()["meta"]["total_results"],
+        1
+    );
+}
+
+#[test]
+fn seed_002_sip_registration_status_shape_and_errors() {
+    let d = Daemon::start(
+        82,
+        "api-seed002",
+        r#"
+[[connection]]
+id = "2954035328656082602"
+connection_name = "Office PBX"
+user_id = "323"
+active = false
+[connection.external_uac_settings]
+proxy = "sip:{ip}:5099"
+outbound_proxy = "sip:{ip}:5098"
+transport = "UDP"
+username = "telnyx-reg"
+auth_username = "telnyx-auth"
+password = "Seed-Secret-82"
+from_user = "601"
+[connection.internal_uac_settings]
+destination_uri = "1006@assistant-abc123.sip.telnyx.com"
+"#,
+    );
+    let a = &d.a;
+    let base = "/v2/sip_registration_status";
+    let ok = a.get(&format!(
+        "{base}?credential_type=uac_third-party_credential&connection_id=2954035328656082602&user_id=323"
+    ));
+    let v = expect(&ok, 200).json();
+    let ip = d.ip;
+    assert_eq!(
+        v,
+        json!({
+            "connection_id": "2954035328656082602",
+            "user_id": "323",
+            "connection_name": "Office PBX",
+            "username": "telnyx-reg",
+            "pair_state": "INACTIVE",
+            "registered": false,
+            "last_registration_response": null,
+            "third-party_uac_settings": {
+                "proxy": format!("sip:{ip}:5099"),
+                "outbound_proxy": format!("sip:{ip}:5098"),
+                "transport": "UDP",
+                "username": "telnyx-reg",
+                "auth_username": "telnyx-auth",
+                "from_user": "601",
+                "expiration_sec": 3600,
+                "password": "***"
+            },
+            "internal_uac_settings": {"destination_uri": "1006@assistant-abc123.sip.telnyx.com"}
+        })
+    );
+    for (q, param) in [
+        ("connection_id=1&user_id=323", "credential_type"),
+        (
+            "credential_type=bogus&connection_id=1&user_id=323",
+            "credential_type",
+        ),
+        (
+            "credential_type=uac_third-party_credential&user_id=323",
+            "connection_id",
+        ),
+        (
+            "credential_type=uac_third-party_credential&connection_id=1",
+            "user_id",
+        ),
+        (
+            "credential_type=uac_third-party_credential&connection_id=&user_id=323",
+            "connection_id",
+        ),
+    ] {
+        expect_error(&a.get(&format!("{base}?{q}")), 400, param);
+    }
+    expect_error(&a.get(base), 400, "credential_type");
+    expect_error(
+        &a.get(&format!("{base}?credential_type=uac_third-party_credential&connection_id=2954035328656082602&user_id=1")),
+        403,
+        "<none>",
+    );
+    expect_error(
+        &a.get(&format!(
+            "{base}?credential_type=uac_third-party_credential&connection_id=404404&user_id=323"
+        )),
+        404,
+        "<none>",
+    );
+    expect_error(
+        &a.get(&format!("{base}?credential_type=telephony_credential&connection_id=2954035328656082602&user_id=323")),
+        404,
+        "<none>",
+    );
+    expect_error(
+        &a.with_token(None).get(&format!("{base}?credential_type=uac_third-party_credential&connection_id=2954035328656082602&user_id=323")),
+        401,
+        "<none>",
+    );
+    d.assert_no_leak(&["Seed-Secret-82"]);
+}
+
+#[test]
+fn pagination_filters_and_sort() {
+    let d = Daemon::start(83, "api-pages", "");
+    let a = &d.a;
+    let names = [
+        "delta",
+        "Alpha office",
+        "charlie",
+        "bravo OFFICE",
+        "echo",
+        "foxtrot",
+        "golf",
+    ];
+    let mut ids = Vec::new();
+    for n in names {
+        ids.push(
+            data(expect(
+                &a.post("/v2/uac_connections", &json!({"connection_name": n})),
+                201,
+            ))["id"]
+                .clone(),
+        );
+    }
+    d.b.post(
+        "/v2/uac_connections",
+        &json!({"connection_name": "b's office"}),
+    );
+    let list = |q: &str| expect(&a.get(&format!("/v2/uac_connections?{q}")), 200).json();
+    let names_of = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["connection_name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let v = list("page[size]=3");
+    assert_eq!(
+        v["meta"],
+        json!({"page_number": 1, "page_size": 3, "total_pages": 3, "total_results": 7})
+    );
+    assert_eq!(
+        names_of(&v),
+        ["golf", "foxtrot", "echo"],
+        "default: newest first"
+    );
+    let v = list("page%5Bnumber%5D=3&page%5Bsize%5D=3");
+    assert_eq!(names_of(&v), ["delta"]);
+    assert_eq!(v["meta"]["page_number"], 3);
+    let v = list("page[number]=9&page[size]=3");
+    assert_eq!(v["data"], json!([]));
+    let v = list("sort=connection_name&page[size]=250");
+    assert_eq!(
+        names_of(&v),
+        [
+            "Alpha office",
+            "bravo OFFICE",
+            "charlie",
+            "delta",
+            "echo",
+            "foxtrot",
+            "golf"
+        ]
+    );
+    let v = list("sort=-connection_name&page[size]=2");
+    assert_eq!(names_of(&v), ["golf", "foxtrot"]);
+    let v = list("sort=created_at&page[size]=1");
+    assert_eq!(v["data"][0]["id"], ids[0]);
+    let v = list("filter[connection_name][contains]=office&sort=connection_name");
+    assert_eq!(
+        names_of(&v),
+        ["Alpha office", "bravo OFFICE"],
+        "case-insensitive, own only"
+    );
+    assert_eq!(v["meta"]["total_results"], 2);
+    let v = list("filter[connection_name][contains]=%25");
+    assert_eq!(v["meta"]["total_results"], 0, "% is literal");
+    for (q, param) in [
+        ("page[size]=0", "page[size]"),
+        ("page[size]=251", "page[size]"),
+        ("page[number]=0", "page[number]"),
+        ("page[number]=x", "page[number]"),
+        ("sort=auth_type", "sort"),
+        ("filter[user_id]=1", "filter[user_id]"),
+    ] {
+        expect_error(&a.get(&format!("/v2/uac_connections?{q}")), 400, param);
+    }
+}
+
+/// `registrar-unregister.xml` on `ip:port`: one binding, then `Expires: 0`.
+fn unregister_registrar(
+    ip: Ipv4Addr,
+    port: u16,
+    dir: &Path,
+    name: &str,
+    pw: &str,
+) -> common::SippRun {
+    require_peer("sipp");
+    Sipp::new("registrar-unregister.xml", dir)
+        .name(name)
+        .local(ip, port)
+        .key("realm", "pbx.test")
+        .set("pw", pw)
+        .args(["-m", "1", "-timeout", "50", "-timeout_error"])
+        .start()
+}
+
+#[test]
+fn live_apply_with_sipp_create_rename_delete() {
+    const PW: &str = "Sipp-Secret-84";
+    let d = Daemon::start(84, "api-sipp-live", "");
+    let a = &d.a;
+    let mut sipp = unregister_registrar(d.ip, 5070, d.uacd.dir(), "reg", PW);
+    let r = a.post(
+        "/v2/uac_connections",
+        &json!({
+            "connection_name": "SIPp PBX",
+            "external_uac_settings": {"proxy": format!("sip:{}:5070", d.ip), "username": "telnyx-reg", "password": PW, "transport": "UDP"},
+            "internal_uac_settings": {"destination_uri": "1006@assistant-abc123.sip.telnyx.com"}
+        }),
+    );
+    let id = data(expect(&r, 201))["id"].as_str().unwrap().to_owned();
+    let st = wait_status(a, &id, 4);
+    assert_eq!(st["registration_status_name"], "Success");
+    assert_eq!(st["registered"], true);
+    assert_eq!(st["last_registration_response"], "200 OK");
+    assert!(st["expires_at"].is_string(), "{st}");
+    assert!(st["last_registered_ip"].is_string(), "{st}");
+    let status_at = st["registration_status_updated_at"].clone();
+
+    // Name and internal settings only: the registration is not touched (the
+    // registrar would see Expires: 0 and end the scenario; a new Call-ID would
+    // be discarded by SIPp).
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"connection_name": "Renamed", "internal_uac_settings": {"destination_uri": "2000@cc-app-xyz789.sip.telnyx.com"}}),
+    );
+    let c = data(expect(&r, 200));
+    assert_eq!(
+        c["internal_uac_settings"]["destination_uri"],
+        "2000@cc-app-xyz789.sip.telnyx.com"
+    );
+    assert_eq!(c["registration_status"], 4);
+    assert_eq!(
+        c["registration_status_updated_at"], status_at,
+        "registration untouched"
+    );
+    assert!(
+        sipp.child.try_status().is_none(),
+        "registrar saw an unregister:\n{}",
+        sipp.report()
+    );
+
+    // Delete: Expires: 0 reaches the registrar (the scenario ends only then).
+    let r = a.delete(&format!("/v2/uac_connections/{id}"));
+    let gone = data(expect(&r, 200));
+    assert_eq!(gone["registration_status"], 5, "{gone}");
+    sipp.wait_success(SIPP_WAIT);
+    d.assert_no_leak(&[PW]);
+}
+
+#[test]
+fn live_apply_with_sipp_new_registrar_then_inactive() {
+    const PW: &str = "Sipp-Secret-85";
+    let d = Daemon::start(85, "api-sipp-move", "");
+    let a = &d.a;
+    let mut first = unregister_registrar(d.ip, 5070, d.uacd.dir(), "first", PW);
+    let mut second = unregister_registrar(d.ip, 5071, d.uacd.dir(), "second", PW);
+    let r = a.post(
+        "/v2/uac_connections",
+        &json!({
+            "connection_name": "Moving PBX",
+            "external_uac_settings": {"proxy": format!("sip:{}:5070", d.ip), "username": "telnyx-reg", "password": PW}
+        }),
+    );
+    let id = data(expect(&r, 201))["id"].as_str().unwrap().to_owned();
+    wait_status(a, &id, 4);
+
+    // External settings change: old binding removed, new one made.
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"external_uac_settings": {"proxy": format!("sip:{}:5071", d.ip)}}),
+    );
+    expect(&r, 200);
+    first.wait_success(SIPP_WAIT);
+    wait_status(a, &id, 4);
+
+    // active: false unregisters and keeps the row.
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"active": false}),
+    );
+    let c = data(expect(&r, 200));
+    assert_eq!(c["active"], false);
+    assert_eq!(c["registration_status"], 0);
+    second.wait_success(SIPP_WAIT);
+    expect(&a.get(&format!("/v2/uac_connections/{id}")), 200);
+    d.assert_no_leak(&[PW]);
+}
