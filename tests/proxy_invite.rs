@@ -271,20 +271,7 @@ fn calls_through_the_pbx_over_udp() {
     d1.wait_success(WAIT);
 
     // 3. The first destination answers 503: the second takes the call.
-    let mut d1 = s.dest(
-        "3",
-        "uas-reject.xml",
-        dest1(),
-        s.p1,
-        &[
-            "-key",
-            "code",
-            "503",
-            "-key",
-            "reason",
-            "Service Unavailable",
-        ],
-    );
+    let mut d1 = s.dest("3", "uas-unavailable.xml", dest1(), s.p1, &[]);
     let mut d2 = s.dest("3", "uas-answer.xml", dest2(), s.p2, &[]);
     let mut c = s.call("3", "pbx-call.xml", "telnyx-reg", true, &[]);
     c.wait_success(WAIT);
@@ -292,13 +279,7 @@ fn calls_through_the_pbx_over_udp() {
     d2.wait_success(WAIT);
 
     // 4. 486 is relayed as is: no failover.
-    let mut d1 = s.dest(
-        "4",
-        "uas-reject.xml",
-        dest1(),
-        s.p1,
-        &["-key", "code", "486", "-key", "reason", "Busy Here"],
-    );
+    let mut d1 = s.dest("4", "uas-busy.xml", dest1(), s.p1, &[]);
     let mut c = s.call("4", "pbx-call-fails.xml", "telnyx-reg", true, &[]);
     c.wait_success(WAIT);
     d1.wait_success(WAIT);
