@@ -157,6 +157,17 @@ impl App {
         let state = ApiState::new(&config, store.clone(), supervisor.clone());
         let api = tokio::spawn(api::serve(listener, state, api_cancel.clone()));
         tracing::info!(addr = %api_addr, "API listening");
+        if let Some(addr) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::ApiListen { addr, source })?;
+            tokio::spawn(api::serve_metrics(
+                listener,
+                supervisor.clone(),
+                api_cancel.clone(),
+            ));
+            tracing::info!(%addr, "metrics listening");
+        }
         tracing::info!(connections = supervisor.len(), "uacd started");
         Ok(App {
             transports,

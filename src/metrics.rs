@@ -45,9 +45,32 @@ const SETUP_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
 
-/// Installs the global Prometheus recorder (once, in `main`). The caller
-/// must run [`PrometheusHandle::run_upkeep`] periodically.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+/// The installed recorder's handle, for `/metrics` (None in tests and
+/// `check-config`: nothing is recorded then).
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// The Prometheus text exposition of every metric, after `before` has set
+/// the gauges computed at scrape time. None when no recorder is installed.
+pub fn render(before: impl FnOnce()) -> Option<String> {
+    let handle = HANDLE.get()?;
+    before();
+    Some(handle.render())
+}
+
+/// Runs the exporter's upkeep (histogram bucket maintenance) every 5 s.
+pub async fn upkeep() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Some(h) = HANDLE.get() {
+            h.run_upkeep();
+        }
+    }
+}
+
+/// Installs the global Prometheus recorder (once, in `main`); spawn
+/// [`upkeep`] on the runtime afterwards.
+pub fn install() -> Result<(), BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REGISTER_DURATION.into()), &REGISTER_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(CALL_SETUP.into()), &SETUP_BUCKETS)?
@@ -59,7 +82,11 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     }
     gauge!(DIALOGS_ACTIVE).set(0.0);
     counter!(FAILOVERS).absolute(0);
-    Ok(handle)
+    for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+        counter!(TRANSPORT_ERRORS, "transport" => t.uri_param()).absolute(0);
+    }
+    let _ = HANDLE.set(handle);
+    Ok(())
 }
 
 fn describe() {

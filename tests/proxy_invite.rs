@@ -15,6 +15,7 @@
 //!
 //! Tests of this file run in parallel: each uses its own ports.
 
+mod api_client;
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -100,6 +101,7 @@ struct Setup {
     p1: u16,
     p2: u16,
     dest_tcp: bool,
+    api: SocketAddr,
 }
 
 /// uacd registered (over `transport`) to a Kamailio PBX, destinations over
@@ -116,6 +118,7 @@ fn setup(name: &str, transport: &str, dest_proto: &str, pbx: bool) -> Setup {
         (free_udp_port(dest1()), free_udp_port(dest2()))
     };
     let dns = Dns::start(dest_proto, p1, p2);
+    let api = SocketAddr::from((uacd_ip(), free_tcp_port(uacd_ip())));
     let kam = pbx.then(|| {
         require_peer("kamailio");
         require_peer("kamcmd");
@@ -163,7 +166,7 @@ destination_uri = "{dest_uri}"
 "#,
         ip = uacd_ip(),
         dns = dns.addr,
-        api = free_tcp_port(uacd_ip()),
+        api = api.port(),
         store = dir.join("uacd.db").display(),
         pbx = pbx_ip(),
     );
@@ -181,6 +184,7 @@ destination_uri = "{dest_uri}"
         p1,
         p2,
         dest_tcp: dest_proto == "tcp",
+        api,
     }
 }
 
@@ -399,4 +403,99 @@ fn dead_tcp_destination_fails_over_at_once() {
     let mut c = s.call("1", "pbx-call.xml", "telnyx-reg", true, &[]);
     c.wait_success(WAIT);
     d2.wait_success(WAIT);
+
+    // This daemon has registered, routed a call, failed over and met a
+    // transport error: its /metrics must hold the whole contract.
+    let resp = api_client::Api::new(s.api, "unused").get("/metrics");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        resp.headers
+    );
+    check_metrics(&resp.body, &s.dir);
+}
+
+/// design.md Part 2: every name with its type (and a label it must carry).
+const CONTRACT: [(&str, &str, &str); 10] = [
+    ("uacd_build_info", "gauge", "version="),
+    ("uacd_registrations", "gauge", "status=\"success\""),
+    (
+        "uacd_register_requests_total",
+        "counter",
+        "response=\"200\"",
+    ),
+    ("uacd_register_duration_seconds", "histogram", "le="),
+    ("uacd_calls_total", "counter", "result=\"answered\""),
+    ("uacd_call_setup_seconds", "histogram", "le="),
+    ("uacd_failovers_total", "counter", ""),
+    ("uacd_dialogs_active", "gauge", ""),
+    ("uacd_sip_messages_total", "counter", "kind=\"INVITE\""),
+    (
+        "uacd_transport_errors_total",
+        "counter",
+        "transport=\"tcp\"",
+    ),
+];
+
+fn check_metrics(text: &str, dir: &std::path::Path) {
+    for (name, kind, label) in CONTRACT {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} is not a {kind}:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && l.contains(label)),
+            "no {name} sample with {label}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("uacd_failovers_total 1") || text.contains("uacd_failovers_total 2"),
+        "the refused first target was a failover:\n{text}"
+    );
+    assert!(!text.contains("s3cret"), "password in /metrics");
+    // promtool (Debian's prometheus package) validates the exposition.
+    require_peer("promtool");
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(common::peer_path("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every metric a dashboard panel queries exists in this output.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_dir().join("dashboards/uacd.json")).unwrap(),
+    )
+    .expect("dashboards/uacd.json is JSON");
+    let mut queried = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("uacd_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        assert!(
+            text.lines().any(|l| l.starts_with(&name)),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
 }

@@ -116,7 +116,7 @@ pub fn require_peer(bin: &str) {
         panic!(
             "interop peer `{bin}` is not installed (not on PATH). Run scripts/test.sh, which \
              installs it (apt-get install sip-tester kamailio kamailio-tls-modules \
-             kamailio-utils-modules); interop tests fail rather than skip"
+             kamailio-utils-modules prometheus systemd); interop tests fail rather than skip"
         );
     }
 }
