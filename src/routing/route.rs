@@ -7,7 +7,6 @@
 //! Pure: the connections, the registration flows and the PBX addresses are
 //! inputs ([`Directory`], [`Source`]); the proxy task resolves them.
 
-use std::hash::{DefaultHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::{Message, Method, Uri};
@@ -23,10 +22,7 @@ pub const TOKEN_PARAM: &str = "uacd";
 /// Route carries it follows a route set we created. This is what keeps a
 /// forged `Route: <sip:us;lr>, <sip:victim>` from turning us into a relay.
 pub fn dialog_token(secret: &[u8; 16], call_id: &str) -> String {
-    let mut h = DefaultHasher::new();
-    h.write(secret);
-    h.write(call_id.as_bytes());
-    format!("{:016x}", h.finish())
+    super::tag(secret, &[b"rr\0", call_id.as_bytes()])
 }
 
 /// What the router knows about one connection, filled by the proxy task
