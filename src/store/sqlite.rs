@@ -32,6 +32,9 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     CREATE INDEX connections_user_created ON connections (user_id, created_at);",
+    // 2: the other sort keys of a listing, per owner.
+    "CREATE INDEX connections_user_name ON connections (user_id, connection_name);
+    CREATE INDEX connections_user_updated ON connections (user_id, updated_at);",
 ];
 
 const COLUMNS: &str = "id, owner, settings, password, external_password, created_at, updated_at";
@@ -324,8 +327,13 @@ impl Store for SqliteStore {
 
     fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         let conn = self.reader();
+        // Without a name filter the count and the page come from an index alone.
         let pattern = q.name_contains.as_deref().map(like_contains);
-        let filter = "user_id = ?1 AND (?2 IS NULL OR connection_name LIKE ?2 ESCAPE '\\')";
+        let filter = if pattern.is_some() {
+            "user_id = ?1 AND connection_name LIKE ?2 ESCAPE '\\'"
+        } else {
+            "user_id = ?1 AND ?2 IS NULL"
+        };
         let total: i64 = conn
             .prepare_cached(&format!("SELECT count(*) FROM connections WHERE {filter}"))?
             .query_row(params![q.user_id, pattern], |r| r.get(0))?;
