@@ -17,7 +17,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 # --- 1. peers -------------------------------------------------------------
 # package:command-that-proves-it
 PEERS=(sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
-  kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so openssl:openssl python3:python3)
+  kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so openssl:openssl python3:python3
+  prometheus:promtool systemd:systemd-analyze)
 missing=()
 for entry in "${PEERS[@]}"; do
   pkg=${entry%%:*} probe=${entry#*:}
@@ -37,7 +38,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # kamailio/kamcmd live in /usr/sbin
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
-for b in sipp kamailio kamcmd openssl; do
+for b in sipp kamailio kamcmd openssl promtool systemd-analyze; do
   command -v "$b" >/dev/null || { log "$b still missing after install"; exit 1; }
 done
 

@@ -14,7 +14,9 @@ use crate::api::{self, ApiState};
 use crate::store::{SqliteStore, StoreError, StoreHandle, now_ms};
 
 use crate::config::{Config, Transport};
+use crate::dns::Dns;
 use crate::registration::{Context, Supervisor};
+use crate::routing::proxy::Router;
 use crate::transaction::Layer;
 use crate::transaction::client::Timers;
 use crate::transport::{self, Transports};
@@ -25,6 +27,8 @@ pub enum AppError {
     Transport(#[from] transport::Error),
     #[error("connection {id:?} uses UDP but sip.listen has no udp: address")]
     NoUdpListener { id: String },
+    #[error(transparent)]
+    Dns(#[from] crate::dns::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen for the API on {addr}: {source}")]
@@ -56,23 +60,25 @@ impl App {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         tracing::info!(path = %config.store.path.display(), "store opened");
-        App::start_with(config, StoreHandle::new(store), Timers::default()).await
+        let secret = dialog_secret(&config);
+        App::start_with(config, StoreHandle::new(store), Timers::default(), secret).await
     }
 
     /// Like [`App::start`] with other RFC 3261 timer values (tests use a
     /// short T1 so that Timer F fires in seconds) and an in-memory store.
     pub async fn start_with_timers(config: Config, timers: Timers) -> Result<App, AppError> {
         let store = SqliteStore::open_in_memory()?;
-        App::start_with(config, StoreHandle::new(store), timers).await
+        App::start_with(config, StoreHandle::new(store), timers, rand::random()).await
     }
 
-    /// Starts with a given store: the file's connections are synced into it
+    /// Starts with a given store (and the key of the dialog tokens): the file's connections are synced into it
     /// (file-owned rows inserted, updated or removed), then every stored
     /// connection, file- or API-owned, starts registering.
     pub async fn start_with(
         mut config: Config,
         store: StoreHandle,
         timers: Timers,
+        dialog_secret: [u8; 16],
     ) -> Result<App, AppError> {
         let has_udp = config
             .sip
@@ -116,10 +122,22 @@ impl App {
         for l in &config.sip.listen {
             tracing::info!(transport = %l.transport, addr = %l.addr, "listening");
         }
-        let mut ctx = Context::new(config.clone(), layer, transports.clone());
+        // NAPTR/SRV choices are limited to the transports we listen on
+        // (a TLS or TCP destination needs our Record-Route on that transport).
+        let mut allowed: Vec<Transport> = Vec::new();
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            if config.sip.listen.iter().any(|l| l.transport == t) {
+                allowed.push(t);
+            }
+        }
+        let dns = Arc::new(Dns::new(&config.dns, allowed)?);
+        let mut ctx = Context::new(config.clone(), layer, transports.clone(), dns);
         ctx.timers = timers;
         let ctx = Arc::new(ctx);
-        let supervisor = Supervisor::new(ctx);
+        let supervisor = Supervisor::new(ctx.clone());
+        // Calls may come as soon as the first registration succeeds.
+        let router = Router::new(&ctx, Arc::new(supervisor.clone()), dialog_secret);
+        ctx.layer.set_router(Arc::new(router));
         for row in rows {
             supervisor.start(row.connection);
         }
@@ -139,6 +157,17 @@ impl App {
         let state = ApiState::new(&config, store.clone(), supervisor.clone());
         let api = tokio::spawn(api::serve(listener, state, api_cancel.clone()));
         tracing::info!(addr = %api_addr, "API listening");
+        if let Some(addr) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::ApiListen { addr, source })?;
+            tokio::spawn(api::serve_metrics(
+                listener,
+                supervisor.clone(),
+                api_cancel.clone(),
+            ));
+            tracing::info!(%addr, "metrics listening");
+        }
         tracing::info!(connections = supervisor.len(), "uacd started");
         Ok(App {
             transports,
@@ -176,4 +205,32 @@ impl App {
         self.cancel.cancel();
         tracing::info!("uacd stopped");
     }
+}
+
+/// The key of the dialog tokens in our Record-Route entries: kept next to
+/// the store (`<store>.key`, 0600) so that dialogs set up before a restart
+/// can still be routed; random when it cannot be kept.
+fn dialog_secret(config: &Config) -> [u8; 16] {
+    use std::io::Write;
+    let path = config.store.path.with_extension("key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice())
+    {
+        return key;
+    }
+    let key: [u8; 16] = rand::random();
+    let written = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&key))
+    };
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "dialog key not saved; calls set up before a restart will not route in-dialog requests after it");
+    }
+    key
 }

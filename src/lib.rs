@@ -5,6 +5,8 @@
 //! * `sip`: wire-faithful message parser and builder, URIs, digest (pure).
 //! * `transport`: UDP sockets, TCP/TLS flows, framing, keepalive.
 //! * `transaction`: RFC 3261 §17 client transactions and timers.
+//! * `routing`: pure proxy decisions (RFC 3261 §16): match, source check,
+//!   forwarding, failover, the per-call machine.
 //! * `registration`: pure REGISTER state machine, its driver task, supervisor.
 //! * `store`: SQLite persistence of connections (file- and API-owned).
 //! * `api`: REST API (Telnyx v2 shapes), error format, OpenAPI document.
@@ -15,7 +17,10 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dns;
+pub mod metrics;
 pub mod registration;
+pub mod routing;
 pub mod sip;
 pub mod store;
 pub mod transaction;

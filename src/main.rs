@@ -114,6 +114,12 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        match uacd::metrics::install() {
+            Ok(()) => {
+                tokio::spawn(uacd::metrics::upkeep());
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics recorder not installed; /metrics is off"),
+        }
         let app = match uacd::app::App::start(config).await {
             Ok(app) => app,
             Err(e) => {

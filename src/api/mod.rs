@@ -12,7 +12,7 @@ mod view;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -166,9 +166,56 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v2/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("resource") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus text format; `uacd_registrations` is
+/// counted from the live snapshots at each scrape.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    metrics_response(&state.inner.supervisor)
+}
+
+/// The `/metrics` answer, shared with the `metrics.listen` server.
+pub fn metrics_response(supervisor: &Supervisor) -> Response {
+    let body = crate::metrics::render(|| {
+        let statuses = supervisor.statuses();
+        crate::metrics::set_registrations(statuses.iter().map(|s| (s.snapshot.status, 1)));
+    });
+    match body {
+        Some(text) => {
+            let mut r = text.into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        None => ApiError::not_found("metrics (no recorder installed)").into_response(),
+    }
+}
+
+/// Serves only `GET /metrics` on `listener` (`metrics.listen`) until `cancel`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    supervisor: Supervisor,
+    cancel: CancellationToken,
+) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let supervisor = supervisor.clone();
+            async move { metrics_response(&supervisor) }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "metrics server failed");
+    }
 }
 
 async fn healthz() -> Response {

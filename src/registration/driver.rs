@@ -20,6 +20,8 @@ use super::state::{
     Action, AuthKind, Event, Machine, Published, RegStatus, RegTimer, Register, Reply, Settings,
 };
 use crate::config::{Connection, ProxyUri, Transport};
+use crate::dns::{Query, Target};
+use crate::metrics::{self, RegisterOutcome};
 use crate::sip::digest::{self, Credentials};
 use crate::sip::{HeaderName, Host, Message, Method};
 use crate::transaction::{TxError, new_branch};
@@ -35,6 +37,9 @@ pub struct Snapshot {
     pub last_registered_ip: Option<String>,
     pub updated_at: SystemTime,
     pub expires_at: Option<SystemTime>,
+    /// The TCP/TLS flow the binding lives on (calls from the PBX may come
+    /// back over it).
+    pub flow: Option<u64>,
 }
 
 impl Snapshot {
@@ -45,6 +50,7 @@ impl Snapshot {
             last_registered_ip: None,
             updated_at: SystemTime::now(),
             expires_at: None,
+            flow: None,
         }
     }
 }
@@ -54,9 +60,25 @@ type Inflight = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// Longest timer the driver arms.
 const MAX_TIMER: Duration = Duration::from_secs(365 * 86_400);
 
+/// Which target the next REGISTER goes to.
+#[derive(Debug, Clone)]
+enum Aim {
+    /// A new attempt: resolve afresh; the target that accepted us goes
+    /// first while DNS still lists it.
+    Fresh { pinned: Option<Target> },
+    /// `targets[index]`: the same target again (digest answer, 423) or the
+    /// next one after a failure.
+    At {
+        targets: Arc<[Target]>,
+        index: usize,
+    },
+}
+
 /// Result of one REGISTER transaction, as the machine will see it.
 struct Outcome {
     event: Event,
+    /// The ordered targets of this attempt and the one used.
+    targets: Option<(Arc<[Target]>, usize)>,
     /// The hop used (to watch a TCP/TLS flow for closure).
     hop: Option<Hop>,
     /// Our address as the registrar saw it (Via received/rport).
@@ -87,6 +109,10 @@ pub(super) struct Driver {
     learned: Option<SocketAddr>,
     /// Last `(registrar, local IP towards it)` found for a wildcard listener.
     route: Option<(SocketAddr, IpAddr)>,
+    /// Target of the next REGISTER.
+    aim: Aim,
+    /// The target that accepted the registration.
+    pinned: Option<Target>,
 }
 
 impl Driver {
@@ -120,6 +146,8 @@ impl Driver {
             hop: None,
             learned: None,
             route: None,
+            aim: Aim::Fresh { pinned: None },
+            pinned: None,
         }
     }
 
@@ -145,7 +173,8 @@ impl Driver {
                 outcome = poll_opt(&mut inflight) => {
                     inflight = None;
                     let rebind = self.absorb(&outcome);
-                    let actions = self.machine.step(outcome.event);
+                    let event = self.aim_after(outcome.event, outcome.targets);
+                    let actions = self.machine.step(event);
                     self.apply(actions, &mut inflight, false);
                     if !rebind || self.machine.is_done() {
                         continue;
@@ -174,9 +203,60 @@ impl Driver {
                     (Event::Rebind, true)
                 }
             };
+            // Timers, stop and rebind begin a new attempt.
+            self.aim = Aim::Fresh {
+                pinned: self.pinned.clone(),
+            };
             let actions = self.machine.step(event);
             self.apply(actions, &mut inflight, paced);
         }
+    }
+
+    /// Feeds the target's health to DNS and decides where the next REGISTER
+    /// of this attempt goes; turns a failure into `Failover` while another
+    /// target is left (RFC 3263 §4.3: timeout, transport error, 503).
+    fn aim_after(&mut self, event: Event, targets: Option<(Arc<[Target]>, usize)>) -> Event {
+        let Some((targets, index)) = targets else {
+            return event;
+        };
+        let target = &targets[index];
+        let failure = match &event {
+            Event::Timeout => Some("timeout"),
+            Event::TransportError => Some("transport error"),
+            Event::Reply(r) if r.code == 503 => Some("503"),
+            _ => None,
+        };
+        match failure {
+            Some(why) if why != "503" => self.ctx.dns.failed(target, why),
+            Some(_) => {}
+            None => self.ctx.dns.answered(target),
+        }
+        if let Event::Reply(r) = &event
+            && (200..300).contains(&r.code)
+        {
+            self.pinned = Some(target.clone());
+        }
+        let next = index + 1;
+        if let Some(why) = failure
+            && next < targets.len()
+            && !self.machine.is_stopping()
+        {
+            tracing::info!(
+                connection_id = %self.conn.id,
+                from = %target,
+                to = %targets[next],
+                reason = why,
+                "REGISTER failing over to the next target"
+            );
+            metrics::failover();
+            self.aim = Aim::At {
+                targets,
+                index: next,
+            };
+            return Event::Failover;
+        }
+        self.aim = Aim::At { targets, index };
+        event
     }
 
     /// Takes what a transaction taught us; true when our address as seen by
@@ -242,6 +322,10 @@ impl Driver {
             last_registered_ip: p.registered_target.or(old.last_registered_ip.clone()),
             updated_at: now,
             expires_at: p.expires_in.map(|d| now + d),
+            flow: match (&self.hop, p.status) {
+                (Some(Hop::Stream(f)), RegStatus::Success) => Some(f.id()),
+                _ => None,
+            },
         };
         if snap.status != old.status {
             tracing::info!(
@@ -280,6 +364,7 @@ impl Driver {
             }),
             learned: self.learned,
             route: self.route,
+            aim: self.aim.clone(),
             paced,
             stop: self.stop.clone(),
         };
@@ -298,6 +383,7 @@ struct Job {
     hop: Option<Hop>,
     learned: Option<SocketAddr>,
     route: Option<(SocketAddr, IpAddr)>,
+    aim: Aim,
     paced: bool,
     stop: CancellationToken,
 }
@@ -317,14 +403,32 @@ impl Job {
             return Outcome::event(Event::TransportError);
         };
         let next_hop = ext.outbound_proxy.as_ref().unwrap_or(proxy);
-        let transport = transport_for(next_hop, ext.transport);
+        let (targets, index) = match self.targets(next_hop).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(connection_id = %self.conn.id, error = %e, "registrar does not resolve");
+                return Outcome::event(Event::Unresolvable(e.to_string()));
+            }
+        };
+        let target = targets[index].clone();
+        let transport = target.transport;
+        let failed = |event| Outcome {
+            targets: Some((targets.clone(), index)),
+            ..Outcome::event(event)
+        };
         let hop = match self.hop.clone() {
-            Some(h) if h.transport() == transport => h,
-            _ => match self.connect(next_hop, transport).await {
+            Some(h) if h.transport() == transport && h.remote() == target.addr => h,
+            _ => match self
+                .ctx
+                .transports
+                .hop(transport, target.addr, &target.server_name)
+                .await
+            {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::debug!(connection_id = %self.conn.id, error = %e, "registrar unreachable");
-                    return Outcome::event(Event::TransportError);
+                    tracing::debug!(connection_id = %self.conn.id, target = %target, error = %e, "registrar unreachable");
+                    metrics::register_result(RegisterOutcome::TransportError, None);
+                    return failed(Event::TransportError);
                 }
             },
         };
@@ -379,6 +483,7 @@ impl Job {
             user_agent: &self.ctx.config.sip.user_agent,
             auth: &auth,
         });
+        let sent_at = Instant::now();
         let result = self
             .ctx
             .layer
@@ -390,6 +495,15 @@ impl Job {
                 self.ctx.timers,
             )
             .await;
+        let took = Some(sent_at.elapsed());
+        metrics::register_result(
+            match &result {
+                Ok(msg) => RegisterOutcome::Code(msg.status().unwrap_or(0)),
+                Err(TxError::Timeout) => RegisterOutcome::Timeout,
+                Err(_) => RegisterOutcome::TransportError,
+            },
+            took,
+        );
         let event = match result {
             Ok(msg) => {
                 let seen_as = (transport == Transport::Udp && self.ctx.public.is_none())
@@ -398,6 +512,7 @@ impl Job {
                 let reply = to_reply(&msg, &self.conn.user_name, hop.remote());
                 return Outcome {
                     event: Event::Reply(reply),
+                    targets: Some((targets, index)),
                     hop: Some(hop),
                     seen_as,
                     advertised,
@@ -412,6 +527,7 @@ impl Job {
         };
         Outcome {
             event,
+            targets: Some((targets, index)),
             hop: Some(hop),
             seen_as: None,
             advertised,
@@ -419,14 +535,30 @@ impl Job {
         }
     }
 
-    async fn connect(&self, uri: &ProxyUri, transport: Transport) -> Result<Hop, String> {
-        let port = uri.port.unwrap_or(transport.default_port());
-        let remote = resolve(&uri.host, port).await?;
-        self.ctx
-            .transports
-            .hop(transport, remote, &uri.host)
-            .await
-            .map_err(|e| e.to_string())
+    /// The ordered targets for this REGISTER and the index to use.
+    async fn targets(&self, uri: &ProxyUri) -> Result<(Arc<[Target]>, usize), crate::dns::Error> {
+        match &self.aim {
+            Aim::At { targets, index } if *index < targets.len() => Ok((targets.clone(), *index)),
+            Aim::At { .. } | Aim::Fresh { pinned: None } => {
+                let q = Query::with_transport(uri, self.conn.external_uac_settings.transport);
+                Ok((self.ctx.dns.resolve(&q).await?.into(), 0))
+            }
+            Aim::Fresh {
+                pinned: Some(pinned),
+            } => {
+                let q = Query::with_transport(uri, self.conn.external_uac_settings.transport);
+                let mut list = self.ctx.dns.resolve(&q).await?;
+                // Stay where the binding lives while DNS still lists it and
+                // it is not known to be failing.
+                if let Some(i) = list.iter().position(|t| t == pinned)
+                    && !self.ctx.dns.is_grey(pinned, Instant::now())
+                {
+                    let t = list.remove(i);
+                    list.insert(0, t);
+                }
+                Ok((list.into(), 0))
+            }
+        }
     }
 
     /// For a wildcard-bound hop, the local IP the kernel routes towards the
@@ -477,6 +609,7 @@ impl Outcome {
     fn event(event: Event) -> Outcome {
         Outcome {
             event,
+            targets: None,
             hop: None,
             seen_as: None,
             advertised: None,
@@ -495,30 +628,9 @@ pub fn transport_for(uri: &ProxyUri, configured: Transport) -> Transport {
     }
 }
 
-/// A/AAAA resolution of the registrar host, IPv4 first.
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| format!("{host} has no address"))
-}
-
 /// The local address the kernel would use towards `remote` (no packet is
 /// sent: connecting a UDP socket only picks a route).
-fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
     let bind: SocketAddr = if remote.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -14,9 +14,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::transaction::{Layer, client::Timers};
 use crate::transport::Transports;
 
+pub(crate) use driver::local_ip_towards;
 pub use driver::{Snapshot, transport_for};
 pub use state::RegStatus;
 pub use supervisor::{Applied, ConnectionStatus, Supervisor};
@@ -30,10 +32,17 @@ pub struct Context {
     pub timers: Timers,
     /// `sip.public_address`, parsed.
     pub public: Option<PublicAddress>,
+    /// RFC 3263 resolution and target health, shared with routing.
+    pub dns: Arc<Dns>,
 }
 
 impl Context {
-    pub fn new(config: Arc<Config>, layer: Layer, transports: Transports) -> Context {
+    pub fn new(
+        config: Arc<Config>,
+        layer: Layer,
+        transports: Transports,
+        dns: Arc<Dns>,
+    ) -> Context {
         let public = config
             .sip
             .public_address
@@ -46,6 +55,7 @@ impl Context {
             transports,
             timers: Timers::default(),
             public,
+            dns,
         }
     }
 }

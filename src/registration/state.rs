@@ -149,6 +149,12 @@ pub enum Event {
     Rebind,
     /// Unregister (`Expires: 0`) and finish.
     Stop,
+    /// The request in flight failed in a way that calls for the next DNS
+    /// target (timeout, transport error, 503: RFC 3263 §4.3) and there is
+    /// one: send it again there (new branch, same Call-ID, next CSeq).
+    Failover,
+    /// The registrar's name did not resolve (the reason says why).
+    Unresolvable(String),
 }
 
 /// Policy knobs, from the config.
@@ -268,6 +274,10 @@ impl Machine {
             Event::TransportError if self.phase == Phase::Sending => {
                 self.on_failure(503, None, true, None)
             }
+            Event::Unresolvable(why) if self.phase == Phase::Sending => {
+                self.on_failure(503, Some(&why), true, None)
+            }
+            Event::Failover if self.phase == Phase::Sending => self.on_failover(),
             Event::Timer(RegTimer::Expiry) => self.on_expiry(),
             Event::Timer(RegTimer::Refresh | RegTimer::Retry) if self.phase == Phase::Waiting => {
                 self.begin_attempt()
@@ -304,6 +314,25 @@ impl Machine {
             }
             _ => self.finish(),
         }
+    }
+
+    /// True once told to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    fn on_failover(&mut self) -> Vec<Action> {
+        if self.stopping {
+            // Unregistering is bounded: the binding lives on the target that
+            // failed, so there is nothing to remove elsewhere.
+            return self.finish();
+        }
+        // Another server: its challenges are its own (RFC 3261 §22.2); the
+        // cached answers are sent pre-emptively and may be refused once.
+        self.auth_rounds = 0;
+        self.fresh.clear();
+        let expires = self.in_flight_expires;
+        vec![self.send(expires)]
     }
 
     fn finish(&mut self) -> Vec<Action> {

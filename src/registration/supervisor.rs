@@ -353,3 +353,27 @@ impl Supervisor {
         tracing::info!(still_registered = registered, "registrations stopped");
     }
 }
+
+impl crate::routing::proxy::Connections for Supervisor {
+    fn by_user(&self, user: &str) -> Option<ConnectionStatus> {
+        let st = self.state();
+        let id = st.by_user.get(user)?;
+        st.entries.get(id).map(|e| ConnectionStatus {
+            connection: e.connection.clone(),
+            snapshot: e.status.borrow().clone(),
+        })
+    }
+
+    /// Linear in the number of connections: used only when neither the
+    /// Request-URI user nor its `line` parameter names a connection.
+    fn by_flow(&self, flow: u64) -> Option<ConnectionStatus> {
+        let st = self.state();
+        st.entries
+            .values()
+            .find(|e| e.status.borrow().flow == Some(flow))
+            .map(|e| ConnectionStatus {
+                connection: e.connection.clone(),
+                snapshot: e.status.borrow().clone(),
+            })
+    }
+}

@@ -4,6 +4,9 @@
 //! requests addressed to the daemon itself.
 
 pub mod client;
+pub mod invite_client;
+pub mod invite_server;
+pub mod non_invite_server;
 mod server;
 
 pub use server::ALLOW;
@@ -16,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::sip::{Message, Method};
+use crate::sip::{Message, Method, response_to};
 use crate::transport::{Hop, Inbound, InboundHandler, Transports};
 use client::{Action, Event, NonInviteClient, Timer, Timers};
 
@@ -37,6 +40,38 @@ pub enum TxError {
 
 type Slot = (Method, mpsc::Sender<Message>);
 
+/// What the PBX sends within a server transaction the proxy holds
+/// (RFC 3261 §17.2.3 matching by branch; ACK and CANCEL by the INVITE's).
+#[derive(Debug)]
+pub enum Upstream {
+    /// The request again (UDP retransmission).
+    Retransmission,
+    /// ACK for our non-2xx final response (same branch as the INVITE).
+    Ack,
+    /// A CANCEL for the INVITE; the layer has already answered it 200 (§9.2).
+    Cancel,
+}
+
+/// Takes every new request that no transaction matches (the router).
+/// Must not block: it runs on a socket's receive loop.
+pub trait RequestHandler: Send + Sync + 'static {
+    fn on_request(&self, inbound: Inbound);
+    /// A response no client transaction expects (a stateless proxy relays
+    /// it by its Via, §16.11).
+    fn on_stray_response(&self, inbound: Inbound) {
+        tracing::debug!(source = %inbound.source, "stray response dropped (§18.1.2)");
+    }
+}
+
+/// Server transaction key: branch, and whether it is an INVITE.
+fn server_key(branch: &str, invite: bool) -> Box<str> {
+    let mut k = String::with_capacity(branch.len() + 2);
+    k.push(if invite { 'I' } else { 'N' });
+    k.push(':');
+    k.push_str(branch);
+    k.into()
+}
+
 /// Cheap-clone handle on the transaction layer.
 #[derive(Clone)]
 pub struct Layer {
@@ -45,6 +80,8 @@ pub struct Layer {
 
 struct LayerInner {
     shards: Vec<Mutex<HashMap<Box<str>, Slot>>>,
+    servers: Vec<Mutex<HashMap<Box<str>, mpsc::Sender<Upstream>>>>,
+    router: OnceLock<Arc<dyn RequestHandler>>,
     hasher: std::collections::hash_map::RandomState,
     transports: OnceLock<Transports>,
     user_agent: String,
@@ -55,6 +92,8 @@ impl Layer {
         Layer {
             inner: Arc::new(LayerInner {
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                servers: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                router: OnceLock::new(),
                 hasher: Default::default(),
                 transports: OnceLock::new(),
                 user_agent: user_agent.to_owned(),
@@ -67,22 +106,130 @@ impl Layer {
         let _ = self.inner.transports.set(transports);
     }
 
+    /// Hands new requests to `router` (once; before, the daemon answers
+    /// every request itself).
+    pub fn set_router(&self, router: Arc<dyn RequestHandler>) {
+        let _ = self.inner.router.set(router);
+    }
+
+    pub fn transports(&self) -> Option<&Transports> {
+        self.inner.transports.get()
+    }
+
+    pub fn user_agent(&self) -> &str {
+        &self.inner.user_agent
+    }
+
+    fn server_shard(&self, key: &str) -> &Mutex<HashMap<Box<str>, mpsc::Sender<Upstream>>> {
+        let h = self.inner.hasher.hash_one(key);
+        &self.inner.servers[(h as usize) % SHARDS]
+    }
+
+    /// Holds a server transaction for the request with top Via `branch`:
+    /// its retransmissions (and, for an INVITE, its ACK and CANCEL) go to
+    /// `tx` until the returned guard is dropped.
+    pub fn hold_server(
+        &self,
+        branch: &str,
+        invite: bool,
+        tx: mpsc::Sender<Upstream>,
+    ) -> ServerGuard {
+        let key = server_key(branch, invite);
+        self.server_shard(&key)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), tx);
+        ServerGuard {
+            layer: self.clone(),
+            key,
+        }
+    }
+
+    /// Number of server transactions held.
+    pub fn servers(&self) -> usize {
+        self.inner
+            .servers
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    fn server_for(&self, branch: &str, invite: bool) -> Option<mpsc::Sender<Upstream>> {
+        let key = server_key(branch, invite);
+        self.server_shard(&key)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
+    /// Requests: a retransmission, ACK or CANCEL of a held server
+    /// transaction goes to its holder; anything else to the router (or the
+    /// daemon's own answers when there is none).
+    fn on_request(&self, inbound: Inbound) {
+        let Some(t) = self.inner.transports.get() else {
+            return;
+        };
+        let matched = match (inbound.msg.method(), inbound.msg.top_via()) {
+            (Some(method), Ok(via)) => via.branch().and_then(|b| {
+                let (invite, what) = match method {
+                    Method::Invite => (true, Upstream::Retransmission),
+                    Method::Ack => (true, Upstream::Ack),
+                    Method::Cancel => (true, Upstream::Cancel),
+                    _ => (false, Upstream::Retransmission),
+                };
+                self.server_for(b, invite).map(|tx| (tx, what))
+            }),
+            _ => None,
+        };
+        match matched {
+            Some((tx, Upstream::Cancel)) => {
+                // §9.2: the CANCEL gets its own 200 at once; the INVITE's
+                // holder sends the 487.
+                let ok = response_to(&inbound.msg, 200, "OK", None)
+                    .header("Server", self.inner.user_agent.as_str())
+                    .build();
+                t.reply(&inbound, Bytes::from(ok));
+                let _ = tx.try_send(Upstream::Cancel);
+            }
+            Some((tx, what)) => {
+                let _ = tx.try_send(what);
+            }
+            None => match self.inner.router.get() {
+                Some(router) => router.on_request(inbound),
+                None => server::answer(t, &self.inner.user_agent, inbound),
+            },
+        }
+    }
+
+    /// The daemon's own answer to a request nobody routes (OPTIONS 200,
+    /// malformed 400, stray in-dialog 481, other methods 405/501).
+    pub fn answer_locally(&self, inbound: Inbound) {
+        if let Some(t) = self.inner.transports.get() {
+            server::answer(t, &self.inner.user_agent, inbound);
+        }
+    }
+
     fn shard(&self, branch: &str) -> &Mutex<HashMap<Box<str>, Slot>> {
         let h = self.inner.hasher.hash_one(branch);
         &self.inner.shards[(h as usize) % SHARDS]
     }
 
-    fn register<'a>(
-        &'a self,
-        branch: &'a str,
+    /// Routes responses whose top Via has `branch` and whose CSeq method is
+    /// `method` to `tx` until the guard is dropped. A CANCEL shares its
+    /// INVITE's branch (§9.1) and has a slot of its own.
+    pub fn hold_client(
+        &self,
+        branch: &str,
         method: Method,
         tx: mpsc::Sender<Message>,
-    ) -> Registration<'a> {
-        let mut shard = self.shard(branch).lock().unwrap_or_else(|e| e.into_inner());
-        shard.insert(branch.into(), (method, tx));
-        Registration {
-            layer: self,
-            branch,
+    ) -> ClientGuard {
+        let key = client_key(branch, &method);
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        shard.insert(key.clone(), (method, tx));
+        ClientGuard {
+            layer: self.clone(),
+            key,
         }
     }
 
@@ -107,7 +254,7 @@ impl Layer {
         timers: Timers,
     ) -> Result<Message, TxError> {
         let (tx, mut rx) = mpsc::channel(4);
-        let _registration = self.register(branch, method, tx);
+        let _registration = self.hold_client(branch, method, tx);
         // Timer F bounds the first send too (a stream whose queue is full).
         match tokio::time::timeout(timers.timeout(), hop.send(request.clone())).await {
             Ok(sent) => sent?,
@@ -163,7 +310,7 @@ impl Layer {
     }
 
     fn on_response(&self, inbound: Inbound) {
-        let msg = inbound.msg;
+        let msg = &inbound.msg;
         let (Ok(via), Ok(cseq)) = (msg.top_via(), msg.cseq()) else {
             tracing::debug!(source = %inbound.source, "response without Via branch or CSeq dropped");
             return;
@@ -171,9 +318,10 @@ impl Layer {
         let Some(branch) = via.branch() else {
             return;
         };
+        let key = client_key(branch, &cseq.method);
         let sender = {
-            let shard = self.shard(branch).lock().unwrap_or_else(|e| e.into_inner());
-            match shard.get(branch) {
+            let shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+            match shard.get(&key) {
                 Some((method, tx)) if *method == cseq.method => Some(tx.clone()),
                 _ => None,
             }
@@ -182,42 +330,68 @@ impl Layer {
             Some(tx) => {
                 // A full queue means retransmissions are piling up: dropping
                 // one is what UDP would have done.
-                let _ = tx.try_send(msg);
+                let _ = tx.try_send(inbound.msg);
             }
-            None => {
-                tracing::debug!(source = %inbound.source, branch, "stray response dropped (§18.1.2)")
-            }
+            None => match self.inner.router.get() {
+                Some(router) => router.on_stray_response(inbound),
+                None => {
+                    tracing::debug!(source = %inbound.source, "stray response dropped (§18.1.2)")
+                }
+            },
         }
     }
 }
 
 impl InboundHandler for Layer {
     fn handle(&self, inbound: Inbound) {
+        crate::metrics::sip_received(&inbound.msg);
         if inbound.msg.is_request() {
-            if let Some(t) = self.inner.transports.get() {
-                server::answer(t, &self.inner.user_agent, inbound);
-            }
+            self.on_request(inbound);
         } else {
             self.on_response(inbound);
         }
     }
 }
 
-/// Removes a client transaction from the table when its runner ends,
-/// whichever way it ends (including cancellation).
-struct Registration<'a> {
-    layer: &'a Layer,
-    branch: &'a str,
+/// Forgets a server transaction when its holder drops it.
+pub struct ServerGuard {
+    layer: Layer,
+    key: Box<str>,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.layer
+            .server_shard(&self.key)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+fn client_key(branch: &str, method: &Method) -> Box<str> {
+    if *method == Method::Cancel {
+        format!("C:{branch}").into()
+    } else {
+        branch.into()
+    }
+}
+
+/// Removes a client transaction from the table when its runner ends,
+/// whichever way it ends (including cancellation).
+pub struct ClientGuard {
+    layer: Layer,
+    key: Box<str>,
+}
+
+impl Drop for ClientGuard {
     fn drop(&mut self) {
         let mut shard = self
             .layer
-            .shard(self.branch)
+            .shard(&self.key)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        shard.remove(self.branch);
+        shard.remove(&self.key);
     }
 }
 

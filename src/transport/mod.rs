@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Transport};
+use crate::metrics::{self, Direction};
 use crate::sip::Message;
 
 pub use stream::Flow;
@@ -126,7 +127,8 @@ impl Hop {
     }
 
     pub async fn send(&self, bytes: Bytes) -> Result<(), Error> {
-        match self {
+        metrics::sip_message(Direction::Out, &bytes);
+        let sent = match self {
             Hop::Udp { socket, remote, .. } => socket
                 .send_to(&bytes, remote)
                 .await
@@ -136,7 +138,11 @@ impl Hop {
                     source,
                 }),
             Hop::Stream(flow) => flow.send(bytes).await,
+        };
+        if sent.is_err() {
+            metrics::transport_error(self.transport());
         }
+        sent
     }
 }
 
@@ -316,6 +322,7 @@ impl Transports {
                     }
                     Err(e) => {
                         drop(guard);
+                        metrics::transport_error(transport);
                         let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
                         if flows.get(&(transport, remote)).is_some_and(|s| {
                             Arc::ptr_eq(s, &slot) && s.try_lock().is_ok_and(|g| g.is_none())
@@ -334,6 +341,7 @@ impl Transports {
     /// (source IP; source port when the Via has `rport`, else its sent-by
     /// port). A full socket buffer drops it, as a lost datagram would.
     pub fn reply(&self, to: &Inbound, bytes: Bytes) {
+        metrics::sip_message(Direction::Out, &bytes);
         if let Some(flow) = &to.flow {
             if !flow.try_send(bytes) {
                 tracing::debug!(?flow, "response dropped: flow closed or congested");

@@ -21,12 +21,16 @@
 //! | 80..=85 | `api.rs`                                    |
 //! | 86..=87 | `store.rs`                                  |
 //! | 88..=89 | `api_contract.rs`                           |
-//! | 90..=99 | free; 127.0.0.5/.6 and .62/.63 are used by the shell selftests |
+//! | 90..=99 | `dns_failover.rs`                           |
+//!
+//! (127.0.0.5/.6 and .62/.63 are used by the shell selftests.)
 //!
 //! (`registrar_faults.rs` uses 127.0.1.0/24.) Within a file, give each test its
 //! own address of the block, because the tests of one binary run in parallel.
 
 #![allow(dead_code)]
+
+pub mod dns;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -112,7 +116,7 @@ pub fn require_peer(bin: &str) {
         panic!(
             "interop peer `{bin}` is not installed (not on PATH). Run scripts/test.sh, which \
              installs it (apt-get install sip-tester kamailio kamailio-tls-modules \
-             kamailio-utils-modules); interop tests fail rather than skip"
+             kamailio-utils-modules prometheus systemd); interop tests fail rather than skip"
         );
     }
 }
@@ -496,6 +500,10 @@ pub struct KamailioOpts {
     pub password: String,
     /// Shorter expiries get 423 with Min-Expires (otherwise they are raised silently).
     pub min_expires: Option<u32>,
+    /// Longer expiries are lowered to this (short values make refreshes come soon).
+    pub max_expires: Option<u32>,
+    /// Also route INVITEs to registered users (record-routed, stateful).
+    pub pbx: bool,
 }
 
 impl KamailioOpts {
@@ -507,6 +515,8 @@ impl KamailioOpts {
             tls_cert: None,
             password: password.to_owned(),
             min_expires: None,
+            max_expires: None,
+            pbx: false,
         }
     }
 }
@@ -561,6 +571,12 @@ impl Kamailio {
         if let Some(m) = opts.min_expires {
             defines.push(format!("MIN_EXPIRES={m}"));
             defines.push("WITH_423".to_owned());
+        }
+        if opts.pbx {
+            defines.push("WITH_PBX".to_owned());
+        }
+        if let Some(m) = opts.max_expires {
+            defines.push(format!("MAX_EXPIRES={m}"));
         }
         if let Some(tls_port) = opts.tls_port {
             let (cert, key) = opts

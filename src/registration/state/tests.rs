@@ -574,3 +574,72 @@ fn status_codes_and_names_follow_seed_004() {
     assert_eq!(RegStatus::Expired.name(), "Expired");
     assert_eq!(RegStatus::NotApplicable.label(), "not_applicable");
 }
+
+#[test]
+fn failover_resends_at_once_with_same_expires_and_no_status_change() {
+    let mut m = Machine::new(settings(), 1);
+    m.step(Event::Start);
+    let a = m.step(Event::Failover);
+    let r = only_send(&a);
+    assert_eq!(r.expires, 3600);
+    assert!(published(&a).is_none(), "a failover is not a failure");
+    assert_eq!(m.status(), RegStatus::NotRegistered);
+    // The next target answers normally.
+    let a = m.step(ok(Some(600)));
+    assert_eq!(published(&a).unwrap().status, RegStatus::Success);
+}
+
+#[test]
+fn failover_target_may_challenge_for_a_realm_already_answered() {
+    // Target 1 challenged and then timed out on the answer; target 2 has its
+    // own nonce for the same realm: that is not a refusal.
+    let mut m = Machine::new(settings(), 1);
+    m.step(Event::Start);
+    m.step(challenge("n1", false));
+    m.step(Event::Failover);
+    let a = m.step(challenge("n2", false));
+    let r = only_send(&a);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.answers[0].challenge.nonce, "n2");
+    assert_eq!(m.status(), RegStatus::NotRegistered);
+    // A second refusal from that same target is still a failure.
+    let a = m.step(challenge("n3", false));
+    assert!(sends(&a).is_empty());
+    assert_eq!(m.status(), RegStatus::Failed);
+}
+
+#[test]
+fn failover_keeps_the_unregister_bounded() {
+    let mut m = registered(600);
+    m.step(Event::Stop);
+    let a = m.step(Event::Failover);
+    assert!(a.contains(&Action::Finished));
+    assert!(m.is_done());
+}
+
+#[test]
+fn failover_outside_a_transaction_is_ignored() {
+    let mut m = registered(600);
+    assert!(m.step(Event::Failover).is_empty());
+    let mut idle = Machine::new(settings(), 1);
+    assert!(idle.step(Event::Failover).is_empty());
+}
+
+#[test]
+fn unresolvable_is_a_soft_failure_with_the_reason() {
+    let mut m = Machine::new(settings(), 1);
+    m.step(Event::Start);
+    let a = m.step(Event::Unresolvable("pbx.test: no SIP server found".into()));
+    let p = published(&a).unwrap();
+    assert_eq!(p.status, RegStatus::Failed);
+    assert_eq!(
+        p.last_response.as_deref(),
+        Some("503 Service Unavailable (pbx.test: no SIP server found)")
+    );
+    assert!(armed(&a, RegTimer::Retry).is_some());
+    // A live binding survives a DNS outage until it expires.
+    let mut b = registered(600);
+    b.step(Event::Timer(RegTimer::Refresh));
+    b.step(Event::Unresolvable("down".into()));
+    assert_eq!(b.status(), RegStatus::Success);
+}

@@ -1,0 +1,494 @@
+//! The resolution logic against a fake DNS: RFC 3263 decision table,
+//! caching and TTLs, the stale-answer grace, single flight, greylisting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::lookup::LookupFuture;
+use super::rfc3263::NaptrRecord;
+use super::*;
+
+#[derive(Default)]
+struct Fake {
+    naptr: Mutex<HashMap<String, Vec<NaptrRecord>>>,
+    srv: Mutex<HashMap<String, Vec<SrvRecord>>>,
+    ip: Mutex<HashMap<String, Vec<IpAddr>>>,
+    ttl: Mutex<Duration>,
+    down: Mutex<bool>,
+    queries: Mutex<Vec<String>>,
+    delay: Mutex<Duration>,
+    inflight_max: AtomicUsize,
+    inflight: AtomicUsize,
+}
+
+impl Fake {
+    fn new() -> Arc<Fake> {
+        let f = Fake::default();
+        *f.ttl.lock().unwrap() = Duration::from_secs(60);
+        Arc::new(f)
+    }
+    fn srv(&self, name: &str, recs: &[(u16, u16, u16, &str)]) {
+        self.srv.lock().unwrap().insert(
+            name.into(),
+            recs.iter()
+                .map(|&(priority, weight, port, target)| SrvRecord {
+                    priority,
+                    weight,
+                    port,
+                    target: target.into(),
+                })
+                .collect(),
+        );
+    }
+    fn a(&self, name: &str, ips: &[&str]) {
+        self.ip.lock().unwrap().insert(
+            name.into(),
+            ips.iter().map(|i| i.parse().unwrap()).collect(),
+        );
+    }
+    fn naptr(&self, name: &str, recs: &[(u16, &str, &str)]) {
+        self.naptr.lock().unwrap().insert(
+            name.into(),
+            recs.iter()
+                .map(|&(order, services, replacement)| NaptrRecord {
+                    order,
+                    preference: 10,
+                    flags: "s".into(),
+                    services: services.into(),
+                    replacement: replacement.into(),
+                })
+                .collect(),
+        );
+    }
+    fn queries(&self) -> Vec<String> {
+        self.queries.lock().unwrap().clone()
+    }
+    fn answer<T: Clone + Send + 'static>(
+        &self,
+        kind: &str,
+        name: &str,
+        table: &Mutex<HashMap<String, Vec<T>>>,
+    ) -> LookupFuture<'_, T> {
+        self.queries.lock().unwrap().push(format!("{kind} {name}"));
+        let res = if *self.down.lock().unwrap() {
+            Err(LookupError::Failed("timed out".into()))
+        } else {
+            match table.lock().unwrap().get(name) {
+                Some(r) => Ok(Answer {
+                    records: r.clone(),
+                    valid_until: Instant::now() + *self.ttl.lock().unwrap(),
+                }),
+                None => Err(LookupError::NoRecords),
+            }
+        };
+        let delay = *self.delay.lock().unwrap();
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            res
+        })
+    }
+}
+
+impl Lookup for Fake {
+    fn naptr<'a>(&'a self, name: &'a str) -> LookupFuture<'a, NaptrRecord> {
+        self.answer("NAPTR", name, &self.naptr)
+    }
+    fn srv<'a>(&'a self, name: &'a str) -> LookupFuture<'a, SrvRecord> {
+        self.answer("SRV", name, &self.srv)
+    }
+    fn ip<'a>(&'a self, name: &'a str) -> LookupFuture<'a, IpAddr> {
+        let n = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inflight_max.fetch_max(n, Ordering::SeqCst);
+        let f = self.answer("A", name, &self.ip);
+        Box::pin(async move {
+            let r = f.await;
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            r
+        })
+    }
+}
+
+const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+fn dns(f: &Arc<Fake>) -> Dns {
+    Dns::with_lookup(f.clone(), Duration::from_secs(30), ALL.to_vec())
+}
+
+fn q(host: &str, port: Option<u16>, transport: Option<Transport>) -> Query {
+    Query {
+        host: host.into(),
+        port,
+        transport,
+        sips: false,
+    }
+}
+
+fn addrs(t: &[Target]) -> Vec<String> {
+    t.iter()
+        .map(|t| format!("{}/{}", t.addr, t.transport.via_token()))
+        .collect()
+}
+
+fn two_ips(f: &Fake) {
+    f.srv(
+        "_sip._udp.pbx.test",
+        &[
+            (10, 0, 5060, "sip1.pbx.test"),
+            (20, 0, 5070, "sip2.pbx.test"),
+        ],
+    );
+    f.a("sip1.pbx.test", &["127.0.0.20"]);
+    f.a("sip2.pbx.test", &["127.0.0.21", "127.0.0.22"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn numeric_ip_makes_no_query() {
+    let f = Fake::new();
+    let t = dns(&f)
+        .resolve(&q("127.0.0.9", None, Some(Transport::Tcp)))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.9:5060/TCP"]);
+    assert_eq!(&*t[0].server_name, "127.0.0.9");
+    assert!(f.queries().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn srv_priority_order_then_addresses_in_order() {
+    let f = Fake::new();
+    two_ips(&f);
+    let t = dns(&f)
+        .resolve(&q("pbx.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap();
+    assert_eq!(
+        addrs(&t),
+        [
+            "127.0.0.20:5060/UDP",
+            "127.0.0.21:5070/UDP",
+            "127.0.0.22:5070/UDP"
+        ]
+    );
+    assert_eq!(
+        &*t[1].server_name, "pbx.test",
+        "TLS name is the URI host, not the SRV target"
+    );
+    assert_eq!(f.queries()[0], "SRV _sip._udp.pbx.test");
+}
+
+#[tokio::test(start_paused = true)]
+async fn explicit_port_queries_addresses_only() {
+    let f = Fake::new();
+    two_ips(&f);
+    f.a("pbx.test", &["127.0.0.30"]);
+    let t = dns(&f)
+        .resolve(&q("pbx.test", Some(5080), None))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.30:5080/UDP"]);
+    assert_eq!(f.queries(), ["A pbx.test"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_srv_falls_back_to_address_on_default_port() {
+    let f = Fake::new();
+    f.a("pbx.test", &["127.0.0.30"]);
+    let t = dns(&f)
+        .resolve(&q("pbx.test", None, Some(Transport::Tls)))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.30:5061/TLS"]);
+    assert_eq!(f.queries(), ["SRV _sips._tcp.pbx.test", "A pbx.test"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn naptr_picks_services_in_order_filtered_by_transport() {
+    let f = Fake::new();
+    f.naptr(
+        "example.test",
+        &[
+            (20, "SIP+D2U", "_sip._udp.example.test"),
+            (10, "SIP+D2T", "_sip._tcp.example.test"),
+        ],
+    );
+    f.srv(
+        "_sip._tcp.example.test",
+        &[(0, 0, 5060, "tcp.example.test")],
+    );
+    f.srv(
+        "_sip._udp.example.test",
+        &[(0, 0, 5060, "udp.example.test")],
+    );
+    f.a("tcp.example.test", &["127.0.0.40"]);
+    f.a("udp.example.test", &["127.0.0.41"]);
+    let t = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.40:5060/TCP", "127.0.0.41:5060/UDP"]);
+    // UDP only: the TCP record is not for us.
+    let udp_only = Dns::with_lookup(f.clone(), Duration::from_secs(30), vec![Transport::Udp]);
+    let t = udp_only
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.41:5060/UDP"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transport_param_skips_naptr() {
+    let f = Fake::new();
+    f.naptr("example.test", &[(10, "SIP+D2T", "_sip._tcp.example.test")]);
+    f.srv(
+        "_sip._udp.example.test",
+        &[(0, 0, 5060, "udp.example.test")],
+    );
+    f.a("udp.example.test", &["127.0.0.41"]);
+    let t = dns(&f)
+        .resolve(&q("example.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.41:5060/UDP"]);
+    assert!(!f.queries().iter().any(|q| q.starts_with("NAPTR")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_naptr_tries_srv_per_transport_then_address() {
+    let f = Fake::new();
+    f.srv(
+        "_sip._tcp.example.test",
+        &[(0, 0, 5062, "tcp.example.test")],
+    );
+    f.a("tcp.example.test", &["127.0.0.42"]);
+    let t = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.42:5062/TCP"]);
+    assert_eq!(
+        f.queries(),
+        [
+            "NAPTR example.test",
+            "SRV _sip._udp.example.test",
+            "SRV _sip._tcp.example.test",
+            "A tcp.example.test",
+            "SRV _sips._tcp.example.test"
+        ]
+    );
+    let g = Fake::new();
+    g.a("plain.test", &["127.0.0.43"]);
+    let t = dns(&g).resolve(&q("plain.test", None, None)).await.unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.43:5060/UDP"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sips_means_tls_srv() {
+    let f = Fake::new();
+    f.srv("_sips._tcp.pbx.test", &[(0, 0, 5061, "tls.pbx.test")]);
+    f.a("tls.pbx.test", &["127.0.0.44"]);
+    let mut query = q("pbx.test", None, None);
+    query.sips = true;
+    let t = dns(&f).resolve(&query).await.unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.44:5061/TLS"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dot_target_is_service_not_available() {
+    let f = Fake::new();
+    f.srv("_sip._udp.pbx.test", &[(0, 0, 0, ".")]);
+    f.a("pbx.test", &["127.0.0.30"]);
+    let e = dns(&f)
+        .resolve(&q("pbx.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotAvailable { .. }), "{e}");
+    assert!(e.to_string().contains("not available"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unresolvable_srv_target_is_skipped() {
+    let f = Fake::new();
+    f.srv(
+        "_sip._udp.pbx.test",
+        &[
+            (10, 0, 5060, "ghost.pbx.test"),
+            (20, 0, 5060, "sip2.pbx.test"),
+        ],
+    );
+    f.a("sip2.pbx.test", &["127.0.0.21"]);
+    let t = dns(&f)
+        .resolve(&q("pbx.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.21:5060/UDP"]);
+    let g = Fake::new();
+    g.srv("_sip._udp.pbx.test", &[(10, 0, 5060, "ghost.pbx.test")]);
+    let e = dns(&g)
+        .resolve(&q("pbx.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_at_all_is_not_found() {
+    let f = Fake::new();
+    let e = dns(&f)
+        .resolve(&q("nowhere.test", None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "nowhere.test: no SIP server found (no NAPTR, SRV or A/AAAA record)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_are_cached_for_their_ttl_and_then_followed() {
+    let f = Fake::new();
+    two_ips(&f);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    d.resolve(&query).await.unwrap();
+    let n = f.queries().len();
+    d.resolve(&query).await.unwrap();
+    assert_eq!(f.queries().len(), n, "served from the cache");
+    // The zone changes; the old answer is used until its TTL runs out.
+    f.srv("_sip._udp.pbx.test", &[(10, 0, 5060, "sip2.pbx.test")]);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(d.resolve(&query).await.unwrap().len(), 3);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap()),
+        ["127.0.0.21:5060/UDP", "127.0.0.22:5060/UDP"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dns_down_uses_last_good_answer_within_grace() {
+    let f = Fake::new();
+    two_ips(&f);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    d.resolve(&query).await.unwrap();
+    *f.down.lock().unwrap() = true;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(d.resolve(&query).await.unwrap().len(), 3, "stale answer");
+    tokio::time::advance(STALE_GRACE).await;
+    let e = d.resolve(&query).await.unwrap_err();
+    assert!(matches!(e, Error::Unreachable { .. }), "{e}");
+    // Never resolved and DNS down: an error, not an empty list.
+    let e = d
+        .resolve(&q("other.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("timed out"), "{e}");
+    // DNS back: fresh answers.
+    *f.down.lock().unwrap() = false;
+    assert_eq!(d.resolve(&query).await.unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_resolves_share_one_query() {
+    let f = Fake::new();
+    two_ips(&f);
+    *f.delay.lock().unwrap() = Duration::from_millis(50);
+    let d = Arc::new(dns(&f));
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let d = d.clone();
+            let query = query.clone();
+            tokio::spawn(async move { d.resolve(&query).await.unwrap().len() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 3);
+    }
+    assert_eq!(f.queries().len(), 3, "{:?}", f.queries());
+}
+
+#[tokio::test(start_paused = true)]
+async fn greylisted_targets_go_last_until_the_period_ends() {
+    let f = Fake::new();
+    two_ips(&f);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    let t = d.resolve(&query).await.unwrap();
+    d.failed(&t[0], "timeout");
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap()),
+        [
+            "127.0.0.21:5070/UDP",
+            "127.0.0.22:5070/UDP",
+            "127.0.0.20:5060/UDP"
+        ]
+    );
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap())[0],
+        "127.0.0.20:5060/UDP"
+    );
+    d.failed(&t[0], "timeout");
+    d.answered(&t[0]);
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap())[0],
+        "127.0.0.20:5060/UDP"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_spread_first_choice() {
+    let f = Fake::new();
+    f.srv(
+        "_sip._udp.pbx.test",
+        &[(10, 1, 5060, "a.pbx.test"), (10, 1, 5060, "b.pbx.test")],
+    );
+    f.a("a.pbx.test", &["127.0.0.50"]);
+    f.a("b.pbx.test", &["127.0.0.51"]);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    let mut firsts = std::collections::HashSet::new();
+    for _ in 0..64 {
+        firsts.insert(d.resolve(&query).await.unwrap()[0].addr);
+    }
+    assert_eq!(firsts.len(), 2, "each call draws anew");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_dns_does_not_hold_back_a_cached_answer() {
+    let f = Fake::new();
+    two_ips(&f);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    d.resolve(&query).await.unwrap();
+    // The zone changes and the nameserver becomes slow.
+    f.srv("_sip._udp.pbx.test", &[(10, 0, 5060, "sip2.pbx.test")]);
+    *f.delay.lock().unwrap() = Duration::from_secs(10);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        d.resolve(&query).await.unwrap().len(),
+        3,
+        "last good answer"
+    );
+    assert_eq!(Instant::now() - t0, STALE_ANSWER_WAIT);
+    // Meanwhile: served at once from the stale answer, no second query.
+    let n = f.queries().len();
+    let t1 = Instant::now();
+    assert_eq!(d.resolve(&query).await.unwrap().len(), 3);
+    assert_eq!(Instant::now(), t1);
+    assert_eq!(f.queries().len(), n);
+    // The background resolution completes (two queries of 10 s): its
+    // answer is used.
+    for _ in 0..30 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap()),
+        ["127.0.0.21:5060/UDP", "127.0.0.22:5060/UDP"]
+    );
+}

@@ -1,0 +1,325 @@
+//! Every Prometheus metric uacd exports, in one place (design.md Part 2):
+//! names, help texts, histogram buckets, and the small functions the rest
+//! of the code calls. Without an installed recorder (tests, `check-config`)
+//! every call is a no-op.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::Transport;
+use crate::registration::RegStatus;
+
+pub const BUILD_INFO: &str = "uacd_build_info";
+pub const REGISTRATIONS: &str = "uacd_registrations";
+pub const REGISTER_REQUESTS: &str = "uacd_register_requests_total";
+pub const REGISTER_DURATION: &str = "uacd_register_duration_seconds";
+pub const CALLS: &str = "uacd_calls_total";
+pub const CALL_SETUP: &str = "uacd_call_setup_seconds";
+pub const FAILOVERS: &str = "uacd_failovers_total";
+pub const DIALOGS_ACTIVE: &str = "uacd_dialogs_active";
+pub const SIP_MESSAGES: &str = "uacd_sip_messages_total";
+pub const TRANSPORT_ERRORS: &str = "uacd_transport_errors_total";
+
+/// Every metric name with its Prometheus type, as served.
+pub const ALL: [(&str, &str); 10] = [
+    (BUILD_INFO, "gauge"),
+    (REGISTRATIONS, "gauge"),
+    (REGISTER_REQUESTS, "counter"),
+    (REGISTER_DURATION, "histogram"),
+    (CALLS, "counter"),
+    (CALL_SETUP, "histogram"),
+    (FAILOVERS, "counter"),
+    (DIALOGS_ACTIVE, "gauge"),
+    (SIP_MESSAGES, "counter"),
+    (TRANSPORT_ERRORS, "counter"),
+];
+
+/// Latency buckets (seconds): a LAN round trip up to a Timer F timeout for
+/// REGISTER; up to a long ring for call setup.
+const REGISTER_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 32.0,
+];
+const SETUP_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// The installed recorder's handle, for `/metrics` (None in tests and
+/// `check-config`: nothing is recorded then).
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// The Prometheus text exposition of every metric, after `before` has set
+/// the gauges computed at scrape time. None when no recorder is installed.
+pub fn render(before: impl FnOnce()) -> Option<String> {
+    let handle = HANDLE.get()?;
+    before();
+    Some(handle.render())
+}
+
+/// Runs the exporter's upkeep (histogram bucket maintenance) every 5 s.
+pub async fn upkeep() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Some(h) = HANDLE.get() {
+            h.run_upkeep();
+        }
+    }
+}
+
+/// Installs the global Prometheus recorder (once, in `main`); spawn
+/// [`upkeep`] on the runtime afterwards.
+pub fn install() -> Result<(), BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REGISTER_DURATION.into()), &REGISTER_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(CALL_SETUP.into()), &SETUP_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for status in RegStatus::ALL {
+        gauge!(REGISTRATIONS, "status" => status.label()).set(0.0);
+    }
+    gauge!(DIALOGS_ACTIVE).set(0.0);
+    counter!(FAILOVERS).absolute(0);
+    for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+        counter!(TRANSPORT_ERRORS, "transport" => t.uri_param()).absolute(0);
+    }
+    let _ = HANDLE.set(handle);
+    Ok(())
+}
+
+fn describe() {
+    describe_gauge!(BUILD_INFO, "uacd version (always 1)");
+    describe_gauge!(REGISTRATIONS, "connections per registration status");
+    describe_counter!(
+        REGISTER_REQUESTS,
+        "REGISTER transactions by final response code, timeout or transport_error"
+    );
+    describe_histogram!(
+        REGISTER_DURATION,
+        metrics::Unit::Seconds,
+        "REGISTER sent to final response"
+    );
+    describe_counter!(
+        CALLS,
+        "inbound INVITEs by outcome (answered, final code, rejected_source, no_route)"
+    );
+    describe_histogram!(
+        CALL_SETUP,
+        metrics::Unit::Seconds,
+        "INVITE received to first final response relayed"
+    );
+    describe_counter!(
+        FAILOVERS,
+        "times a call or REGISTER moved to the next target"
+    );
+    describe_gauge!(DIALOGS_ACTIVE, "calls answered and not yet ended");
+    describe_counter!(
+        SIP_MESSAGES,
+        "SIP messages by direction (in/out) and kind (method or response class)"
+    );
+    describe_counter!(
+        TRANSPORT_ERRORS,
+        "send, connect and TLS failures by transport"
+    );
+}
+
+/// Sets `uacd_registrations{status}` from a count per status (computed
+/// from the live snapshots when `/metrics` is scraped).
+pub fn set_registrations(counts: impl IntoIterator<Item = (RegStatus, usize)>) {
+    let mut per = [0usize; 6];
+    for (status, n) in counts {
+        per[status.code() as usize] += n;
+    }
+    for status in RegStatus::ALL {
+        gauge!(REGISTRATIONS, "status" => status.label()).set(per[status.code() as usize] as f64);
+    }
+}
+
+/// One REGISTER transaction ended: `outcome` is the final response code,
+/// or `timeout` / `transport_error`.
+pub fn register_result(outcome: RegisterOutcome, took: Option<Duration>) {
+    let label = match outcome {
+        RegisterOutcome::Code(c) => code_label(c),
+        RegisterOutcome::Timeout => "timeout",
+        RegisterOutcome::TransportError => "transport_error",
+    };
+    counter!(REGISTER_REQUESTS, "response" => label).increment(1);
+    if let Some(d) = took {
+        histogram!(REGISTER_DURATION).record(d.as_secs_f64());
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    Code(u16),
+    Timeout,
+    TransportError,
+}
+
+pub fn failover() {
+    counter!(FAILOVERS).increment(1);
+}
+
+/// An inbound call ended its setup: `result` is `answered`, a final code
+/// (`486`...), `rejected_source` or `no_route`.
+pub fn call_result(result: &'static str, setup: Option<Duration>) {
+    counter!(CALLS, "result" => result).increment(1);
+    if let Some(d) = setup {
+        histogram!(CALL_SETUP).record(d.as_secs_f64());
+    }
+}
+
+pub fn dialogs_active(delta: f64) {
+    gauge!(DIALOGS_ACTIVE).increment(delta);
+}
+
+pub fn transport_error(transport: Transport) {
+    counter!(TRANSPORT_ERRORS, "transport" => transport.uri_param()).increment(1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// Counts one SIP message; `bytes` starts with its first line. Labels are
+/// static strings: no allocation per message.
+pub fn sip_message(direction: Direction, bytes: &[u8]) {
+    let direction = match direction {
+        Direction::In => "in",
+        Direction::Out => "out",
+    };
+    counter!(SIP_MESSAGES, "direction" => direction, "kind" => kind(bytes)).increment(1);
+}
+
+/// Counts one received (parsed) SIP message.
+pub fn sip_received(msg: &crate::sip::Message) {
+    let kind = match msg.status() {
+        Some(code) => class_label(code),
+        None => kind(msg.method().map(|m| m.as_str()).unwrap_or("").as_bytes()),
+    };
+    counter!(SIP_MESSAGES, "direction" => "in", "kind" => kind).increment(1);
+}
+
+fn class_label(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        600..=699 => "6xx",
+        _ => "other",
+    }
+}
+
+/// The `kind` label: the method of a request (`other` for an extension
+/// method), or the class of a response (`2xx`).
+pub fn kind(bytes: &[u8]) -> &'static str {
+    if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ") {
+        return match rest.first() {
+            Some(b'1') => "1xx",
+            Some(b'2') => "2xx",
+            Some(b'3') => "3xx",
+            Some(b'4') => "4xx",
+            Some(b'5') => "5xx",
+            Some(b'6') => "6xx",
+            _ => "other",
+        };
+    }
+    let method = bytes.split(|b| *b == b' ').next().unwrap_or_default();
+    const METHODS: [&str; 14] = [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "PRACK",
+        "UPDATE",
+        "INFO",
+        "NOTIFY",
+        "REFER",
+        "SUBSCRIBE",
+        "MESSAGE",
+        "PUBLISH",
+    ];
+    METHODS
+        .iter()
+        .find(|m| m.as_bytes() == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Static label for a response code (codes outside 100..=699 are `other`).
+fn code_label(code: u16) -> &'static str {
+    const CODES: [(u16, &str); 24] = [
+        (100, "100"),
+        (180, "180"),
+        (183, "183"),
+        (200, "200"),
+        (202, "202"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (407, "407"),
+        (408, "408"),
+        (423, "423"),
+        (480, "480"),
+        (481, "481"),
+        (482, "482"),
+        (483, "483"),
+        (486, "486"),
+        (487, "487"),
+        (488, "488"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+        (600, "600"),
+        (603, "603"),
+    ];
+    match CODES.iter().find(|(c, _)| *c == code) {
+        Some((_, l)) => l,
+        None => class_label(code),
+    }
+}
+
+/// Public so routing can label calls by final code with a static string.
+pub fn call_code_label(code: u16) -> &'static str {
+    code_label(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind(b"INVITE sip:a@b SIP/2.0\r\n"), "INVITE");
+        assert_eq!(kind(b"FOO sip:a@b SIP/2.0\r\n"), "other");
+        assert_eq!(kind(b"SIP/2.0 180 Ringing\r\n"), "1xx");
+        assert_eq!(kind(b"SIP/2.0 503 x\r\n"), "5xx");
+        assert_eq!(kind(b"\r\n\r\n"), "other");
+        assert_eq!(kind(b""), "other");
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(code_label(486), "486");
+        assert_eq!(code_label(499), "4xx");
+        assert_eq!(code_label(42), "other");
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for (name, ty) in ALL {
+            assert!(name.starts_with("uacd_"), "{name}");
+            assert_eq!(ty == "counter", name.ends_with("_total"), "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! One proxied call as a pure state machine: the INVITE server transaction
+//! facing the PBX (RFC 3261 §17.2.1, RFC 6026) and one INVITE client
+//! transaction per attempted target (§17.1.1), tried one after the other
+//! (sequential "forking", §16.6-16.7) with the failover rules of
+//! [`super::failover`], CANCEL handling (§9, §16.10) and the response
+//! context (§16.7).
+//!
+//! `step(event, now)` returns actions; the proxy task sends bytes, runs the
+//! CANCEL client transactions, arms timers and reports failed targets to the
+//! DNS greylist. Nothing here sleeps or touches a socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::config::Transport;
+use crate::sip::reason::canonical_reason;
+use crate::sip::{Message, Uri, response_to};
+use crate::transaction::client::Timers;
+use crate::transaction::invite_client::{self, InviteClient, ack_for, cancel_for};
+use crate::transaction::invite_server::{self, InviteServer};
+
+use super::Interface;
+use super::failover::{Best, BestResponse, Outcome, Policy, Verdict, decide};
+use super::forward::{Forward, ForwardError, branch, forward_request, loop_hash, relay_response};
+
+/// One place the call may be sent to, in DNS order (RFC 3263, RFC 2782).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    /// Our interface toward this target (Via, Record-Route).
+    pub local: Interface,
+}
+
+/// Everything a call needs besides the INVITE and the targets.
+#[derive(Clone, Debug)]
+pub struct CallParams {
+    pub policy: Policy,
+    pub timers: Timers,
+    /// The interface the INVITE arrived on.
+    pub inbound: Interface,
+    /// Where the INVITE came from.
+    pub source: SocketAddr,
+    /// The new Request-URI (the connection's destination_uri).
+    pub destination: Uri,
+    /// Our Route entries to remove (from [`super::route::Decision::NewCall`]).
+    pub pop_routes: usize,
+    /// The dialog token for our Record-Route ([`super::route::dialog_token`]).
+    pub token: String,
+    /// Random per call: makes each branch unique.
+    pub nonce: u64,
+    /// The To tag of responses we generate (408, 480, 487, 500, 503).
+    pub to_tag: String,
+}
+
+/// Timers of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallTimer {
+    /// A timer of the server transaction facing the PBX.
+    Server(invite_server::Timer),
+    /// A timer of the client transaction of attempt `n`.
+    Client(usize, invite_client::Timer),
+    /// `timeout_1xx` of attempt `n`.
+    NoProvisional(usize),
+    /// `timeout_2xx` of attempt `n` (armed at its first provisional).
+    NoAnswer(usize),
+    /// 64·T1 after attempt `n` was cancelled: stop waiting for its final response.
+    CancelGuard(usize),
+}
+
+/// Why a target failed (for the DNS greylist and metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    Status(u16),
+    NoProvisional,
+    TransportError,
+}
+
+/// The outcome of a call, once known (issue 5 item 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// The final status sent upstream.
+    pub status: u16,
+    /// From the INVITE to that final status.
+    pub setup: Duration,
+    /// Targets tried after the first.
+    pub failovers: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum CallEvent {
+    /// A response from downstream whose top Via branch is one of ours.
+    Response(Box<Message>),
+    Timer(CallTimer),
+    /// Sending to target `t` failed (ICMP unreachable, refused, TLS failure).
+    TransportError(usize),
+    /// The PBX retransmitted the INVITE.
+    UpstreamRetransmission,
+    /// The PBX ACKed our non-2xx final response (same branch, §17.2.3).
+    UpstreamAck,
+    /// The PBX sent a matching CANCEL; the task has answered it 200 (§9.2).
+    UpstreamCancel,
+    /// Sending upstream failed.
+    UpstreamTransportError,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallAction {
+    /// Send to the PBX over the hop the INVITE came from.
+    SendUpstream(Bytes),
+    /// Send to target `n` (INVITE, retransmission, ACK for a non-2xx).
+    SendToTarget(usize, Bytes),
+    /// Run a CANCEL non-INVITE client transaction toward target `n` (§9.1).
+    SendCancel(usize, Bytes),
+    Arm(CallTimer, Duration),
+    Disarm(CallTimer),
+    /// Report the target to the DNS greylist.
+    TargetFailed(usize, FailReason),
+    /// The final answer went upstream.
+    Finished(CallOutcome),
+    /// Every transaction is over: forget the call.
+    Terminate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for an answer.
+    Trying,
+    /// A 2xx went upstream.
+    Answered,
+    /// A non-2xx final went upstream.
+    Failed,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    target: usize,
+    branch: String,
+    request: Message,
+    bytes: Bytes,
+    tx: InviteClient,
+    provisional: bool,
+    /// CANCEL wanted but not sent yet (no provisional so far, §9.1).
+    cancel_pending: bool,
+    cancelled: bool,
+    /// Gave up waiting (cancel guard fired).
+    abandoned: bool,
+    /// The call has dealt with this attempt's end (final, failure, timeout).
+    concluded: bool,
+}
+
+impl Attempt {
+    /// The client transaction still exists (for termination of the call).
+    fn live(&self) -> bool {
+        !self.abandoned && self.tx.state() != invite_client::State::Terminated
+    }
+
+    /// Still waiting for a final response.
+    fn waiting(&self) -> bool {
+        !self.abandoned
+            && matches!(
+                self.tx.state(),
+                invite_client::State::Calling | invite_client::State::Proceeding
+            )
+    }
+}
+
+/// A proxied INVITE.
+#[derive(Debug)]
+pub struct Call {
+    invite: Message,
+    params: CallParams,
+    targets: Vec<Target>,
+    server: InviteServer,
+    last_upstream: Option<Bytes>,
+    attempts: Vec<Attempt>,
+    /// Index in `targets` of the next target to try.
+    next_target: usize,
+    best: BestResponse,
+    phase: Phase,
+    upstream_cancelled: bool,
+    started: Instant,
+    loop_hash: u64,
+}
+
+impl Call {
+    /// Starts a call: 100 Trying upstream and the INVITE to the first target.
+    /// With no target at all, the PBX gets a 503 at once.
+    pub fn start(
+        invite: Message,
+        params: CallParams,
+        targets: Vec<Target>,
+        reliable_upstream: bool,
+        now: Instant,
+    ) -> Result<(Call, Vec<CallAction>), ForwardError> {
+        let prev_via = invite.top_via()?;
+        let loop_hash = loop_hash(&invite, Some(&prev_via))?;
+        let (server, server_actions) = InviteServer::start(reliable_upstream, params.timers);
+        let mut call = Call {
+            invite,
+            params,
+            targets,
+            server,
+            last_upstream: None,
+            attempts: Vec::new(),
+            next_target: 0,
+            best: BestResponse::default(),
+            phase: Phase::Trying,
+            upstream_cancelled: false,
+            started: now,
+            loop_hash,
+        };
+        let mut out = Vec::new();
+        call.server_actions(server_actions, None, &mut out);
+        if call.targets.is_empty() {
+            call.best.add_outcome(Outcome::TransportError);
+            call.give_up(now, &mut out);
+        } else {
+            call.try_next(&mut out)?;
+        }
+        Ok((call, out))
+    }
+
+    /// The branch of our Via toward target `t`, once it was tried.
+    pub fn branch_of(&self, t: usize) -> Option<&str> {
+        self.attempt_of_target(t)
+            .map(|n| self.attempts[n].branch.as_str())
+    }
+
+    fn attempt_of_target(&self, t: usize) -> Option<usize> {
+        self.attempts.iter().position(|a| a.target == t)
+    }
+
+    /// Which attempt a downstream response belongs to, by its top Via branch.
+    fn attempt_for(&self, resp: &Message) -> Option<usize> {
+        let via = resp.top_via().ok()?;
+        let b = via.branch()?;
+        self.attempts.iter().position(|a| a.branch == b)
+    }
+
+    /// Number of attempts started so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// Whether a 2xx went upstream.
+    pub fn answered(&self) -> bool {
+        self.phase == Phase::Answered
+    }
+
+    pub fn step(&mut self, event: CallEvent, now: Instant) -> Vec<CallAction> {
+        let mut out = Vec::new();
+        match event {
+            CallEvent::Response(resp) => {
+                if let (Some(n), Some(code)) = (self.attempt_for(&resp), resp.status()) {
+                    let acts = self.attempts[n]
+                        .tx
+                        .step(invite_client::Event::Response(code));
+                    self.client_actions(n, acts, Some(&resp), now, &mut out);
+                }
+            }
+            CallEvent::TransportError(t) => {
+                if let Some(n) = self.attempt_of_target(t) {
+                    let acts = self.attempts[n]
+                        .tx
+                        .step(invite_client::Event::TransportError);
+                    self.client_actions(n, acts, None, now, &mut out);
+                }
+            }
+            CallEvent::Timer(t) => self.on_timer(t, now, &mut out),
+            CallEvent::UpstreamRetransmission => {
+                let acts = self.server.step(invite_server::Event::Retransmission);
+                self.server_actions(acts, None, &mut out);
+            }
+            CallEvent::UpstreamAck => {
+                let acts = self.server.step(invite_server::Event::Ack);
+                self.server_actions(acts, None, &mut out);
+            }
+            CallEvent::UpstreamTransportError => {
+                let acts = self.server.step(invite_server::Event::TransportError);
+                self.server_actions(acts, None, &mut out);
+                self.cancel_all(&mut out);
+            }
+            CallEvent::UpstreamCancel => self.on_upstream_cancel(now, &mut out),
+        }
+        self.check_done(&mut out);
+        out
+    }
+
+    fn on_timer(&mut self, t: CallTimer, now: Instant, out: &mut Vec<CallAction>) {
+        match t {
+            CallTimer::Server(st) => {
+                let acts = self.server.step(invite_server::Event::TimerFired(st));
+                self.server_actions(acts, None, out);
+            }
+            CallTimer::Client(n, ct) if n < self.attempts.len() => {
+                let acts = self.attempts[n]
+                    .tx
+                    .step(invite_client::Event::TimerFired(ct));
+                self.client_actions(n, acts, None, now, out);
+            }
+            CallTimer::NoProvisional(n) if self.is_current(n) && !self.attempts[n].provisional => {
+                // Seed 003: a silent target is abandoned. It cannot be
+                // CANCELled before a provisional (§9.1), so the CANCEL waits.
+                let a = &mut self.attempts[n];
+                a.cancel_pending = true;
+                out.push(CallAction::Disarm(CallTimer::Client(
+                    n,
+                    invite_client::Timer::A,
+                )));
+                out.push(CallAction::TargetFailed(
+                    a.target,
+                    FailReason::NoProvisional,
+                ));
+                self.attempt_failed(Outcome::NoProvisional, now, out);
+            }
+            CallTimer::NoAnswer(n) if self.is_current(n) => {
+                // Issue 5: ringing too long: CANCEL and 408, no failover.
+                self.cancel_attempt(n, out);
+                self.finish_generated(408, now, out);
+            }
+            CallTimer::CancelGuard(n) if n < self.attempts.len() => {
+                self.attempts[n].abandoned = true;
+                if self.phase == Phase::Trying && self.upstream_cancelled {
+                    self.finish_generated(487, now, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_current(&self, n: usize) -> bool {
+        self.phase == Phase::Trying
+            && !self.upstream_cancelled
+            && n + 1 == self.attempts.len()
+            && !self.attempts[n].concluded
+            && !self.attempts[n].abandoned
+    }
+
+    fn on_upstream_cancel(&mut self, now: Instant, out: &mut Vec<CallAction>) {
+        if self.phase != Phase::Trying || self.upstream_cancelled {
+            return;
+        }
+        self.upstream_cancelled = true;
+        let waiting = self.attempts.iter().any(Attempt::waiting);
+        self.cancel_all(out);
+        if !waiting {
+            self.finish_generated(487, now, out);
+        }
+    }
+
+    /// CANCEL every attempt still waiting for a final response (§16.10).
+    fn cancel_all(&mut self, out: &mut Vec<CallAction>) {
+        for n in 0..self.attempts.len() {
+            self.cancel_attempt(n, out);
+        }
+    }
+
+    fn cancel_attempt(&mut self, n: usize, out: &mut Vec<CallAction>) {
+        let timeout = self.params.timers.timeout();
+        let a = &mut self.attempts[n];
+        if !a.waiting() || a.cancelled {
+            return;
+        }
+        out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
+        out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
+        if a.tx.may_cancel() {
+            a.cancelled = true;
+            if let Ok(c) = cancel_for(&a.request, None) {
+                out.push(CallAction::SendCancel(a.target, Bytes::from(c)));
+            }
+            out.push(CallAction::Arm(CallTimer::CancelGuard(n), timeout));
+        } else {
+            a.cancel_pending = true;
+            out.push(CallAction::Arm(CallTimer::CancelGuard(n), timeout));
+        }
+    }
+
+    fn client_actions(
+        &mut self,
+        n: usize,
+        acts: Vec<invite_client::Action>,
+        resp: Option<&Message>,
+        now: Instant,
+        out: &mut Vec<CallAction>,
+    ) {
+        use invite_client::Action as A;
+        for act in acts {
+            let target = self.attempts[n].target;
+            match act {
+                A::Retransmit => out.push(CallAction::SendToTarget(
+                    target,
+                    self.attempts[n].bytes.clone(),
+                )),
+                A::SendAck => {
+                    if let Some(ack) = resp.and_then(|r| ack_for(&self.attempts[n].request, r).ok())
+                    {
+                        out.push(CallAction::SendToTarget(target, Bytes::from(ack)));
+                    }
+                }
+                A::Arm(t, d) => out.push(CallAction::Arm(CallTimer::Client(n, t), d)),
+                A::Cancel(t) => out.push(CallAction::Disarm(CallTimer::Client(n, t))),
+                A::PassUp(code) => {
+                    if let Some(r) = resp {
+                        self.on_response(n, code, r, now, out);
+                    }
+                }
+                A::ReportTimeout | A::ReportTransportError => {
+                    let (outcome, reason) = if act == A::ReportTimeout {
+                        (Outcome::NoProvisional, FailReason::NoProvisional)
+                    } else {
+                        (Outcome::TransportError, FailReason::TransportError)
+                    };
+                    out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
+                    out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
+                    let current = self.is_current(n);
+                    self.attempts[n].concluded = true;
+                    if current {
+                        out.push(CallAction::TargetFailed(target, reason));
+                        self.attempt_failed(outcome, now, out);
+                    } else if self.upstream_cancelled && self.phase == Phase::Trying {
+                        self.finish_generated(487, now, out);
+                    }
+                }
+                A::Terminate => {}
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        n: usize,
+        code: u16,
+        resp: &Message,
+        now: Instant,
+        out: &mut Vec<CallAction>,
+    ) {
+        let current = self.is_current(n);
+        if code < 200 {
+            let a = &mut self.attempts[n];
+            if !a.provisional {
+                a.provisional = true;
+                out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
+                if a.cancel_pending && !a.cancelled {
+                    // §9.1: the CANCEL that had to wait for a provisional.
+                    a.cancel_pending = false;
+                    a.cancelled = true;
+                    if let Ok(c) = cancel_for(&a.request, None) {
+                        out.push(CallAction::SendCancel(a.target, Bytes::from(c)));
+                    }
+                } else if current {
+                    out.push(CallAction::Arm(
+                        CallTimer::NoAnswer(n),
+                        self.params.policy.timeout_2xx,
+                    ));
+                }
+            }
+            if current && let Some(r) = relay_response(resp) {
+                self.send_upstream(code, r.to_bytes(), out);
+            }
+            return;
+        }
+        self.attempts[n].concluded = true;
+        out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
+        out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
+        out.push(CallAction::Disarm(CallTimer::CancelGuard(n)));
+        if code < 300 {
+            // §16.7 item 10 / RFC 6026: every 2xx goes upstream, even from an
+            // attempt we gave up on; the other attempts are cancelled.
+            let Some(r) = relay_response(resp) else {
+                return;
+            };
+            let first = self.phase == Phase::Trying;
+            self.send_upstream(code, r.to_bytes(), out);
+            if first {
+                self.phase = Phase::Answered;
+                out.push(CallAction::Finished(self.outcome(code, now)));
+                self.cancel_all(out);
+            }
+            return;
+        }
+        if self.phase != Phase::Trying {
+            return; // ACKed by the client transaction; nothing more to do.
+        }
+        if self.upstream_cancelled {
+            // The cancelled attempt's final answer (normally 487) goes up as is.
+            if !self.attempts.iter().any(|a| a.waiting() && a.cancelled) {
+                self.finish_relayed(resp, now, out);
+            }
+            return;
+        }
+        if !current {
+            return;
+        }
+        let target = self.attempts[n].target;
+        match decide(
+            &self.params.policy,
+            Outcome::Status(code),
+            self.next_target < self.targets.len(),
+        ) {
+            Verdict::Relay => self.finish_relayed(resp, now, out),
+            Verdict::NextTarget | Verdict::GiveUp => {
+                out.push(CallAction::TargetFailed(target, FailReason::Status(code)));
+                if let Some(r) = relay_response(resp) {
+                    self.best.add_response(r);
+                }
+                self.next_or_give_up(now, out);
+            }
+        }
+    }
+
+    /// The current attempt failed over with no response (timeout, transport).
+    fn attempt_failed(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<CallAction>) {
+        self.best.add_outcome(outcome);
+        self.next_or_give_up(now, out);
+    }
+
+    fn next_or_give_up(&mut self, now: Instant, out: &mut Vec<CallAction>) {
+        while self.next_target < self.targets.len() {
+            match self.try_next(out) {
+                Ok(()) => return,
+                Err(_) => self.best.add_outcome(Outcome::TransportError),
+            }
+        }
+        self.give_up(now, out);
+    }
+
+    fn try_next(&mut self, out: &mut Vec<CallAction>) -> Result<(), ForwardError> {
+        let t = self.next_target;
+        self.next_target += 1;
+        let n = self.attempts.len();
+        let target = &self.targets[t];
+        let branch = branch(self.loop_hash, &format!("{:x}.{n}", self.params.nonce));
+        let request = forward_request(
+            &self.invite,
+            Some(&self.params.destination),
+            self.params.pop_routes,
+            &Forward {
+                source: self.params.source,
+                inbound: &self.params.inbound,
+                outbound: &target.local,
+                branch: &branch,
+                record_route: Some(&self.params.token),
+            },
+        )?;
+        let bytes = Bytes::from(request.to_bytes());
+        let (tx, acts) = InviteClient::start(target.transport.is_stream(), self.params.timers);
+        self.attempts.push(Attempt {
+            target: t,
+            branch,
+            request,
+            bytes: bytes.clone(),
+            tx,
+            provisional: false,
+            cancel_pending: false,
+            cancelled: false,
+            abandoned: false,
+            concluded: false,
+        });
+        out.push(CallAction::SendToTarget(t, bytes));
+        out.push(CallAction::Arm(
+            CallTimer::NoProvisional(n),
+            self.params.policy.timeout_1xx,
+        ));
+        for a in acts {
+            match a {
+                invite_client::Action::Arm(timer, d) => {
+                    out.push(CallAction::Arm(CallTimer::Client(n, timer), d))
+                }
+                invite_client::Action::Cancel(timer) => {
+                    out.push(CallAction::Disarm(CallTimer::Client(n, timer)))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn give_up(&mut self, now: Instant, out: &mut Vec<CallAction>) {
+        match self.best.choose() {
+            Best::Relay(m) => {
+                let m = *m;
+                let code = m.status().unwrap_or(500);
+                self.finish_bytes(code, m.to_bytes(), now, out);
+            }
+            Best::Generate(code) => self.finish_generated(code, now, out),
+        }
+    }
+
+    fn finish_relayed(&mut self, resp: &Message, now: Instant, out: &mut Vec<CallAction>) {
+        if let Some(r) = relay_response(resp) {
+            let code = r.status().unwrap_or(500);
+            self.finish_bytes(code, r.to_bytes(), now, out);
+        }
+    }
+
+    fn finish_generated(&mut self, code: u16, now: Instant, out: &mut Vec<CallAction>) {
+        let bytes = response_to(
+            &self.invite,
+            code,
+            canonical_reason(code),
+            Some(&self.params.to_tag),
+        )
+        .build();
+        self.finish_bytes(code, bytes, now, out);
+    }
+
+    fn finish_bytes(&mut self, code: u16, bytes: Vec<u8>, now: Instant, out: &mut Vec<CallAction>) {
+        if self.phase != Phase::Trying {
+            return;
+        }
+        self.phase = Phase::Failed;
+        self.send_upstream(code, bytes, out);
+        out.push(CallAction::Finished(self.outcome(code, now)));
+        self.cancel_all(out);
+    }
+
+    fn outcome(&self, status: u16, now: Instant) -> CallOutcome {
+        CallOutcome {
+            status,
+            setup: now.saturating_duration_since(self.started),
+            failovers: self.attempts.len().saturating_sub(1) as u32,
+        }
+    }
+
+    /// Gives a response to the server transaction and sends it. A 2xx the
+    /// server transaction no longer takes (it already sent a final) is still
+    /// forwarded, statelessly (§16.7 item 10).
+    fn send_upstream(&mut self, code: u16, bytes: Vec<u8>, out: &mut Vec<CallAction>) {
+        let acts = self.server.step(invite_server::Event::TuResponse(code));
+        let bytes = Bytes::from(bytes);
+        let sent = acts.contains(&invite_server::Action::Send);
+        self.server_actions(acts, Some(&bytes), out);
+        if !sent && (200..300).contains(&code) {
+            out.push(CallAction::SendUpstream(bytes));
+        }
+    }
+
+    fn server_actions(
+        &mut self,
+        acts: Vec<invite_server::Action>,
+        given: Option<&Bytes>,
+        out: &mut Vec<CallAction>,
+    ) {
+        use invite_server::Action as S;
+        for act in acts {
+            match act {
+                S::SendTrying => {
+                    let trying =
+                        Bytes::from(response_to(&self.invite, 100, "Trying", None).build());
+                    self.last_upstream = Some(trying.clone());
+                    out.push(CallAction::SendUpstream(trying));
+                }
+                S::Send => {
+                    if let Some(b) = given {
+                        self.last_upstream = Some(b.clone());
+                        out.push(CallAction::SendUpstream(b.clone()));
+                    }
+                }
+                S::Resend => {
+                    if let Some(b) = &self.last_upstream {
+                        out.push(CallAction::SendUpstream(b.clone()));
+                    }
+                }
+                S::Arm(t, d) => out.push(CallAction::Arm(CallTimer::Server(t), d)),
+                S::Cancel(t) => out.push(CallAction::Disarm(CallTimer::Server(t))),
+                S::ReportTimeout | S::ReportTransportError | S::Terminate => {}
+            }
+        }
+    }
+
+    fn check_done(&mut self, out: &mut Vec<CallAction>) {
+        if out.contains(&CallAction::Terminate) {
+            return;
+        }
+        let server_done = self.server.state() == invite_server::State::Terminated;
+        if server_done && self.attempts.iter().all(|a| !a.live()) {
+            out.push(CallAction::Terminate);
+        }
+    }
+
+    /// Whether the call is over (the task may drop it).
+    pub fn is_terminated(&self) -> bool {
+        self.server.state() == invite_server::State::Terminated
+            && self.attempts.iter().all(|a| !a.live())
+    }
+}

@@ -1,0 +1,379 @@
+//! The per-call machine: seed 003 failover, RFC 3261 §16.7 response context,
+//! §9 / §16.10 CANCEL, RFC 6026 2xx handling, §17 transaction timers. Time is
+//! an input: timers are fired by hand.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Transport;
+use crate::sip::Message;
+use crate::transaction::client::Timers;
+use crate::transaction::{invite_client, invite_server};
+
+use super::call::*;
+use super::failover::Policy;
+use super::forward::destination_uri;
+use super::testdata::*;
+
+fn target(last: u8) -> Target {
+    Target {
+        addr: SocketAddr::from(([10, 0, 0, last], 5060)),
+        transport: Transport::Udp,
+        local: iface(Transport::Udp),
+    }
+}
+
+fn params() -> CallParams {
+    CallParams {
+        policy: Policy::default(),
+        timers: Timers::default(),
+        inbound: iface(Transport::Udp),
+        source: pbx(5060),
+        destination: destination_uri("1006@assistant-abc123.sip.telnyx.com").expect("dest"),
+        pop_routes: 0,
+        token: "tok".into(),
+        nonce: 0xabc,
+        to_tag: "uacd-tag".into(),
+    }
+}
+
+fn start(n: u8) -> (Call, Vec<CallAction>, Instant) {
+    let now = Instant::now();
+    let targets = (1..=n).map(target).collect();
+    let (call, acts) =
+        Call::start(asterisk_invite(), params(), targets, false, now).expect("start");
+    (call, acts, now)
+}
+
+fn sent_to(acts: &[CallAction], t: usize) -> Vec<Message> {
+    acts.iter()
+        .filter_map(|a| match a {
+            CallAction::SendToTarget(i, b) if *i == t => Some(parse(b.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn upstream(acts: &[CallAction]) -> Vec<Message> {
+    acts.iter()
+        .filter_map(|a| match a {
+            CallAction::SendUpstream(b) => Some(parse(b.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels(acts: &[CallAction]) -> Vec<usize> {
+    acts.iter()
+        .filter_map(|a| match a {
+            CallAction::SendCancel(t, _) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A response from target `t` to our attempt.
+fn resp(call: &Call, t: usize, code: u16) -> CallEvent {
+    let b = call.branch_of(t).expect("branch");
+    CallEvent::Response(Box::new(parse(format!(
+        "SIP/2.0 {code} Something\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch={b};rport=5060;received=192.0.2.10\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;rport=5060;branch=z9hG4bKPj5f0c1a2b;received=198.51.100.7\r\n\
+From: \"Alice\" <sip:601@pbx.example.com>;tag=8f3c2a1b-77\r\n\
+To: <sip:uacd-office@192.0.2.10>;tag=t{t}\r\n\
+Call-ID: 5b8e6e2d-4e0f-4c2a-9c1e@198.51.100.7\r\n\
+CSeq: 31337 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ))))
+}
+
+fn finished(acts: &[CallAction]) -> Option<CallOutcome> {
+    acts.iter().find_map(|a| match a {
+        CallAction::Finished(o) => Some(*o),
+        _ => None,
+    })
+}
+
+fn failed(acts: &[CallAction]) -> Vec<(usize, FailReason)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            CallAction::TargetFailed(t, r) => Some((*t, *r)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rfc3261_17_2_1_start_sends_100_upstream_and_invite_to_first_target() {
+    let (_, acts, _) = start(2);
+    let up = upstream(&acts);
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].status(), Some(100));
+    let inv = sent_to(&acts, 0);
+    assert_eq!(inv.len(), 1);
+    assert_eq!(
+        inv[0].request_uri().expect("ruri").to_string(),
+        "sip:1006@assistant-abc123.sip.telnyx.com"
+    );
+    assert!(sent_to(&acts, 1).is_empty());
+    assert!(acts.contains(&CallAction::Arm(
+        CallTimer::NoProvisional(0),
+        Duration::from_secs(2)
+    )));
+    assert!(acts.contains(&CallAction::Arm(
+        CallTimer::Client(0, invite_client::Timer::A),
+        Duration::from_millis(500)
+    )));
+}
+
+#[test]
+fn answered_call_relays_180_and_200_with_our_via_popped() {
+    let (mut call, _, now) = start(2);
+    let acts = call.step(resp(&call, 0, 100), now);
+    assert!(upstream(&acts).is_empty(), "§16.7 item 3: no 100 relayed");
+    assert!(acts.contains(&CallAction::Arm(
+        CallTimer::NoAnswer(0),
+        Duration::from_secs(120)
+    )));
+    let acts = call.step(resp(&call, 0, 180), now);
+    let up = upstream(&acts);
+    assert_eq!(up[0].status(), Some(180));
+    assert_eq!(up[0].vias().expect("vias").len(), 1);
+    let later = now + Duration::from_secs(3);
+    let acts = call.step(resp(&call, 0, 200), later);
+    assert_eq!(upstream(&acts)[0].status(), Some(200));
+    assert_eq!(
+        finished(&acts),
+        Some(CallOutcome {
+            status: 200,
+            setup: Duration::from_secs(3),
+            failovers: 0
+        })
+    );
+    assert!(call.answered());
+    // RFC 6026: a retransmitted 2xx is relayed too.
+    let acts = call.step(resp(&call, 0, 200), later);
+    assert_eq!(upstream(&acts)[0].status(), Some(200));
+}
+
+#[test]
+fn seed003_503_fails_over_to_next_target_which_answers() {
+    let (mut call, _, now) = start(2);
+    let acts = call.step(resp(&call, 0, 503), now);
+    assert_eq!(failed(&acts), vec![(0, FailReason::Status(503))]);
+    let to0 = sent_to(&acts, 0);
+    assert_eq!(to0.len(), 1, "§17.1.1.3 ACK for the 503");
+    assert_eq!(to0[0].method().map(|m| m.as_str()), Some("ACK"));
+    let to1 = sent_to(&acts, 1);
+    assert_eq!(to1[0].method().map(|m| m.as_str()), Some("INVITE"));
+    assert_ne!(call.branch_of(0), call.branch_of(1), "fresh branch");
+    assert!(upstream(&acts).is_empty(), "nothing upstream yet");
+    let acts = call.step(resp(&call, 1, 200), now);
+    assert_eq!(upstream(&acts)[0].status(), Some(200));
+    assert_eq!(finished(&acts).map(|o| o.failovers), Some(1));
+}
+
+#[test]
+fn seed003_486_is_relayed_without_failover() {
+    let (mut call, _, now) = start(2);
+    call.step(resp(&call, 0, 180), now);
+    let acts = call.step(resp(&call, 0, 486), now);
+    assert!(failed(&acts).is_empty());
+    assert!(sent_to(&acts, 1).is_empty());
+    let up = upstream(&acts);
+    assert_eq!(up[0].status(), Some(486));
+    assert_eq!(finished(&acts).map(|o| o.status), Some(486));
+    // Upstream UDP: timer G/H armed for the non-2xx (§17.2.1).
+    assert!(acts.contains(&CallAction::Arm(
+        CallTimer::Server(invite_server::Timer::G),
+        Duration::from_millis(500)
+    )));
+}
+
+#[test]
+fn seed003_silent_target_fails_over_after_timeout_1xx_and_is_cancelled_on_late_1xx() {
+    let (mut call, _, now) = start(2);
+    let acts = call.step(CallEvent::Timer(CallTimer::NoProvisional(0)), now);
+    assert_eq!(failed(&acts), vec![(0, FailReason::NoProvisional)]);
+    assert!(acts.contains(&CallAction::Disarm(CallTimer::Client(
+        0,
+        invite_client::Timer::A
+    ))));
+    assert!(
+        cancels(&acts).is_empty(),
+        "§9.1: no CANCEL before a provisional"
+    );
+    assert_eq!(sent_to(&acts, 1).len(), 1);
+    // The silent target wakes up: CANCEL it, do not relay its 180.
+    let acts = call.step(resp(&call, 0, 180), now);
+    assert_eq!(cancels(&acts), vec![0]);
+    assert!(upstream(&acts).is_empty());
+    // Its 487 is ACKed and absorbed.
+    let acts = call.step(resp(&call, 0, 487), now);
+    assert!(upstream(&acts).is_empty());
+    assert_eq!(sent_to(&acts, 0).len(), 1, "ACK");
+}
+
+#[test]
+fn seed003_transport_error_fails_over_at_once() {
+    let (mut call, _, now) = start(2);
+    let acts = call.step(CallEvent::TransportError(0), now);
+    assert_eq!(failed(&acts), vec![(0, FailReason::TransportError)]);
+    assert_eq!(sent_to(&acts, 1).len(), 1);
+}
+
+#[test]
+fn rfc3261_16_7_all_targets_failed_best_response() {
+    // 503 then 480: the 4xx wins.
+    let (mut call, _, now) = start(2);
+    call.step(resp(&call, 0, 503), now);
+    let acts = call.step(resp(&call, 1, 480), now);
+    assert_eq!(upstream(&acts)[0].status(), Some(480));
+    // 503 twice: a generated 500.
+    let (mut call, _, now) = start(2);
+    call.step(resp(&call, 0, 503), now);
+    let acts = call.step(resp(&call, 1, 503), now);
+    let up = upstream(&acts);
+    assert_eq!(up[0].status(), Some(500));
+    assert_eq!(
+        up[0].to_header().expect("to").tag(),
+        Some("uacd-tag"),
+        "our own To tag"
+    );
+    // Timeouts and transport errors only: 408.
+    let (mut call, _, now) = start(2);
+    call.step(CallEvent::Timer(CallTimer::NoProvisional(0)), now);
+    let acts = call.step(CallEvent::TransportError(1), now);
+    assert_eq!(upstream(&acts)[0].status(), Some(408));
+}
+
+#[test]
+fn no_target_at_all_is_503() {
+    let (_, acts, _) = start(0);
+    let up = upstream(&acts);
+    assert_eq!(
+        up.iter().map(|m| m.status()).collect::<Vec<_>>(),
+        vec![Some(100), Some(503)]
+    );
+}
+
+#[test]
+fn issue5_timeout_2xx_cancels_and_answers_408() {
+    let (mut call, _, now) = start(2);
+    call.step(resp(&call, 0, 180), now);
+    let acts = call.step(CallEvent::Timer(CallTimer::NoAnswer(0)), now);
+    assert_eq!(cancels(&acts), vec![0]);
+    assert_eq!(upstream(&acts)[0].status(), Some(408));
+    assert!(
+        sent_to(&acts, 1).is_empty(),
+        "no failover on a ringing timeout"
+    );
+    let acts = call.step(resp(&call, 0, 487), now);
+    assert!(upstream(&acts).is_empty(), "the 487 is absorbed");
+}
+
+#[test]
+fn rfc3261_16_10_upstream_cancel_cancels_branch_and_relays_487() {
+    let (mut call, _, now) = start(2);
+    call.step(resp(&call, 0, 183), now);
+    let acts = call.step(CallEvent::UpstreamCancel, now);
+    assert_eq!(cancels(&acts), vec![0]);
+    let cancel = acts
+        .iter()
+        .find_map(|a| match a {
+            CallAction::SendCancel(_, b) => Some(parse(b.to_vec())),
+            _ => None,
+        })
+        .expect("cancel");
+    assert_eq!(
+        cancel.top_via().expect("via").branch(),
+        call.branch_of(0),
+        "§9.1 same branch"
+    );
+    let acts = call.step(resp(&call, 0, 487), now);
+    assert_eq!(upstream(&acts)[0].status(), Some(487));
+    assert!(sent_to(&acts, 1).is_empty(), "no failover after CANCEL");
+}
+
+#[test]
+fn rfc3261_9_1_upstream_cancel_before_any_provisional_waits_for_one() {
+    let (mut call, _, now) = start(1);
+    let acts = call.step(CallEvent::UpstreamCancel, now);
+    assert!(cancels(&acts).is_empty());
+    let acts = call.step(resp(&call, 0, 100), now);
+    assert_eq!(cancels(&acts), vec![0]);
+}
+
+#[test]
+fn rfc3261_17_2_1_invite_retransmission_gets_last_response() {
+    let (mut call, _, now) = start(1);
+    let acts = call.step(CallEvent::UpstreamRetransmission, now);
+    assert_eq!(upstream(&acts)[0].status(), Some(100));
+    call.step(resp(&call, 0, 180), now);
+    let acts = call.step(CallEvent::UpstreamRetransmission, now);
+    assert_eq!(upstream(&acts)[0].status(), Some(180));
+}
+
+#[test]
+fn rfc3261_17_terminates_when_every_transaction_is_over() {
+    let (mut call, _, now) = start(1);
+    call.step(resp(&call, 0, 486), now);
+    assert!(!call.is_terminated());
+    call.step(CallEvent::UpstreamAck, now);
+    let acts = call.step(
+        CallEvent::Timer(CallTimer::Server(invite_server::Timer::I)),
+        now,
+    );
+    assert!(
+        !acts.contains(&CallAction::Terminate),
+        "client still in Completed"
+    );
+    let acts = call.step(
+        CallEvent::Timer(CallTimer::Client(0, invite_client::Timer::D)),
+        now,
+    );
+    assert!(acts.contains(&CallAction::Terminate));
+    assert!(call.is_terminated());
+}
+
+#[test]
+fn rfc6026_answered_call_terminates_after_timers_l_and_m() {
+    let (mut call, _, now) = start(1);
+    call.step(resp(&call, 0, 200), now);
+    call.step(
+        CallEvent::Timer(CallTimer::Client(0, invite_client::Timer::M)),
+        now,
+    );
+    let acts = call.step(
+        CallEvent::Timer(CallTimer::Server(invite_server::Timer::L)),
+        now,
+    );
+    assert!(acts.contains(&CallAction::Terminate));
+}
+
+#[test]
+fn rfc3261_16_7_item10_late_2xx_from_abandoned_target_is_still_relayed() {
+    let (mut call, _, now) = start(2);
+    call.step(CallEvent::Timer(CallTimer::NoProvisional(0)), now);
+    let acts = call.step(resp(&call, 0, 200), now);
+    assert_eq!(upstream(&acts)[0].status(), Some(200));
+    // The other pending attempt is cancelled once it can be (§16.7 item 10).
+    let acts = call.step(resp(&call, 1, 180), now);
+    assert_eq!(cancels(&acts), vec![1]);
+    assert!(upstream(&acts).is_empty());
+}
+
+#[test]
+fn stray_response_is_ignored() {
+    let (mut call, _, now) = start(1);
+    let stray = parse(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKnotours\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n",
+    );
+    assert!(
+        call.step(CallEvent::Response(Box::new(stray)), now)
+            .is_empty()
+    );
+}

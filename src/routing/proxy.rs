@@ -1,0 +1,704 @@
+//! The proxy's I/O (RFC 3261 §16): takes the requests no transaction
+//! matched, classifies them with [`super::route::classify`], rejects, answers
+//! or forwards them, and runs one task per proxied INVITE around the pure
+//! [`Call`] machine: DNS targets (RFC 3263), client transactions per target,
+//! CANCEL, timers, failover, metrics. In-dialog requests and their responses
+//! are relayed statelessly (§16.11): the Record-Route set carries the dialog.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, FailReason, Target};
+use super::failover::Policy;
+use super::forward::{
+    BRANCH_PREFIX, Forward, forward_request, next_hop, relay_response, response_target,
+    stateless_branch,
+};
+use super::route::{self, ConnectionView, Decision, Directory, Reject, Source};
+use super::{Interface, Local};
+use crate::config::Transport;
+use crate::dns::{Dns, Query};
+use crate::metrics;
+use crate::registration::{ConnectionStatus, Context, PublicAddress, RegStatus, local_ip_towards};
+use crate::sip::{HeaderName, Host, Message, Method, Scheme, Uri, response_to};
+use crate::transaction::client::Timers;
+use crate::transaction::{Layer, RequestHandler, Upstream};
+use crate::transport::{Hop, Inbound, Transports};
+
+/// Where the router finds connections and their live registration.
+pub trait Connections: Send + Sync + 'static {
+    /// By Contact user (`user_name`).
+    fn by_user(&self, user: &str) -> Option<ConnectionStatus>;
+    /// By the TCP/TLS flow a registration lives on.
+    fn by_flow(&self, flow: u64) -> Option<ConnectionStatus>;
+}
+
+/// Cheap-clone handle; installed as the transaction layer's router.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layer: Layer,
+    transports: Transports,
+    dns: Arc<Dns>,
+    connections: Arc<dyn Connections>,
+    policy: Policy,
+    timers: Timers,
+    secret: [u8; 16],
+    public: Option<PublicAddress>,
+    user_agent: String,
+    /// What is "us" in Route and Request-URI checks; grows when a wildcard
+    /// listener is advertised under a newly seen local address.
+    local: RwLock<Local>,
+}
+
+impl Router {
+    /// The router of a daemon whose registrations share `ctx`.
+    pub fn new(ctx: &Context, connections: Arc<dyn Connections>, secret: [u8; 16]) -> Router {
+        let config = &ctx.config;
+        let public = ctx.public.clone();
+        let mut local = Local::default();
+        for l in &config.sip.listen {
+            if !l.addr.ip().is_unspecified() {
+                local.interfaces.push(Interface::new(
+                    l.transport,
+                    ip_host(l.addr.ip()),
+                    l.addr.port(),
+                ));
+            }
+        }
+        if let Some(p) = &public {
+            let host = parse_host(&p.host);
+            for l in &config.sip.listen {
+                let port = p.port.unwrap_or(l.addr.port());
+                local
+                    .interfaces
+                    .push(Interface::new(l.transport, host.clone(), port));
+            }
+            if let Host::Domain(d) = &host {
+                local.names.push(d.clone());
+            }
+        }
+        Router {
+            inner: Arc::new(Inner {
+                layer: ctx.layer.clone(),
+                transports: ctx.transports.clone(),
+                dns: ctx.dns.clone(),
+                connections,
+                policy: Policy::from_config(&config.routing),
+                timers: ctx.timers,
+                secret,
+                public,
+                user_agent: config.sip.user_agent.clone(),
+                local: RwLock::new(local),
+            }),
+        }
+    }
+}
+
+impl RequestHandler for Router {
+    fn on_request(&self, inbound: Inbound) {
+        let router = self.clone();
+        tokio::spawn(async move { router.inner.request(inbound).await });
+    }
+
+    fn on_stray_response(&self, inbound: Inbound) {
+        let router = self.clone();
+        tokio::spawn(async move { router.inner.stateless_response(inbound).await });
+    }
+}
+
+/// The one connection a request may belong to, as `classify` sees it.
+struct OneConnection {
+    user_name: String,
+    view: Option<ConnectionView>,
+}
+
+impl Directory for OneConnection {
+    fn by_user(&self, user: &str) -> Option<&ConnectionView> {
+        self.view.as_ref().filter(|_| self.user_name == user)
+    }
+    fn by_line(&self, line: &str) -> Option<&ConnectionView> {
+        self.view.as_ref().filter(|v| v.id == line)
+    }
+    fn by_flow(&self, flow: u64) -> Option<&ConnectionView> {
+        self.view
+            .as_ref()
+            .filter(|v| v.registration_flow == Some(flow))
+    }
+}
+
+impl Inner {
+    fn local(&self) -> Local {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn remember(&self, iface: &Interface) {
+        let known = self
+            .local
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .interfaces
+            .contains(iface);
+        if !known {
+            self.local
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .interfaces
+                .push(iface.clone());
+        }
+    }
+
+    /// Our interface on `transport`, as seen from `peer`: the public address
+    /// when configured, else the listener's address (or, for a wildcard
+    /// listener, the local IP the kernel routes towards `peer`).
+    fn interface(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+    ) -> Interface {
+        let listen = self.transports.listen_addr(transport);
+        let port = listen
+            .map(|a| a.port())
+            .or(local.map(|a| a.port()))
+            .unwrap_or(transport.default_port());
+        let iface = match &self.public {
+            Some(p) => Interface::new(transport, parse_host(&p.host), p.port.unwrap_or(port)),
+            None => {
+                let ip = listen
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified())
+                    .or(local.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()))
+                    .or_else(|| local_ip_towards(peer))
+                    .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                Interface::new(transport, ip_host(ip), port)
+            }
+        };
+        self.remember(&iface);
+        iface
+    }
+
+    /// The connection the Request-URI (user part, `line` parameter) or the
+    /// flow names, with the addresses of its PBX.
+    async fn directory(&self, msg: &Message, flow: Option<u64>) -> OneConnection {
+        let ruri = msg.request_uri();
+        let found = ruri
+            .and_then(|u| u.user.as_deref())
+            .and_then(|u| self.connections.by_user(u))
+            .or_else(|| {
+                ruri.and_then(|u| u.params.value("line"))
+                    .and_then(|l| self.connections.by_user(l))
+            })
+            .or_else(|| flow.and_then(|f| self.connections.by_flow(f)));
+        let Some(status) = found else {
+            return OneConnection {
+                user_name: String::new(),
+                view: None,
+            };
+        };
+        let conn = &status.connection;
+        let ext = &conn.external_uac_settings;
+        let mut pbx_addrs = Vec::new();
+        for uri in [ext.proxy.as_ref(), ext.outbound_proxy.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let q = Query::with_transport(uri, ext.transport);
+            match self.dns.resolve(&q).await {
+                Ok(targets) => pbx_addrs.extend(targets.iter().map(|t| t.addr.ip())),
+                Err(e) => {
+                    tracing::debug!(connection_id = %conn.id, error = %e, "PBX address lookup failed")
+                }
+            }
+        }
+        OneConnection {
+            user_name: conn.user_name.clone(),
+            view: Some(ConnectionView {
+                id: conn.id.clone(),
+                active: conn.active,
+                registered: status.snapshot.status == RegStatus::Success,
+                registration_flow: status.snapshot.flow,
+                pbx_addrs,
+                destination_uri: conn.internal_uac_settings.destination_uri.clone(),
+            }),
+        }
+    }
+
+    async fn request(self: Arc<Self>, inbound: Inbound) {
+        let flow = inbound.flow.as_ref().map(|f| f.id());
+        let is_invite = inbound.msg.method() == Some(&Method::Invite);
+        let dir = if is_invite {
+            self.directory(&inbound.msg, flow).await
+        } else {
+            OneConnection {
+                user_name: String::new(),
+                view: None,
+            }
+        };
+        let source = Source {
+            addr: inbound.source,
+            flow,
+        };
+        let local = self.local();
+        let decision = route::classify(&inbound.msg, source, &local, &dir, &self.secret);
+        match decision {
+            Decision::Drop => {}
+            Decision::Local => self.layer.answer_locally(inbound),
+            Decision::UnmatchedCancel => self.reply(&inbound, 481, None),
+            Decision::Reject(why) => {
+                tracing::debug!(source = %inbound.source, reason = why.label(), code = why.code(), "request rejected");
+                if is_invite {
+                    metrics::call_result(reject_label(why), None);
+                }
+                self.reply(&inbound, why.code(), None);
+            }
+            Decision::InDialog { pop_routes } => self.stateless_request(inbound, pop_routes).await,
+            Decision::NewCall {
+                connection,
+                destination,
+                pop_routes,
+            } => {
+                let id = connection.id.clone();
+                self.new_call(inbound, id, destination, pop_routes).await
+            }
+        }
+    }
+
+    fn reply(&self, inbound: &Inbound, code: u16, reason: Option<&str>) {
+        let tag = format!("{:016x}", rand::random::<u64>());
+        let reason = reason.unwrap_or(crate::sip::reason::canonical_reason(code));
+        let resp = response_to(&inbound.msg, code, reason, Some(&tag))
+            .header("Server", self.user_agent.as_str())
+            .build();
+        self.transports.reply(inbound, Bytes::from(resp));
+    }
+
+    /// The targets of `uri` (transport from the URI, default UDP).
+    /// The targets of `uri` with the name each TLS certificate must match.
+    async fn targets(&self, uri: &Uri) -> Result<Vec<(Target, Arc<str>)>, crate::dns::Error> {
+        let q = query_for(uri);
+        let found = self.dns.resolve(&q).await?;
+        Ok(found
+            .into_iter()
+            .map(|t| {
+                (
+                    Target {
+                        local: self.interface(t.transport, None, t.addr),
+                        addr: t.addr,
+                        transport: t.transport,
+                    },
+                    t.server_name,
+                )
+            })
+            .collect())
+    }
+
+    async fn new_call(
+        self: Arc<Self>,
+        inbound: Inbound,
+        connection_id: String,
+        destination: Uri,
+        pop_routes: usize,
+    ) {
+        let now = Instant::now();
+        let Ok(branch) = inbound
+            .msg
+            .top_via()
+            .map(|v| v.branch().unwrap_or("").to_owned())
+        else {
+            return;
+        };
+        // Hold the server transaction at once: retransmissions, ACK and
+        // CANCEL from the PBX come to this task from now on.
+        let (up_tx, mut up_rx) = mpsc::channel(16);
+        let _server = self.layer.hold_server(&branch, true, up_tx);
+        let (dns_targets, server_names): (Vec<Target>, Vec<Arc<str>>) = match self
+            .targets(&destination)
+            .await
+        {
+            Ok(t) => t.into_iter().unzip(),
+            Err(e) => {
+                tracing::warn!(connection_id = %connection_id, destination = %destination, error = %e, "destination does not resolve");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let call_id = inbound.msg.call_id().unwrap_or("").to_owned();
+        let in_iface = self.interface(inbound.transport, Some(inbound.local), inbound.source);
+        let params = CallParams {
+            policy: self.policy.clone(),
+            timers: self.timers,
+            inbound: in_iface,
+            source: inbound.source,
+            destination,
+            pop_routes,
+            token: route::dialog_token(&self.secret, &call_id),
+            nonce: rand::random(),
+            to_tag: format!("{:016x}", rand::random::<u64>()),
+        };
+        let reliable = inbound.transport.is_stream();
+        let (mut call, actions) = match Call::start(
+            inbound.msg.clone(),
+            params,
+            dns_targets.clone(),
+            reliable,
+            now,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "INVITE cannot be forwarded");
+                self.reply(&inbound, 400, None);
+                return;
+            }
+        };
+        let (resp_tx, mut resp_rx) = mpsc::channel::<Message>(32);
+        let mut task = CallTask {
+            inner: self.clone(),
+            inbound,
+            targets: dns_targets,
+            server_names,
+            hops: HashMap::new(),
+            clients: Vec::new(),
+            held: Vec::new(),
+            resp_tx,
+            timers: HashMap::new(),
+            connection_id,
+            call_id,
+            queue: Vec::new(),
+        };
+        task.run_actions(&mut call, actions).await;
+        while !call.is_terminated() {
+            let next = task
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, at)| (*k, *at));
+            let event = tokio::select! {
+                Some(resp) = resp_rx.recv() => CallEvent::Response(Box::new(resp)),
+                Some(up) = up_rx.recv() => match up {
+                    Upstream::Retransmission => CallEvent::UpstreamRetransmission,
+                    Upstream::Ack => CallEvent::UpstreamAck,
+                    Upstream::Cancel => CallEvent::UpstreamCancel,
+                },
+                _ = sleep_opt(next.map(|(_, at)| at)) => {
+                    let (key, _) = next.expect("a deadline fired");
+                    task.timers.remove(&key);
+                    CallEvent::Timer(key)
+                }
+            };
+            let actions = call.step(event, Instant::now());
+            task.run_actions(&mut call, actions).await;
+        }
+    }
+
+    /// ACK for 2xx and other in-dialog requests: forwarded without a
+    /// transaction (§16.11), to the next Route or the Request-URI (§16.12).
+    async fn stateless_request(&self, inbound: Inbound, pop_routes: usize) {
+        let msg = &inbound.msg;
+        let mut probe = msg.clone();
+        for _ in 0..pop_routes {
+            probe.remove_first_value(HeaderName::Route);
+        }
+        let Ok(next) = next_hop(&probe) else {
+            return;
+        };
+        let targets = match self.dns.resolve(&query_for(&next)).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(next = %next, error = %e, "in-dialog next hop does not resolve");
+                if msg.method() != Some(&Method::Ack) {
+                    self.reply(&inbound, 503, None);
+                }
+                return;
+            }
+        };
+        let Ok(branch) = stateless_branch(msg) else {
+            return;
+        };
+        let in_iface = self.interface(inbound.transport, Some(inbound.local), inbound.source);
+        let target = &targets[0];
+        let out_iface = self.interface(target.transport, None, target.addr);
+        let fwd = Forward {
+            source: inbound.source,
+            inbound: &in_iface,
+            outbound: &out_iface,
+            branch: &branch,
+            record_route: None,
+        };
+        let out = match forward_request(msg, None, pop_routes, &fwd) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "in-dialog request not forwarded");
+                if msg.method() != Some(&Method::Ack) {
+                    self.reply(&inbound, 483, None);
+                }
+                return;
+            }
+        };
+        let sent = match self
+            .transports
+            .hop(target.transport, target.addr, &target.server_name)
+            .await
+        {
+            Ok(hop) => hop.send(Bytes::from(out.to_bytes())).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(target_addr = %target, error = %e, "in-dialog request not sent");
+            if msg.method() != Some(&Method::Ack) {
+                self.reply(&inbound, 503, None);
+            }
+        }
+    }
+
+    /// A response no client transaction expects: when it carries our Via on
+    /// top (an in-dialog request we relayed statelessly), pop it and send it
+    /// where the next Via says (§16.11, §18.2.2, RFC 3581).
+    async fn stateless_response(&self, inbound: Inbound) {
+        let msg = &inbound.msg;
+        let Ok(top) = msg.top_via() else {
+            return;
+        };
+        if !top.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX)) {
+            tracing::debug!(source = %inbound.source, "stray response dropped (§18.1.2)");
+            return;
+        }
+        let Some(out) = relay_response(msg) else {
+            return;
+        };
+        let Ok(via) = out.top_via() else {
+            return;
+        };
+        if msg.status().is_some_and(|c| (200..300).contains(&c))
+            && msg.cseq().is_ok_and(|c| c.method == Method::Bye)
+        {
+            metrics::dialogs_active(-1.0);
+        }
+        let (host, port) = response_target(&via);
+        let transport = via.transport.parse::<Transport>().unwrap_or(Transport::Udp);
+        let Some(ip) = host_ip(&host) else {
+            return;
+        };
+        let dest = SocketAddr::new(ip, port);
+        match self
+            .transports
+            .hop(transport, dest, &host.to_string())
+            .await
+        {
+            Ok(hop) => {
+                if let Err(e) = hop.send(Bytes::from(out.to_bytes())).await {
+                    tracing::debug!(%dest, error = %e, "relayed response not sent");
+                }
+            }
+            Err(e) => tracing::debug!(%dest, error = %e, "relayed response not sent"),
+        }
+    }
+}
+
+/// The I/O around one [`Call`].
+struct CallTask {
+    inner: Arc<Inner>,
+    inbound: Inbound,
+    targets: Vec<Target>,
+    server_names: Vec<Arc<str>>,
+    hops: HashMap<usize, Hop>,
+    /// Client transaction slots held per branch (responses come to `resp_tx`).
+    clients: Vec<crate::transaction::ClientGuard>,
+    held: Vec<String>,
+    resp_tx: mpsc::Sender<Message>,
+    timers: HashMap<CallTimer, Instant>,
+    connection_id: String,
+    call_id: String,
+    /// Events produced while carrying out actions (send failures).
+    queue: Vec<CallEvent>,
+}
+
+impl CallTask {
+    async fn run_actions(&mut self, call: &mut Call, mut actions: Vec<CallAction>) {
+        loop {
+            for action in actions.drain(..) {
+                self.act(call, action).await;
+            }
+            // Responses for every attempt started so far reach this task.
+            for t in 0..self.targets.len() {
+                if let Some(b) = call.branch_of(t)
+                    && !self.held.iter().any(|h| h == b)
+                {
+                    self.held.push(b.to_owned());
+                    self.clients.push(self.inner.layer.hold_client(
+                        b,
+                        Method::Invite,
+                        self.resp_tx.clone(),
+                    ));
+                }
+            }
+            let Some(event) = self.queue.pop() else {
+                return;
+            };
+            actions = call.step(event, Instant::now());
+        }
+    }
+
+    async fn hop(&mut self, t: usize) -> Result<Hop, crate::transport::Error> {
+        if let Some(h) = self.hops.get(&t).filter(|h| match h {
+            Hop::Stream(f) => !f.is_closed(),
+            Hop::Udp { .. } => true,
+        }) {
+            return Ok(h.clone());
+        }
+        let target = &self.targets[t];
+        let hop = self
+            .inner
+            .transports
+            .hop(target.transport, target.addr, &self.server_names[t])
+            .await?;
+        self.hops.insert(t, hop.clone());
+        Ok(hop)
+    }
+
+    async fn act(&mut self, call: &Call, action: CallAction) {
+        match action {
+            CallAction::SendUpstream(bytes) => self.inner.transports.reply(&self.inbound, bytes),
+            CallAction::SendToTarget(t, bytes) => {
+                let sent = match self.hop(t).await {
+                    Ok(hop) => hop.send(bytes).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(call_id = %self.call_id, target_addr = %self.targets[t].addr, error = %e, "send to target failed");
+                    self.queue.push(CallEvent::TransportError(t));
+                }
+            }
+            CallAction::SendCancel(t, bytes) => {
+                let Some(branch) = call.branch_of(t).map(str::to_owned) else {
+                    return;
+                };
+                let Ok(hop) = self.hop(t).await else {
+                    return;
+                };
+                let layer = self.inner.layer.clone();
+                let timers = self.inner.timers;
+                tokio::spawn(async move {
+                    let _ = layer
+                        .request(&hop, Method::Cancel, &branch, bytes, timers)
+                        .await;
+                });
+            }
+            CallAction::Arm(key, d) => {
+                self.timers.insert(key, Instant::now() + d);
+            }
+            CallAction::Disarm(key) => {
+                self.timers.remove(&key);
+            }
+            CallAction::TargetFailed(t, reason) => {
+                let target = &self.targets[t];
+                let dns_target = crate::dns::Target {
+                    addr: target.addr,
+                    transport: target.transport,
+                    server_name: self.server_names[t].clone(),
+                };
+                let why = match reason {
+                    FailReason::Status(code) => {
+                        tracing::info!(call_id = %self.call_id, target_addr = %target.addr, code, "call target failed; trying the next");
+                        None
+                    }
+                    FailReason::NoProvisional => Some("no provisional response"),
+                    FailReason::TransportError => Some("transport error"),
+                };
+                if let Some(why) = why {
+                    tracing::info!(call_id = %self.call_id, target_addr = %target.addr, reason = why, "call target failed; trying the next");
+                    self.inner.dns.failed(&dns_target, why);
+                }
+            }
+            CallAction::Finished(outcome) => {
+                let answered = (200..300).contains(&outcome.status);
+                let label = if answered {
+                    "answered"
+                } else {
+                    metrics::call_code_label(outcome.status)
+                };
+                metrics::call_result(label, Some(outcome.setup));
+                for _ in 0..outcome.failovers {
+                    metrics::failover();
+                }
+                if answered {
+                    metrics::dialogs_active(1.0);
+                }
+                tracing::info!(
+                    connection_id = %self.connection_id,
+                    call_id = %self.call_id,
+                    status = outcome.status,
+                    setup_ms = outcome.setup.as_millis() as u64,
+                    failovers = outcome.failovers,
+                    "call finished"
+                );
+            }
+            CallAction::Terminate => {}
+        }
+    }
+}
+
+fn reject_label(why: Reject) -> &'static str {
+    match why {
+        Reject::ForbiddenSource | Reject::ForeignRoute | Reject::ForeignDomain => "rejected_source",
+        Reject::UnknownUser | Reject::NoDestination | Reject::BadDestination => "no_route",
+        other => metrics::call_code_label(other.code()),
+    }
+}
+
+/// The DNS query for a next-hop URI: transport from `transport=` (TLS for
+/// `sips:`), default UDP.
+fn query_for(uri: &Uri) -> Query {
+    let transport = uri
+        .params
+        .value("transport")
+        .and_then(|t| t.parse::<Transport>().ok())
+        .unwrap_or(Transport::Udp);
+    let sips = uri.scheme == Scheme::Sips;
+    Query {
+        host: uri.host.to_string(),
+        port: uri.port,
+        transport: Some(if sips { Transport::Tls } else { transport }),
+        sips,
+    }
+}
+
+fn ip_host(ip: IpAddr) -> Host {
+    match ip {
+        IpAddr::V4(a) => Host::V4(a),
+        IpAddr::V6(a) => Host::V6(a),
+    }
+}
+
+fn parse_host(s: &str) -> Host {
+    match s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip_host(ip),
+        Err(_) => Host::Domain(s.to_owned()),
+    }
+}
+
+fn host_ip(h: &Host) -> Option<IpAddr> {
+    match h {
+        Host::V4(a) => Some(IpAddr::V4(*a)),
+        Host::V6(a) => Some(IpAddr::V6(*a)),
+        Host::Domain(d) => d.parse().ok(),
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

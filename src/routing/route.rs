@@ -1,0 +1,294 @@
+//! Classifying an inbound request (RFC 3261 §16.3 validation, §16.4 route
+//! preprocessing, §16.12 in-dialog routing) into a [`Decision`]: a new call
+//! for one connection, an in-dialog request to relay, something the daemon
+//! answers itself, or a rejection. Enforces the source check and the "never
+//! an open relay" rules of design.md Part 2.
+//!
+//! Pure: the connections, the registration flows and the PBX addresses are
+//! inputs ([`Directory`], [`Source`]); the proxy task resolves them.
+
+use std::hash::{DefaultHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sip::{Message, Method, Uri};
+
+use super::Local;
+use super::forward::{branch_loop_hash, destination_uri, loop_hash};
+
+/// The Record-Route URI parameter carrying the dialog token.
+pub const TOKEN_PARAM: &str = "uacd";
+
+/// The token we put in our Record-Route for the dialog `call_id`: a keyed
+/// hash (SipHash over a secret and the Call-ID), so an in-dialog request whose
+/// Route carries it follows a route set we created. This is what keeps a
+/// forged `Route: <sip:us;lr>, <sip:victim>` from turning us into a relay.
+pub fn dialog_token(secret: &[u8; 16], call_id: &str) -> String {
+    let mut h = DefaultHasher::new();
+    h.write(secret);
+    h.write(call_id.as_bytes());
+    format!("{:016x}", h.finish())
+}
+
+/// What the router knows about one connection, filled by the proxy task
+/// from the store and the registration status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionView {
+    pub id: String,
+    /// `active` in the store.
+    pub active: bool,
+    /// The registration is currently successful.
+    pub registered: bool,
+    /// The TCP/TLS flow the current registration uses.
+    pub registration_flow: Option<u64>,
+    /// The addresses the connection's `proxy` and `outbound_proxy` resolve to
+    /// (compared by IP: a PBX sends from other ports than the one we register to).
+    pub pbx_addrs: Vec<IpAddr>,
+    /// `internal_uac_settings.destination_uri`.
+    pub destination_uri: Option<String>,
+}
+
+/// Connection lookups (issue 5 item 2).
+pub trait Directory {
+    /// By our Contact user (`user_name`).
+    fn by_user(&self, user: &str) -> Option<&ConnectionView>;
+    /// By the `line` parameter we put in our Contact.
+    fn by_line(&self, line: &str) -> Option<&ConnectionView>;
+    /// By the TCP/TLS flow a registration uses.
+    fn by_flow(&self, flow: u64) -> Option<&ConnectionView>;
+}
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub addr: SocketAddr,
+    /// The TCP/TLS flow id; `None` for UDP.
+    pub flow: Option<u64>,
+}
+
+/// Why a request is refused. [`Reject::code`] maps it to a status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Missing or malformed mandatory headers (§16.3 item 1).
+    Malformed,
+    /// Max-Forwards is 0 (§16.3 item 3).
+    TooManyHops,
+    /// Our own Via with a matching loop hash (§16.3 item 4).
+    Loop,
+    /// No connection has that user, line or flow.
+    UnknownUser,
+    /// The request does not come from the connection's PBX.
+    ForbiddenSource,
+    /// A Route we did not create, or a Route beyond ours on an initial request.
+    ForeignRoute,
+    /// A Request-URI for a domain that is not ours and not a registration.
+    ForeignDomain,
+    /// The connection is not active.
+    Inactive,
+    /// The connection is not registered.
+    NotRegistered,
+    /// The connection has no destination_uri.
+    NoDestination,
+    /// The destination_uri does not parse.
+    BadDestination,
+}
+
+impl Reject {
+    /// The one place where routing refusals become status codes.
+    pub fn code(self) -> u16 {
+        match self {
+            Reject::Malformed => 400,
+            Reject::TooManyHops => 483,
+            Reject::Loop => 482,
+            Reject::UnknownUser => 404,
+            Reject::ForbiddenSource | Reject::ForeignRoute | Reject::ForeignDomain => 403,
+            Reject::Inactive | Reject::NotRegistered | Reject::NoDestination => 480,
+            Reject::BadDestination => 500,
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed",
+            Reject::TooManyHops => "too_many_hops",
+            Reject::Loop => "loop",
+            Reject::UnknownUser => "unknown_user",
+            Reject::ForbiddenSource => "forbidden_source",
+            Reject::ForeignRoute => "foreign_route",
+            Reject::ForeignDomain => "foreign_domain",
+            Reject::Inactive => "inactive",
+            Reject::NotRegistered => "not_registered",
+            Reject::NoDestination => "no_destination",
+            Reject::BadDestination => "bad_destination",
+        }
+    }
+}
+
+/// What to do with an inbound request. The proxy task offers ACK, CANCEL
+/// and INVITE retransmissions to its server transactions first (§17.2.3);
+/// only unmatched requests come here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision<'c> {
+    /// An initial INVITE for `connection`: forward to `destination` (§16.6)
+    /// after removing `pop_routes` Route entries that are ours (§16.4).
+    NewCall {
+        connection: &'c ConnectionView,
+        destination: Uri,
+        pop_routes: usize,
+    },
+    /// A request inside a dialog we record-routed (ACK for 2xx, BYE,
+    /// re-INVITE, ...): remove `pop_routes` entries and forward to the next
+    /// Route or the Request-URI (§16.12, [`super::forward::next_hop`]).
+    InDialog { pop_routes: usize },
+    /// A CANCEL with no matching server transaction: 481 (§16.10, §9.2).
+    UnmatchedCancel,
+    /// Addressed to the daemon itself: `transaction::server` answers
+    /// (OPTIONS 200, 405, 481, 501).
+    Local,
+    /// Answer with [`Reject::code`]; nothing is forwarded.
+    Reject(Reject),
+    /// Drop silently (an ACK is never answered, §17.2.3).
+    Drop,
+}
+
+/// The user part and `line` parameter of the Request-URI, then the flow.
+fn find_connection<'c, D: Directory>(
+    dir: &'c D,
+    ruri: &Uri,
+    source: Source,
+) -> Option<&'c ConnectionView> {
+    ruri.user
+        .as_deref()
+        .and_then(|u| dir.by_user(u))
+        .or_else(|| ruri.params.value("line").and_then(|l| dir.by_line(l)))
+        .or_else(|| source.flow.and_then(|f| dir.by_flow(f)))
+}
+
+/// §16.3 item 4: one of our Vias whose branch carries the hash of this very
+/// request (a spiral, where the Request-URI changed, has another hash).
+fn is_loop(msg: &Message, local: &Local) -> Result<bool, crate::sip::ParseError> {
+    let vias = msg.vias()?;
+    for (i, via) in vias.iter().enumerate() {
+        let Some(h) = via.branch().and_then(branch_loop_hash) else {
+            continue;
+        };
+        if local.is_our_via(via) && loop_hash(msg, vias.get(i + 1))? == h {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Classifies one inbound request. `secret` keys the dialog tokens.
+pub fn classify<'c, D: Directory>(
+    msg: &Message,
+    source: Source,
+    local: &Local,
+    dir: &'c D,
+    secret: &[u8; 16],
+) -> Decision<'c> {
+    let Some(method) = msg.method() else {
+        return Decision::Drop;
+    };
+    let is_ack = *method == Method::Ack;
+    let reject = |why| {
+        if is_ack {
+            Decision::Drop
+        } else {
+            Decision::Reject(why)
+        }
+    };
+    if msg.validate_request().is_err() {
+        return reject(Reject::Malformed);
+    }
+    // §16.3 item 3; a proxy may answer an OPTIONS itself.
+    let max_forwards = msg.max_forwards();
+    if msg.header(crate::sip::HeaderName::MaxForwards).is_some() && max_forwards.is_none() {
+        return reject(Reject::Malformed);
+    }
+    if max_forwards == Some(0) {
+        return match method {
+            Method::Options => Decision::Local,
+            _ => reject(Reject::TooManyHops),
+        };
+    }
+    match is_loop(msg, local) {
+        Ok(true) => return reject(Reject::Loop),
+        Ok(false) => {}
+        Err(_) => return reject(Reject::Malformed),
+    }
+    if *method == Method::Cancel {
+        return Decision::UnmatchedCancel;
+    }
+    // §16.4: our own entries on top of the Route set are removed.
+    let Ok(routes) = msg.routes() else {
+        return reject(Reject::Malformed);
+    };
+    let pop = routes.iter().take_while(|r| local.is_us(&r.uri)).count();
+    let Some(ruri) = msg.request_uri() else {
+        return Decision::Drop;
+    };
+    if pop == 0 && !routes.is_empty() {
+        return reject(Reject::ForeignRoute);
+    }
+    let in_dialog = msg.to_header().is_ok_and(|t| t.tag().is_some());
+    if in_dialog || routes.len() > pop {
+        if pop == 0 {
+            // No route set of ours: a request to us as a UA, or a relay attempt.
+            return if local.is_us(ruri) {
+                if is_ack {
+                    Decision::Drop
+                } else {
+                    Decision::Local
+                }
+            } else {
+                reject(Reject::ForeignDomain)
+            };
+        }
+        let token = msg
+            .call_id()
+            .map(|c| dialog_token(secret, c))
+            .unwrap_or_default();
+        let ours = routes[..pop]
+            .iter()
+            .any(|r| r.uri.params.value(TOKEN_PARAM) == Some(token.as_str()));
+        if !ours || !in_dialog {
+            // A forged route set, or an initial request routed beyond us.
+            return reject(Reject::ForeignRoute);
+        }
+        return Decision::InDialog { pop_routes: pop };
+    }
+    match method {
+        Method::Invite => {}
+        Method::Ack => return Decision::Drop,
+        _ => return Decision::Local,
+    }
+    let Some(conn) = find_connection(dir, ruri, source) else {
+        return Decision::Reject(if local.is_us(ruri) || pop > 0 {
+            Reject::UnknownUser
+        } else {
+            Reject::ForeignDomain
+        });
+    };
+    let on_flow = source.flow.is_some() && source.flow == conn.registration_flow;
+    if !on_flow && !conn.pbx_addrs.contains(&source.addr.ip()) {
+        return Decision::Reject(Reject::ForbiddenSource);
+    }
+    if !conn.active {
+        return Decision::Reject(Reject::Inactive);
+    }
+    if !conn.registered {
+        return Decision::Reject(Reject::NotRegistered);
+    }
+    let Some(dest) = conn.destination_uri.as_deref() else {
+        return Decision::Reject(Reject::NoDestination);
+    };
+    match destination_uri(dest) {
+        Ok(destination) => Decision::NewCall {
+            connection: conn,
+            destination,
+            pop_routes: pop,
+        },
+        Err(_) => Decision::Reject(Reject::BadDestination),
+    }
+}
