@@ -71,6 +71,9 @@ unregister_timeout_sec = 5
 
     /// Fails if any password appears in the daemon's log or any API response.
     fn assert_no_leak(&self, passwords: &[&str]) {
+        // /metrics is part of what must never show a password.
+        let m = self.a.with_token(None).get("/metrics");
+        assert_eq!(m.status, 200, "{m:?}");
         let log = std::fs::read_to_string(self.uacd.log_path()).unwrap();
         let transcript = self.a.transcript();
         assert!(!transcript.is_empty());
