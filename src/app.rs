@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::store::{SqliteStore, StoreError, StoreHandle, now_ms};
+use crate::registration::Applied;
+use crate::store::{Owner, SqliteStore, StoreError, StoreHandle, now_ms};
 
 use crate::config::{Config, Transport};
 use crate::dns::Dns;
@@ -41,10 +42,12 @@ pub enum AppError {
 /// A running daemon.
 pub struct App {
     pub transports: Transports,
+    pub layer: Layer,
     pub supervisor: Supervisor,
     pub store: StoreHandle,
     /// Where the API listens (the bound address when `api.listen` has port 0).
     pub api_addr: SocketAddr,
+    api_state: ApiState,
     api: JoinHandle<()>,
     api_cancel: CancellationToken,
     cancel: CancellationToken,
@@ -155,7 +158,7 @@ impl App {
             })?;
         let api_cancel = cancel.child_token();
         let state = ApiState::new(&config, store.clone(), supervisor.clone());
-        let api = tokio::spawn(api::serve(listener, state, api_cancel.clone()));
+        let api = tokio::spawn(api::serve(listener, state.clone(), api_cancel.clone()));
         tracing::info!(addr = %api_addr, "API listening");
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -170,15 +173,114 @@ impl App {
         }
         tracing::info!(connections = supervisor.len(), "uacd started");
         Ok(App {
+            layer: ctx.layer.clone(),
             transports,
             supervisor,
             store,
             api_addr,
+            api_state: state,
             api,
             api_cancel,
             cancel,
             config,
         })
+    }
+
+    /// SIGHUP: re-reads the configuration file and validates all of it
+    /// first (a bad file is logged and ignored: the running configuration
+    /// stays). Then the file's connections are synced into the store and
+    /// applied live: new ones start, removed ones unregister, changed ones
+    /// re-register, untouched ones keep their registration (same Call-ID
+    /// and CSeq). API tokens take effect at once; other changed sections are
+    /// named in the log as needing a restart.
+    pub async fn reload(&self, path: &std::path::Path) {
+        let mut new = match crate::config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for line in errors.to_string().lines() {
+                    tracing::error!("reload rejected: {line}");
+                }
+                tracing::warn!("configuration not reloaded; the running one stays");
+                return;
+            }
+        };
+        let old = &self.config;
+        let mut restart = Vec::new();
+        for (key, changed) in [
+            ("sip", new.sip != old.sip),
+            ("tls", new.tls != old.tls),
+            ("dns", new.dns != old.dns),
+            ("api.listen", new.api.listen != old.api.listen),
+            ("metrics", new.metrics != old.metrics),
+            ("store", new.store != old.store),
+            ("registration", new.registration != old.registration),
+            ("routing", new.routing != old.routing),
+        ] {
+            if changed {
+                restart.push(key);
+            }
+        }
+        let mut file = std::mem::take(&mut new.connections);
+        let generated = new.generated_passwords.clone();
+        // One writer at a time: an API write cannot interleave.
+        let _write = self.api_state.write_lock().await;
+        let synced = self
+            .store
+            .run(move |s| {
+                let before = s.all()?;
+                let report = s.sync_file(&mut file, &generated, now_ms())?;
+                Ok((before, report, s.all()?))
+            })
+            .await;
+        let (before, report, after) = match synced {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: connections not applied; the running ones stay");
+                return;
+            }
+        };
+        let mut counts = [0usize; 4];
+        for row in before.iter().filter(|r| r.owner == Owner::File) {
+            if !after.iter().any(|a| a.connection.id == row.connection.id) {
+                self.supervisor.remove(&row.connection.id).await;
+                counts[3] += 1;
+            }
+        }
+        for row in after.into_iter().filter(|r| r.owner == Owner::File) {
+            match self.supervisor.upsert(row.connection).await {
+                Applied::Started => counts[0] += 1,
+                Applied::Restarted => counts[1] += 1,
+                Applied::Updated | Applied::Unchanged => counts[2] += 1,
+            }
+        }
+        self.api_state.set_tokens(&new);
+        tracing::info!(
+            started = counts[0],
+            restarted = counts[1],
+            kept = counts[2],
+            removed = counts[3],
+            store_inserted = report.inserted,
+            store_updated = report.updated,
+            store_removed = report.removed,
+            "configuration reloaded"
+        );
+        if !restart.is_empty() {
+            tracing::warn!(sections = %restart.join(", "), "changed settings take effect after a restart");
+        }
+    }
+
+    /// The handles the systemd watchdog probes.
+    pub fn probe(&self) -> crate::systemd::Probe {
+        crate::systemd::Probe {
+            layer: self.layer.clone(),
+            transports: self.transports.clone(),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+
+    /// How long stopping may take: API close, unregistration, margin.
+    pub fn stop_budget(&self) -> Duration {
+        Duration::from_secs(self.config.registration.unregister_timeout_sec + 5)
     }
 
     /// Runs until `shutdown` resolves, then stops gracefully.

@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod registration;
 pub mod routing;
 pub mod sip;
+pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod transaction;
 pub mod transport;

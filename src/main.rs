@@ -1,4 +1,4 @@
-//! `uacd` command line: `run` (default), `check-config`.
+//! `uacd` command line: `run` (default), `check-config`, `status`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -34,6 +34,15 @@ enum Command {
     /// Validate the configuration file: exit 0, or print every problem as
     /// `file:line: key: reason` and exit 1.
     CheckConfig,
+    /// One line per connection of a running daemon (via its REST API).
+    Status {
+        /// The daemon's API.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// Bearer token; default: the first `api.tokens` entry of --config.
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +76,42 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => run(&path, cli.log_format),
+        Command::Status { api, token } => status(&path, &api, token),
+    }
+}
+
+fn status(path: &std::path::Path, api: &str, token: Option<String>) -> ExitCode {
+    let token = match token {
+        Some(t) => t,
+        None => match uacd::config::load(path) {
+            Ok(cfg) => match cfg.api.tokens.first() {
+                Some(t) => t.token.expose().to_owned(),
+                None => {
+                    eprintln!(
+                        "uacd status: no --token and no api.tokens in {}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(_) => {
+                eprintln!(
+                    "uacd status: no --token, and {} cannot be read for one",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match uacd::status::collect(api, &token) {
+        Ok(lines) => {
+            print!("{}", uacd::status::render(&lines));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("uacd status: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -127,7 +172,24 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        app.run_until(signals.shutdown()).await;
+        let probe = app.probe();
+        uacd::systemd::ready(&probe.status_line());
+        let watchdog = tokio::spawn(probe.run(std::time::Duration::from_secs(10)));
+        let mut signals = signals;
+        loop {
+            match signals.next().await {
+                SignalEvent::Stop => break,
+                SignalEvent::Reload => {
+                    uacd::systemd::reloading();
+                    app.reload(path).await;
+                    uacd::systemd::ready(&app.probe().status_line());
+                }
+            }
+        }
+        signals.exit_on_second();
+        uacd::systemd::stopping(app.stop_budget());
+        watchdog.abort();
+        app.stop().await;
         ExitCode::SUCCESS
     });
     // Blocking threads (getaddrinfo on a dead resolver) must not hold the
@@ -151,17 +213,18 @@ impl Signals {
         })
     }
 
-    /// Resolves on the first SIGTERM or SIGINT; a second one exits at once
-    /// (status 130). SIGHUP is logged and otherwise ignored until reload
-    /// exists, instead of killing the daemon.
-    async fn shutdown(mut self) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => break,
-                _ = self.int.recv() => break,
-                _ = self.hup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; running configuration unchanged"),
-            }
+    /// The next signal that matters: SIGTERM/SIGINT stop, SIGHUP reloads.
+    async fn next(&mut self) -> SignalEvent {
+        tokio::select! {
+            _ = self.term.recv() => SignalEvent::Stop,
+            _ = self.int.recv() => SignalEvent::Stop,
+            _ = self.hup.recv() => SignalEvent::Reload,
         }
+    }
+
+    /// From now on a second SIGTERM/SIGINT exits at once (status 130),
+    /// without waiting for the unregistrations.
+    fn exit_on_second(mut self) {
         tokio::spawn(async move {
             tokio::select! {
                 _ = self.term.recv() => {}
@@ -171,4 +234,9 @@ impl Signals {
             std::process::exit(130);
         });
     }
+}
+
+enum SignalEvent {
+    Stop,
+    Reload,
 }

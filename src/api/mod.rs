@@ -39,8 +39,8 @@ pub struct ApiState {
 struct Shared {
     store: StoreHandle,
     supervisor: Supervisor,
-    /// SHA-256 of each token, with the user it acts for.
-    tokens: Vec<([u8; 32], String)>,
+    /// SHA-256 of each token, with the user it acts for (replaced on reload).
+    tokens: std::sync::RwLock<Vec<([u8; 32], String)>>,
     /// Serialises writes (store + live apply) so that each id changes in order.
     write: tokio::sync::Mutex<()>,
     /// The `fqdn` of connection objects: where PBXes reach us.
@@ -51,12 +51,7 @@ struct Shared {
 
 impl ApiState {
     pub fn new(config: &Config, store: StoreHandle, supervisor: Supervisor) -> ApiState {
-        let tokens = config
-            .api
-            .tokens
-            .iter()
-            .map(|t| (sha256(t.token.expose().as_bytes()), t.user_id.clone()))
-            .collect();
+        let tokens = std::sync::RwLock::new(token_digests(config));
         ApiState {
             inner: Arc::new(Shared {
                 store,
@@ -73,13 +68,24 @@ impl ApiState {
         }
     }
 
+    /// Takes the tokens of a reloaded configuration (at once).
+    pub fn set_tokens(&self, config: &Config) {
+        *self.inner.tokens.write().unwrap_or_else(|e| e.into_inner()) = token_digests(config);
+    }
+
+    /// Serialises a change of connections with the API's writes.
+    pub async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.write.lock().await
+    }
+
     /// The user a bearer token acts for. Every configured token is compared
     /// (SHA-256 digests, constant time), so timing tells nothing about which
     /// or how much matched.
     fn user_for(&self, token: &str) -> Option<String> {
         let given = sha256(token.as_bytes());
         let mut found = None;
-        for (digest, user) in &self.inner.tokens {
+        let tokens = self.inner.tokens.read().unwrap_or_else(|e| e.into_inner());
+        for (digest, user) in tokens.iter() {
             if constant_time_eq(digest, &given) && found.is_none() {
                 found = Some(user.clone());
             }
@@ -140,6 +146,15 @@ impl FromRequestParts<ApiState> for Caller {
             .map(|user_id| Caller { user_id })
             .ok_or_else(ApiError::unauthorized)
     }
+}
+
+fn token_digests(config: &Config) -> Vec<([u8; 32], String)> {
+    config
+        .api
+        .tokens
+        .iter()
+        .map(|t| (sha256(t.token.expose().as_bytes()), t.user_id.clone()))
+        .collect()
 }
 
 /// Every route. `/metrics` (issue 7) goes beside `/healthz`: unauthenticated,

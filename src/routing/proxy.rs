@@ -65,22 +65,21 @@ impl Router {
         let config = &ctx.config;
         let public = ctx.public.clone();
         let mut local = Local::default();
-        for l in &config.sip.listen {
-            if !l.addr.ip().is_unspecified() {
-                local.interfaces.push(Interface::new(
-                    l.transport,
-                    ip_host(l.addr.ip()),
-                    l.addr.port(),
-                ));
+        let bound = ctx.transports.listen_addrs();
+        for (transport, addr) in &bound {
+            if !addr.ip().is_unspecified() {
+                local
+                    .interfaces
+                    .push(Interface::new(*transport, ip_host(addr.ip()), addr.port()));
             }
         }
         if let Some(p) = &public {
             let host = parse_host(&p.host);
-            for l in &config.sip.listen {
-                let port = p.port.unwrap_or(l.addr.port());
+            for (transport, addr) in &bound {
+                let port = p.port.unwrap_or(addr.port());
                 local
                     .interfaces
-                    .push(Interface::new(l.transport, host.clone(), port));
+                    .push(Interface::new(*transport, host.clone(), port));
             }
             if let Host::Domain(d) = &host {
                 local.names.push(d.clone());
@@ -253,6 +252,13 @@ impl Inner {
             Decision::Drop => {}
             Decision::Local => self.layer.answer_locally(inbound),
             Decision::UnmatchedCancel => self.reply(&inbound, 481, None),
+            // The daemon's own 400 names the problem in a Warning header.
+            Decision::Reject(Reject::Malformed) => {
+                if is_invite {
+                    metrics::call_result("400", None);
+                }
+                self.layer.answer_locally(inbound)
+            }
             Decision::Reject(why) => {
                 tracing::debug!(source = %inbound.source, reason = why.label(), code = why.code(), "request rejected");
                 if is_invite {

@@ -247,6 +247,19 @@ impl Transports {
         }
     }
 
+    /// Every bound listener (ports as bound, not as configured: `:0` works).
+    pub fn listen_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+        let mut v: Vec<(Transport, SocketAddr)> = self
+            .inner
+            .udp
+            .iter()
+            .map(|(_, local)| (Transport::Udp, *local))
+            .collect();
+        v.extend(self.inner.tcp_listen.map(|a| (Transport::Tcp, a)));
+        v.extend(self.inner.tls_listen.map(|a| (Transport::Tls, a)));
+        v
+    }
+
     /// The specific IP our `transport` listener is bound to (TCP's for TLS
     /// when there is no TLS listener), when it matches `remote`'s family;
     /// outgoing flows are bound to it.
