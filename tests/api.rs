@@ -71,6 +71,9 @@ unregister_timeout_sec = 5
 
     /// Fails if any password appears in the daemon's log or any API response.
     fn assert_no_leak(&self, passwords: &[&str]) {
+        // /metrics is part of what must never show a password.
+        let m = self.a.with_token(None).get("/metrics");
+        assert_eq!(m.status, 200, "{m:?}");
         let log = std::fs::read_to_string(self.uacd.log_path()).unwrap();
         let transcript = self.a.transcript();
         assert!(!transcript.is_empty());
@@ -702,4 +705,63 @@ fn live_apply_with_sipp_new_registrar_then_inactive() {
     second.wait_success(SIPP_WAIT);
     expect(&a.get(&format!("/v2/uac_connections/{id}")), 200);
     d.assert_no_leak(&[PW]);
+}
+
+/// In-process: what routing reads (`Supervisor::connection_by_user`) follows
+/// API writes at once — a changed `destination_uri` is seen by the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_lookup_follows_api_writes() {
+    let ip = test_ip(80);
+    let text = format!(
+        "[sip]\nlisten = [\"udp:{ip}:5062\"]\n[api]\nlisten = \"{ip}:0\"\n\
+         [[api.tokens]]\ntoken = \"{TOKEN_A}\"\nuser_id = \"323\"\n"
+    );
+    let config = uacd::config::parse(&text, "inproc.toml").expect("valid config");
+    let app = uacd::app::App::start_with_timers(config, Default::default())
+        .await
+        .expect("starts");
+    let api = Api::new(app.api_addr, TOKEN_A);
+    let call = |f: Box<dyn FnOnce(&Api) -> Resp + Send>| {
+        let api = api.clone();
+        tokio::task::spawn_blocking(move || f(&api))
+    };
+    let r = call(Box::new(|a| {
+        a.post(
+            "/v2/uac_connections",
+            &json!({"connection_name": "Routed", "user_name": "routed-1",
+                    "internal_uac_settings": {"destination_uri": "1006@assistant-abc123.sip.telnyx.com"}}),
+        )
+    }))
+    .await
+    .unwrap();
+    let id = data(expect(&r, 201))["id"].as_str().unwrap().to_owned();
+    let c = app
+        .supervisor
+        .connection_by_user("routed-1")
+        .expect("known to routing");
+    assert_eq!(
+        c.internal_uac_settings.destination_uri.as_deref(),
+        Some("1006@assistant-abc123.sip.telnyx.com")
+    );
+    let path = format!("/v2/uac_connections/{id}");
+    let p = path.clone();
+    let r = call(Box::new(move |a| {
+        a.patch(&p, &json!({"user_name": "routed-2", "internal_uac_settings": {"destination_uri": "2000@cc-app-xyz789.sip.telnyx.com"}}))
+    }))
+    .await
+    .unwrap();
+    expect(&r, 200);
+    assert!(app.supervisor.connection_by_user("routed-1").is_none());
+    let c = app
+        .supervisor
+        .connection_by_user("routed-2")
+        .expect("renamed user");
+    assert_eq!(
+        c.internal_uac_settings.destination_uri.as_deref(),
+        Some("2000@cc-app-xyz789.sip.telnyx.com")
+    );
+    let r = call(Box::new(move |a| a.delete(&path))).await.unwrap();
+    expect(&r, 200);
+    assert!(app.supervisor.connection_by_user("routed-2").is_none());
+    app.stop().await;
 }

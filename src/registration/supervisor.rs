@@ -56,6 +56,9 @@ struct State {
     /// `user_name` → id, for routing's per-call lookup.
     by_user: HashMap<String, String>,
     next_seq: u64,
+    /// Set by [`Supervisor::shutdown`]: nothing starts afterwards (a late API
+    /// write must not leave a binding behind).
+    closed: bool,
 }
 
 struct Inner {
@@ -138,6 +141,10 @@ impl Supervisor {
     /// without waiting for its unregistration: use [`Supervisor::upsert`] for
     /// live changes.
     pub fn start(&self, conn: Connection) {
+        if self.state().closed {
+            tracing::warn!(connection_id = %conn.id, "not started: shutting down");
+            return;
+        }
         let conn = Arc::new(conn);
         let (status, stop, task) = self.spawn(&conn);
         let mut st = self.state();
@@ -155,6 +162,9 @@ impl Supervisor {
             },
         ) {
             old.stop.cancel();
+            if old.connection.user_name != st.entries[&old.connection.id].connection.user_name {
+                st.by_user.remove(&old.connection.user_name);
+            }
         }
     }
 
@@ -194,16 +204,21 @@ impl Supervisor {
         };
         tracing::info!(connection_id = %conn.id, "registration settings changed: unregistering the old binding");
         stopping.finish(self.unregister_deadline()).await;
+        if self.state().closed {
+            return Applied::Restarted;
+        }
         let (status, stop, task) = self.spawn(&conn);
         let mut st = self.state();
+        let closed = st.closed;
         match st.entries.get_mut(&conn.id) {
-            Some(e) => {
+            Some(e) if !closed => {
                 e.status = status;
                 e.stop = stop;
                 e.task = task;
             }
-            // Removed meanwhile (callers should serialise): do not leak a driver.
-            None => stop.cancel(),
+            // Removed or shut down meanwhile (callers should serialise): do
+            // not leak a driver.
+            _ => stop.cancel(),
         }
         Applied::Restarted
     }
@@ -300,6 +315,7 @@ impl Supervisor {
     pub async fn shutdown(&self, deadline: Duration) {
         let entries: Vec<Entry> = {
             let mut st = self.state();
+            st.closed = true;
             st.by_user.clear();
             st.entries.drain().map(|(_, e)| e).collect()
         };

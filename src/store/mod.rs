@@ -174,11 +174,6 @@ impl StoreHandle {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
-
-    /// Direct access for start-up code that is not on an async thread yet.
-    pub fn blocking(&self) -> &dyn Store {
-        self.inner.as_ref()
-    }
 }
 
 /// Now, in Unix milliseconds.

@@ -3,7 +3,7 @@
 //! survives `kill -9` and power loss), schema migrations by
 //! `PRAGMA user_version`, file created 0600 (it holds PBX passwords).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     CREATE INDEX connections_user_created ON connections (user_id, created_at);",
+    // 2: the other sort keys of a listing, per owner.
+    "CREATE INDEX connections_user_name ON connections (user_id, connection_name);
+    CREATE INDEX connections_user_updated ON connections (user_id, updated_at);",
 ];
 
 const COLUMNS: &str = "id, owner, settings, password, external_password, created_at, updated_at";
@@ -43,6 +46,10 @@ pub struct SqliteStore {
     writer: Mutex<rusqlite::Connection>,
     /// None for an in-memory store (one connection sees one database).
     reader: Option<Mutex<rusqlite::Connection>>,
+    /// Rows per owner, so that an unfiltered listing needs no `count(*)`; None
+    /// until first needed. Writers hold this lock across their commit, so a
+    /// recount never interleaves with one.
+    counts: Mutex<Option<HashMap<String, u64>>>,
 }
 
 impl SqliteStore {
@@ -81,6 +88,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
+            counts: Mutex::new(None),
         })
     }
 
@@ -95,11 +103,16 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Mutex::new(conn),
             reader: None,
+            counts: Mutex::new(None),
         })
     }
 
     fn writer(&self) -> MutexGuard<'_, rusqlite::Connection> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Option<HashMap<String, u64>>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn reader(&self) -> MutexGuard<'_, rusqlite::Connection> {
@@ -324,11 +337,33 @@ impl Store for SqliteStore {
 
     fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         let conn = self.reader();
+        // Without a name filter the count and the page come from an index alone.
         let pattern = q.name_contains.as_deref().map(like_contains);
-        let filter = "user_id = ?1 AND (?2 IS NULL OR connection_name LIKE ?2 ESCAPE '\\')";
-        let total: i64 = conn
-            .prepare_cached(&format!("SELECT count(*) FROM connections WHERE {filter}"))?
-            .query_row(params![q.user_id, pattern], |r| r.get(0))?;
+        let filter = if pattern.is_some() {
+            "user_id = ?1 AND connection_name LIKE ?2 ESCAPE '\\'"
+        } else {
+            "user_id = ?1 AND ?2 IS NULL"
+        };
+        let total: i64 = if pattern.is_some() {
+            conn.prepare_cached(&format!("SELECT count(*) FROM connections WHERE {filter}"))?
+                .query_row(params![q.user_id, pattern], |r| r.get(0))?
+        } else {
+            let mut counts = self.counts();
+            if counts.is_none() {
+                let mut stmt = conn
+                    .prepare_cached("SELECT user_id, count(*) FROM connections GROUP BY user_id")?;
+                let all = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                    .map(|r| r.map(|(u, n)| (u, u64::try_from(n).unwrap_or(0))))
+                    .collect::<Result<HashMap<_, _>, _>>()?;
+                *counts = Some(all);
+            }
+            let n = counts
+                .as_ref()
+                .and_then(|m| m.get(&q.user_id).copied())
+                .unwrap_or(0);
+            i64::try_from(n).unwrap_or(i64::MAX)
+        };
         let column = match q.sort.key {
             SortKey::CreatedAt => "created_at",
             SortKey::UpdatedAt => "updated_at",
@@ -349,18 +384,40 @@ impl Store for SqliteStore {
     }
 
     fn insert(&self, row: &Row) -> Result<(), StoreError> {
-        insert_row(&self.writer(), row)
+        let w = self.writer();
+        let mut counts = self.counts();
+        insert_row(&w, row)?;
+        if let Some(m) = counts.as_mut() {
+            *m.entry(row.connection.user_id.clone()).or_default() += 1;
+        }
+        Ok(())
     }
 
     fn update(&self, row: &Row) -> Result<bool, StoreError> {
-        update_row(&self.writer(), row)
+        let w = self.writer();
+        let mut counts = self.counts();
+        let changed = update_row(&w, row)?;
+        // The owner may have changed: recount when next needed.
+        *counts = None;
+        Ok(changed)
     }
 
     fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .writer()
-            .execute("DELETE FROM connections WHERE id = ?1", [id])?;
-        Ok(n > 0)
+        let w = self.writer();
+        let mut counts = self.counts();
+        let owner: Option<String> = w
+            .query_row(
+                "DELETE FROM connections WHERE id = ?1 RETURNING user_id",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let (Some(m), Some(u)) = (counts.as_mut(), &owner)
+            && let Some(n) = m.get_mut(u)
+        {
+            *n = n.saturating_sub(1);
+        }
+        Ok(owner.is_some())
     }
 
     fn sync_file(
@@ -370,6 +427,8 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<SyncReport, StoreError> {
         let conn = self.writer();
+        let mut counts = self.counts();
+        *counts = None;
         let tx = conn.unchecked_transaction()?;
         let existing = {
             let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM connections"))?;

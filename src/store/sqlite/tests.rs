@@ -178,3 +178,36 @@ fn sync_file_inserts_updates_removes_and_keeps_generated_passwords() {
         Err(StoreError::FileConflict { .. })
     ));
 }
+
+#[test]
+fn unfiltered_totals_follow_inserts_deletes_and_syncs() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let q = |user: &str| ListQuery {
+        user_id: user.into(),
+        name_contains: None,
+        sort: Sort {
+            key: SortKey::CreatedAt,
+            descending: true,
+        },
+        page_number: 1,
+        page_size: 1,
+    };
+    assert_eq!(s.list(&q("1")).unwrap().total, 0);
+    s.insert(&row(conn("a", "A", "1"), 1)).unwrap();
+    s.insert(&row(conn("b", "B", "1"), 2)).unwrap();
+    s.insert(&row(conn("c", "C", "2"), 3)).unwrap();
+    assert_eq!(s.list(&q("1")).unwrap().total, 2);
+    s.insert(&row(conn("d", "D", "1"), 4)).unwrap();
+    assert!(s.delete("a").unwrap());
+    assert!(!s.delete("a").unwrap());
+    assert_eq!(s.list(&q("1")).unwrap().total, 2);
+    assert_eq!(s.list(&q("2")).unwrap().total, 1);
+    let mut moved = conn("c", "C", "1");
+    moved.user_name = conn("c", "C", "2").user_name;
+    s.update(&row(moved, 3)).unwrap();
+    assert_eq!(s.list(&q("1")).unwrap().total, 3);
+    assert_eq!(s.list(&q("2")).unwrap().total, 0);
+    s.sync_file(&mut [conn("f", "F", "2")], &BTreeSet::new(), 5)
+        .unwrap();
+    assert_eq!(s.list(&q("2")).unwrap().total, 1);
+}
