@@ -86,12 +86,16 @@ cpu_ticks() {
 
 # cpu_ns PID...: sum of on-CPU time in ns from /proc/PID/schedstat (precise
 # cross-check of utime+stime, which the kernel samples per tick).
+# Summed over every thread (/proc/PID/task/*/schedstat): /proc/PID/schedstat
+# alone is the main thread only (uacd's tokio workers are threads).
 cpu_ns() {
-  local p sum=0 t
+  local p sum=0 t f
   for p in "$@"; do
-    [ -r "/proc/$p/schedstat" ] || continue
-    read -r t _ <"/proc/$p/schedstat"
-    sum=$((sum + ${t:-0}))
+    for f in /proc/"$p"/task/*/schedstat; do
+      [ -r "$f" ] || continue
+      read -r t _ <"$f" 2>/dev/null || continue
+      sum=$((sum + ${t:-0}))
+    done
   done
   echo "$sum"
 }

@@ -95,11 +95,11 @@ expiration_sec = 3600
 [connection.internal_uac_settings]
 destination_uri = "sip:1006@$DEST_IP:$DEST_PORT"
 EOF
-    RUST_LOG=uacd=warn "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
+    RUST_LOG=info "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
     PROXY_PID=$!; remember_pid "$PROXY_PID"
     local i ok=0
     for ((i = 0; i < 200; i++)); do
-      ok=$(metric_sum "http://$UACD_IP:$UACD_API/metrics" uacd_registrations 'status="success"')
+      ok=$(grep -c 'status=success' "$WD/uacd.log" 2>/dev/null)
       [ "${ok:-0}" -ge 1 ] && break
       sleep 0.1
     done

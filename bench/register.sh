@@ -5,14 +5,16 @@
 # 127.0.0.101:5075: 401 with qop=auth, digest verified with <verifyauth>,
 # 200 echoing the requested expiry); each registration and each refresh is
 # two REGISTER transactions. Expiry EXPIRES (60, uacd's minimum) for both.
+# Registrations and transactions are counted at the registrar (its
+# -trace_logs file), the same way for both daemons.
 #   uacd      127.0.0.100:5060/udp, N [[connection]]s in its config file,
-#             counts from its /metrics (uacd_register_requests_total)
+#             
 #   Kamailio  127.0.0.102:5070/udp, uac module, N rows in an sqlite uacreg
-#             table, counts from `kamcmd tm.stats` (as the anchor harness)
+#             table, 
 # Per repetition and daemon (fresh daemon and registrar each time):
-#   initial  CPU from "daemon up" (uacd: /metrics answers; Kamailio:
-#            uac.reg_active 1) until N 200s; time to all registered is from
-#            the exec (uacd) / the reg_active command (Kamailio)
+#   initial  CPU and time until N 200s, from the exec for uacd (it registers
+#            at once: its start-up, config parsing and store sync included)
+#            and from `uac.reg_active 1` for Kamailio (records loaded before)
 #   idle     CPU over IDLE_S with N registered (before any refresh is due)
 #   refresh  until every account refreshed once (2N 200s in all): CPU per
 #            1000 REGISTER transactions, raw and minus idle rate x window
@@ -49,13 +51,14 @@ trap stop_all EXIT
 REG_IP=127.0.0.101 REG_PORT=5075
 UACD_IP=127.0.0.100 UACD_PORT=5060 UACD_API=8100
 KAM_IP=127.0.0.102 KAM_PORT=5070
+UACD_HEALTH="http://$UACD_IP:$UACD_API/healthz"
 for a in "$REG_IP $REG_PORT" "$UACD_IP $UACD_PORT" "$UACD_IP $UACD_API" "$KAM_IP $KAM_PORT"; do
   # shellcheck disable=SC2086
   addr_free $a || die "address $a is busy"
 done
 case " $DAEMONS " in *" uacd "*) build_uacd ;; esac
 
-printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\ttimeouts\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
+printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
 
 start_registrar() { # WD
   mkdir -p "$1/sipp"
@@ -64,7 +67,7 @@ start_registrar() { # WD
   # for the default 33 s dead-call window
   (cd "$1/sipp" && exec sipp -sf "$SIPP_DIR/registrar-uas.xml" -i "$REG_IP" -p "$REG_PORT" \
     -key realm registrar.test -set pw s3cret -nostdin -buff_size 4194304 -deadcall_wait 500 \
-    -trace_err >"$1/registrar.out" 2>&1) &
+    -trace_err -trace_logs >"$1/registrar.out" 2>&1) &
   REGISTRAR_PID=$!; remember_pid "$REGISTRAR_PID"
   wait_udp "$REG_IP" "$REG_PORT" 5 || die "registrar did not start"
 }
@@ -84,27 +87,39 @@ uacd_config() { # FILE
   } >"$1"
 }
 
-# counters DAEMON -> "ok200 txn timeouts"
-UACD_METRICS="http://$UACD_IP:$UACD_API/metrics"
-counters() {
+# live_ok DAEMON: registrations completed so far, read while the run goes
+# on (the registrar's log file is only complete once SIPp exits):
+#   uacd      lines with status=success in its log (RUST_LOG=info, the default: one
+#             per connection that becomes registered; refreshes log nothing)
+#   Kamailio  2xx replies to its local transactions (tm.stats), which counts
+#             refreshes too
+live_ok() {
   if [ "$1" = uacd ]; then
-    curl -s --max-time 5 "$UACD_METRICS" | awk '
-      /^uacd_register_requests_total\{/ { t += $NF; if ($0 ~ /response="200"/) ok += $NF; if ($0 ~ /timeout/) to += $NF }
-      END { printf "%d %d %d\n", ok, t, to }'
+    grep -c 'status=success' "$WD/uacd.log" 2>/dev/null || true
   else
-    kam_rpc "$CTL" tm.stats 2>/dev/null | awk '$1 == "2xx:" { ok = $2 } $1 == "total_local:" { t = $2 } END { printf "%d %d 0\n", ok, t }'
+    kam_rpc "$CTL" tm.stats 2>/dev/null | awk '$1 == "2xx:" { print $2 }'
   fi
 }
 
-# wait_count DAEMON TARGET DEADLINE_S: polls until the 200 count >= TARGET
-wait_count() {
+# wait_ok DAEMON TARGET DEADLINE_S: polls until live_ok >= TARGET
+wait_ok() {
   local d=$((SECONDS + $3)) ok
   while :; do
-    read -r ok _ _ <<<"$(counters "$1")"
+    ok=$(live_ok "$1")
     [ "${ok:-0}" -ge "$2" ] && return 0
-    [ $SECONDS -ge $d ] && { log "$1: timeout at ${ok:-0}/$2 200s"; return 1; }
+    [ $SECONDS -ge $d ] && { log "$1: timeout at ${ok:-0}/$2 registered"; return 1; }
     sleep 0.1
   done
+}
+
+# registrar_counts N -> "init_txn init_ok refresh_txn refresh_ok bad": from the
+# registrar's -trace_logs file once it has exited (one line per REGISTER
+# transaction: CHAL, OK or BAD, in order); the initial burst is everything
+# up to the N-th OK, the refresh cycle the rest
+registrar_counts() {
+  awk -v n="$1" '$1 == "BAD" { bad++ }
+    { if (ok < n) { it++; if ($1 == "OK") ok++ } else { rt++; if ($1 == "OK") rok++ } }
+    END { printf "%d %d %d %d %d\n", it, ok, rt, rok, bad }' "$WD/sipp/registrar-uas_${REGISTRAR_PID}_logs.log" 2>/dev/null || echo "0 0 0 0 0"
 }
 
 one_rep() { # DAEMON REP
@@ -117,10 +132,10 @@ one_rep() { # DAEMON REP
   if [ "$dm" = uacd ]; then
     uacd_config "$WD/uacd.toml"
     Ts=$(now_s)
-    RUST_LOG=uacd=warn "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
+    RUST_LOG=info "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
     pid=$!; remember_pid "$pid"
     local i
-    for ((i = 0; i < 600; i++)); do curl -s --max-time 1 -o /dev/null "$UACD_METRICS" && break; sleep 0.05; done
+    for ((i = 0; i < 600; i++)); do curl -s --max-time 1 -o /dev/null "$UACD_HEALTH" && break; sleep 0.05; done
     pid_alive "$pid" || die "uacd exited (see $WD/uacd.log)"
   else
     local DB="$WD/uacreg.sqlite"
@@ -149,13 +164,18 @@ one_rep() { # DAEMON REP
     [ "${loaded:-0}" = "$N" ] || die "Kamailio loaded ${loaded:-0}/$N uacreg records"
     sleep 1
   fi
-  local ok0 tx0 to0 ok1 tx1 to1 ok2 tx2 to2
-  read -r ok0 tx0 to0 <<<"$(counters "$dm")"
-  read -r c0 n0 <<<"$(tree_cpu "$pid")"; T0=$(now_s)
-  [ "$dm" = kamailio ] && { Ts=$T0; kam_rpc "$CTL" uac.reg_active 1 >/dev/null || die "uac.reg_active failed"; }
-  wait_count "$dm" $((ok0 + N)) 300
+  local ok0=0
+  [ "$dm" = kamailio ] && ok0=$(live_ok kamailio)
+  if [ "$dm" = uacd ]; then
+    # uacd registers as soon as it starts (often before its API answers):
+    # the initial window starts at the exec and includes its start-up
+    c0=0; n0=0; T0=$Ts
+  else
+    read -r c0 n0 <<<"$(tree_cpu "$pid")"; T0=$(now_s)
+    Ts=$T0; kam_rpc "$CTL" uac.reg_active 1 >/dev/null || die "uac.reg_active failed"
+  fi
+  wait_ok "$dm" $((ok0 + N)) 300
   local c1 n1 T1; read -r c1 n1 <<<"$(tree_cpu "$pid")"; T1=$(now_s)
-  read -r ok1 tx1 to1 <<<"$(counters "$dm")"
   # idle with N registered
   sleep 1
   local ia ian ib ibn ta tb
@@ -163,11 +183,18 @@ one_rep() { # DAEMON REP
   sleep "$IDLE_S"
   read -r ib ibn <<<"$(tree_cpu "$pid")"; tb=$(now_s)
   local idle; idle=$(awk -v d=$((ibn - ian)) -v w="$(elapsed "$ta" "$tb")" 'BEGIN { printf "%.6f", d / 1e9 / w }')
-  local c2=$ib n2=$ibn T2=$tb ok2=$ok1 tx2=$tx1 to2=$to1
+  local c2=$ib n2=$ibn T2=$tb
   if [ "$REFRESH" = 1 ]; then
-    wait_count "$dm" $((ok0 + 2 * N)) $((EXPIRES + 40))
+    if [ "$dm" = uacd ]; then
+      # uacd refreshes a binding 40-50 % into its expiry (24-30 s for 60 s)
+      # and logs nothing when it does: wait until every refresh is due
+      local until
+      until=$(awk -v t="$T1" -v e="$EXPIRES" 'BEGIN { printf "%.3f", t + e * 0.5 + 2 }')
+      while awk -v u="$until" -v n="$(now_s)" 'BEGIN { exit !(n < u) }'; do sleep 0.2; done
+    else
+      wait_ok "$dm" $((ok0 + 2 * N)) $((EXPIRES + 40))
+    fi
     read -r c2 n2 <<<"$(tree_cpu "$pid")"; T2=$(now_s)
-    read -r ok2 tx2 to2 <<<"$(counters "$dm")"
   fi
   local pss rss np; read -r pss rss np <<<"$(mem_kib "$pid")"
   local y1 z1 r1 win oth stl
@@ -177,13 +204,16 @@ one_rep() { # DAEMON REP
   win=$(elapsed "$W0" "$(now_s)")
   oth=$(others_frac $((y1 - y0)) $((cz + r1 - r0)) "$win")
   stl=$(others_frac $((z1 - z0)) 0 "$win")
-  stop_pid "$pid" 10
+  # the registrar first: its log is complete once it exits, before the
+  # daemon's unregistrations at shutdown
   stop_pid "$REGISTRAR_PID" 5
-  [ -s "$WD/sipp/"*errors.log ] 2>/dev/null && log "$dm rep $rep: registrar errors, see $WD/sipp"
-  awk -v dm="$dm" -v rep="$rep" -v N="$N" -v tall="$(elapsed "$Ts" "$T1")" -v reg=$((ok1 - ok0)) \
-    -v itx=$((tx1 - tx0)) -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v idle="$idle" \
-    -v rw="$(elapsed "$T1" "$T2")" -v rfd=$((ok2 - ok1)) -v rtx=$((tx2 - tx1)) -v rc=$((c2 - c1)) -v rns=$((n2 - n1)) \
-    -v to=$((to2 - to0)) -v pss="$pss" -v rss="$rss" -v regc=$((r1 - r0)) -v hz="$CLK_TCK" \
+  stop_pid "$pid" 10
+  local itx iok rtx rok bad
+  read -r itx iok rtx rok bad <<<"$(registrar_counts "$N")"
+  awk -v dm="$dm" -v rep="$rep" -v N="$N" -v tall="$(elapsed "$Ts" "$T1")" -v reg="$iok" \
+    -v itx="$itx" -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v idle="$idle" \
+    -v rw="$(elapsed "$T1" "$T2")" -v rfd="$rok" -v rtx="$rtx" -v rc=$((c2 - c1)) -v rns=$((n2 - n1)) \
+    -v to="$bad" -v pss="$pss" -v rss="$rss" -v regc=$((r1 - r0)) -v hz="$CLK_TCK" \
     -v l1="$(load1)" -v oth="$oth" -v stl="$stl" 'BEGIN {
       ics = ic / hz; rcs = rc / hz
       printf "%s\t%d\t%d\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.6f\t%.1f\t%d\t%d\t%.4f\t%.4f\t%.4f\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n",
@@ -206,7 +236,7 @@ for dm in $DAEMONS; do
   s=$(med "$(colv "$dm" steal_frac)"); o=$(med "$(colv "$dm" others_cpu_frac)")
   sec="register N=$N"
   emit_fig "$FIGS" "$sec" "time to all registered" "$dm" s "$(colv "$dm" t_all_reg_s)" "$s" "$o"
-  emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, initial" "$dm" cpu-s "$(colv "$dm" init_sched_s_per_1k_txn)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, initial (uacd: incl. start-up)" "$dm" cpu-s "$(colv "$dm" init_sched_s_per_1k_txn)" "$s" "$o"
   if [ "$REFRESH" = 1 ]; then
     emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, refresh (minus idle)" "$dm" cpu-s "$(colv "$dm" refresh_sched_s_per_1k_txn_minus_idle)" "$s" "$o"
     emit_fig "$FIGS" "$sec" "accounts refreshed" "$dm" n "$(colv "$dm" refreshed)" "$s" "$o"
@@ -214,6 +244,6 @@ for dm in $DAEMONS; do
   emit_fig "$FIGS" "$sec" "idle CPU with N registered" "$dm" cpu-s/s "$(colv "$dm" idle_cpu_s_per_s)" "$s" "$o"
   emit_fig "$FIGS" "$sec" "PSS per registered connection" "$dm" KiB "$(colv "$dm" pss_kib_per_conn)" "$s" "$o"
   emit_fig "$FIGS" "$sec" "RSS per registered connection" "$dm" KiB "$(colv "$dm" rss_kib_per_conn)" "$s" "$o"
-  emit_fig "$FIGS" "$sec" "REGISTER timeouts" "$dm" n "$(colv "$dm" timeouts)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "registrar: bad digests" "$dm" n "$(colv "$dm" bad_digests)" "$s" "$o"
 done
 log "raw rows: $OUT"

@@ -11,7 +11,8 @@
 #            250-cps steps of 5 s, 3 reps; failover 5 calls per case
 #            (~14 min on 2 cores)
 #   --quick  N=1000 without the refresh cycle, 1 rep; calls at 1000 calls/s
-#            for 5 s, 1 rep; max clean rate 1 rep; failover 2 calls per case
+#            for 5 s, 1 rep; max clean rate 1 rep in 1000-cps steps of 3 s;
+#            failover 2 calls per case
 #            (< 2 min)
 #   --n N    number of accounts (e.g. 100000; Kamailio's table load and the
 #            registrar's burst then dominate: allow ~3 min per rep)
@@ -30,9 +31,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$QUICK" = 1 ]; then
-  N=${N:-1000}; REPS=${REPS:-1}; RATES=${RATES:-"1000"}; DUR=${DUR:-5}; REFRESH=0; FO_CALLS=2; MAX_REPS=1; MAX_DUR=3
+  N=${N:-1000}; REPS=${REPS:-1}; RATES=${RATES:-"1000"}; DUR=${DUR:-5}; REFRESH=0; FO_CALLS=2; MAX_REPS=1; MAX_DUR=3; MAX_START=1000; MAX_STEP=1000
 else
-  N=${N:-10000}; REPS=${REPS:-3}; RATES=${RATES:-"200 500 1000"}; DUR=${DUR:-8}; REFRESH=1; FO_CALLS=5; MAX_REPS=$REPS; MAX_DUR=5
+  N=${N:-10000}; REPS=${REPS:-3}; RATES=${RATES:-"200 500 1000"}; DUR=${DUR:-8}; REFRESH=1; FO_CALLS=5; MAX_REPS=$REPS; MAX_DUR=5; MAX_START=1000; MAX_STEP=250
 fi
 SKIP=${SKIP:-}
 export STAMP; STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -47,7 +48,7 @@ log "bench run $STAMP: N=$N reps=$REPS rates=$RATES dur=${DUR}s quick=$QUICK loa
 skip() { case " $SKIP " in *" $1 "*) return 0 ;; esac; return 1; }
 skip register || REFRESH=$REFRESH ./register.sh "$N" "$REPS" || log "register.sh failed"
 skip proxy || ./proxy.sh rates "$RATES" "$DUR" "$REPS" || log "proxy.sh rates failed"
-skip max || ./proxy.sh max 1000 250 "$MAX_DUR" "$MAX_REPS" || log "proxy.sh max failed"
+skip max || ./proxy.sh max "$MAX_START" "$MAX_STEP" "$MAX_DUR" "$MAX_REPS" || log "proxy.sh max failed"
 skip failover || ./failover.sh "$FO_CALLS" || log "failover.sh failed"
 S1=$(sys_steal_ticks); B1=$(sys_busy_ticks); W1=$(now_s)
 
