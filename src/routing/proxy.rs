@@ -364,7 +364,7 @@ impl Inner {
                 return;
             }
         };
-        let (resp_tx, mut resp_rx) = mpsc::channel::<Message>(32);
+        let (resp_tx, mut resp_rx) = mpsc::channel::<Box<Message>>(32);
         let mut task = CallTask {
             inner: self.clone(),
             inbound,
@@ -387,7 +387,7 @@ impl Inner {
                 .min_by_key(|(_, at)| **at)
                 .map(|(k, at)| (*k, *at));
             let event = tokio::select! {
-                Some(resp) = resp_rx.recv() => CallEvent::Response(Box::new(resp)),
+                Some(resp) = resp_rx.recv() => CallEvent::Response(resp),
                 Some(up) = up_rx.recv() => match up {
                     Upstream::Retransmission => CallEvent::UpstreamRetransmission,
                     Upstream::Ack => CallEvent::UpstreamAck,
@@ -518,7 +518,7 @@ struct CallTask {
     /// Client transaction slots held per branch (responses come to `resp_tx`).
     clients: Vec<crate::transaction::ClientGuard>,
     held: Vec<String>,
-    resp_tx: mpsc::Sender<Message>,
+    resp_tx: mpsc::Sender<Box<Message>>,
     timers: HashMap<CallTimer, Instant>,
     connection_id: String,
     call_id: String,

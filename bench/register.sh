@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Registration scale, uacd and Kamailio's uac module side by side.
+#
+# N accounts register to one SIPp registrar (sipp/registrar-uas.xml on
+# 127.0.0.101:5075: 401 with qop=auth, digest verified with <verifyauth>,
+# 200 echoing the requested expiry); each registration and each refresh is
+# two REGISTER transactions. Expiry EXPIRES (60, uacd's minimum) for both.
+# Registrations and transactions are counted at the registrar (its
+# -trace_logs file), the same way for both daemons.
+#   uacd      127.0.0.100:5060/udp, N [[connection]]s in its config file,
+#             
+#   Kamailio  127.0.0.102:5070/udp, uac module, N rows in an sqlite uacreg
+#             table, 
+# Per repetition and daemon (fresh daemon and registrar each time):
+#   initial  CPU and time until N 200s, from the exec for uacd (it registers
+#            at once: its start-up, config parsing and store sync included)
+#            and from `uac.reg_active 1` for Kamailio (records loaded before)
+#   idle     CPU over IDLE_S with N registered (before any refresh is due)
+#   refresh  until every account refreshed once (2N 200s in all): CPU per
+#            1000 REGISTER transactions, raw and minus idle rate x window
+#   memory   PSS and RSS of the daemon (all processes for Kamailio) after
+#            the refresh, per registered connection
+# CPU = utime+stime from /proc/PID/stat (and schedstat ns) of the daemon's
+# process tree only; steal and other processes' CPU over the rep are noted.
+#
+# Usage: bench/register.sh [N=10000] [REPS=3]
+# Env:   REFRESH=1 (0: skip the refresh cycle) DAEMONS="uacd kamailio"
+#        EXPIRES=60 IDLE_S=5 RATE=20000 (uacd max_register_rate_per_sec)
+#        MEM=fm (Kamailio allocator) FIGS=<file> (summary rows for run.sh)
+# Bounded: each wait has a deadline; ~40 s (uacd) + ~70 s (Kamailio) per rep.
+set -u
+. "$(dirname "$0")/lib.sh"
+need sipp curl kamailio kamcmd sqlite3
+
+N=${1:-10000}
+REPS=${2:-3}
+EXPIRES=${EXPIRES:-60}
+REFRESH=${REFRESH:-1}
+IDLE_S=${IDLE_S:-5}
+RATE=${RATE:-20000}
+MEM=${MEM:-fm}
+DAEMONS=${DAEMONS:-"uacd kamailio"}
+STAMP=${STAMP:-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS_DIR"
+OUT="$RESULTS_DIR/register-N$N-$STAMP.tsv"
+FIGS=${FIGS:-$RESULTS_DIR/register-N$N-$STAMP.figures.tsv}
+BASE=/tmp/uacd-bench/register-N$N
+rm -rf "$BASE"; mkdir -p "$BASE"
+trap stop_all EXIT
+
+REG_IP=127.0.0.101 REG_PORT=5075
+UACD_IP=127.0.0.100 UACD_PORT=5060 UACD_API=8100
+KAM_IP=127.0.0.102 KAM_PORT=5070
+UACD_HEALTH="http://$UACD_IP:$UACD_API/healthz"
+for a in "$REG_IP $REG_PORT" "$UACD_IP $UACD_PORT" "$UACD_IP $UACD_API" "$KAM_IP $KAM_PORT"; do
+  # shellcheck disable=SC2086
+  addr_free $a || die "address $a is busy"
+done
+case " $DAEMONS " in *" uacd "*) build_uacd ;; esac
+
+printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
+
+start_registrar() { # WD
+  mkdir -p "$1/sipp"
+  # -deadcall_wait: uacd keeps its Call-ID for the life of a connection, so a
+  # refresh reuses the Call-ID of an ended SIPp "call"; SIPp would discard it
+  # for the default 33 s dead-call window
+  (cd "$1/sipp" && exec sipp -sf "$SIPP_DIR/registrar-uas.xml" -i "$REG_IP" -p "$REG_PORT" \
+    -key realm registrar.test -set pw s3cret -nostdin -buff_size 4194304 -deadcall_wait 500 \
+    -trace_err -trace_logs >"$1/registrar.out" 2>&1) &
+  REGISTRAR_PID=$!; remember_pid "$REGISTRAR_PID"
+  wait_udp "$REG_IP" "$REG_PORT" 5 || die "registrar did not start"
+}
+
+uacd_config() { # FILE
+  {
+    printf '[sip]\nlisten = ["udp:%s:%s"]\n' "$UACD_IP" "$UACD_PORT"
+    printf '[api]\nlisten = "%s:%s"\n[[api.tokens]]\ntoken = "bench"\nuser_id = "1"\n' "$UACD_IP" "$UACD_API"
+    printf '[store]\npath = "%s"\n' "$(dirname "$1")/uacd.db"
+    printf '[registration]\nmax_register_rate_per_sec = %s\n' "$RATE"
+    awk -v n="$N" -v ip="$REG_IP" -v port="$REG_PORT" -v e="$EXPIRES" 'BEGIN {
+      for (i = 1; i <= n; i++) {
+        printf "[[connection]]\nid = \"c%d\"\nconnection_name = \"c%d\"\nuser_name = \"u%d\"\n", i, i, i
+        printf "[connection.external_uac_settings]\nproxy = \"sip:%s:%s\"\nusername = \"acct%06d\"\npassword = \"s3cret\"\nexpiration_sec = %d\n", ip, port, i, e
+      }
+    }'
+  } >"$1"
+}
+
+# live_ok DAEMON: registrations completed so far, read while the run goes
+# on (the registrar's log file is only complete once SIPp exits):
+#   uacd      lines with status=success in its log (RUST_LOG=info, the default: one
+#             per connection that becomes registered; refreshes log nothing)
+#   Kamailio  2xx replies to its local transactions (tm.stats), which counts
+#             refreshes too
+live_ok() {
+  if [ "$1" = uacd ]; then
+    grep -c 'status=success' "$WD/uacd.log" 2>/dev/null || true
+  else
+    kam_rpc "$CTL" tm.stats 2>/dev/null | awk '$1 == "2xx:" { print $2 }'
+  fi
+}
+
+# wait_ok DAEMON TARGET DEADLINE_S: polls until live_ok >= TARGET
+wait_ok() {
+  local d=$((SECONDS + $3)) ok
+  while :; do
+    ok=$(live_ok "$1")
+    [ "${ok:-0}" -ge "$2" ] && return 0
+    [ $SECONDS -ge $d ] && { log "$1: timeout at ${ok:-0}/$2 registered"; return 1; }
+    sleep 0.1
+  done
+}
+
+# registrar_counts N -> "init_txn init_ok refresh_txn refresh_ok bad": from the
+# registrar's -trace_logs file once it has exited (one line per REGISTER
+# transaction: CHAL, OK or BAD, in order); the initial burst is everything
+# up to the N-th OK, the refresh cycle the rest
+registrar_counts() {
+  awk -v n="$1" '$1 == "BAD" { bad++ }
+    { if (ok < n) { it++; if ($1 == "OK") ok++ } else { rt++; if ($1 == "OK") rok++ } }
+    END { printf "%d %d %d %d %d\n", it, ok, rt, rok, bad }' "$WD/sipp/registrar-uas_${REGISTRAR_PID}_logs.log" 2>/dev/null || echo "0 0 0 0 0"
+}
+
+one_rep() { # DAEMON REP
+  local dm=$1 rep=$2 WD="$BASE/$1-rep$2" T0 c0 n0 pid
+  mkdir -p "$WD"
+  start_registrar "$WD"
+  local y0 z0 r0
+  y0=$(sys_busy_ticks); z0=$(sys_steal_ticks); r0=$(cpu_ticks "$REGISTRAR_PID")
+  local Ts W0; Ts=$(now_s); W0=$Ts
+  if [ "$dm" = uacd ]; then
+    uacd_config "$WD/uacd.toml"
+    Ts=$(now_s)
+    RUST_LOG=info "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
+    pid=$!; remember_pid "$pid"
+    local i
+    for ((i = 0; i < 600; i++)); do curl -s --max-time 1 -o /dev/null "$UACD_HEALTH" && break; sleep 0.05; done
+    pid_alive "$pid" || die "uacd exited (see $WD/uacd.log)"
+  else
+    local DB="$WD/uacreg.sqlite"
+    CTL="unix:$WD/kamailio_ctl"
+    sqlite3 "$DB" </usr/share/kamailio/db_sqlite/standard-create.sql
+    sqlite3 "$DB" </usr/share/kamailio/db_sqlite/uac-create.sql
+    sqlite3 "$DB" "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $N)
+      INSERT INTO uacreg (l_uuid, l_username, l_domain, r_username, r_domain, realm,
+        auth_username, auth_password, auth_proxy, expires, flags, reg_delay, contact_addr, socket)
+      SELECT printf('u%06d', i), printf('user%06d', i), 'local.test', printf('acct%06d', i),
+        'registrar.test', 'registrar.test', printf('acct%06d', i), 's3cret',
+        'sip:$REG_IP:$REG_PORT', $EXPIRES, 0, 0, '', '' FROM s;"
+    start_kamailio "$KAM_DIR/uacreg.cfg" "$WD" -m "${SHM_MB:-1024}" -M "${PKG_MB:-256}" -x "$MEM" -X "$MEM" \
+      -A "DBURL=\"sqlite://$DB\"" -A "CTLSOCK=\"$CTL\"" -A "RPCFIFO=\"$WD/kamailio_rpc.fifo\"" \
+      -A "RPCDIR=\"$WD/\"" -A "LISTEN=udp:$KAM_IP:$KAM_PORT" -A "CONTACT=\"$KAM_IP:$KAM_PORT\"" \
+      -A "REG_TIMER=1" -A "CHILDREN=2"
+    pid=$KAM_PID
+    wait_udp "$KAM_IP" "$KAM_PORT" 10 || die "kamailio did not start (see $WD/kamailio.log)"
+    local i loaded
+    for ((i = 0; i < 50; i++)); do kam_rpc "$CTL" core.uptime >/dev/null 2>&1 && break; sleep 0.1; done
+    for ((i = 0; i < 600; i++)); do
+      loaded=$(kam_rpc "$CTL" stats.get_statistics uac: 2>/dev/null | awk '$1 == "uac:regtotal" {print $3}')
+      [ "${loaded:-0}" = "$N" ] && break
+      sleep 0.1
+    done
+    [ "${loaded:-0}" = "$N" ] || die "Kamailio loaded ${loaded:-0}/$N uacreg records"
+    sleep 1
+  fi
+  local ok0=0
+  [ "$dm" = kamailio ] && ok0=$(live_ok kamailio)
+  if [ "$dm" = uacd ]; then
+    # uacd registers as soon as it starts (often before its API answers):
+    # the initial window starts at the exec and includes its start-up
+    c0=0; n0=0; T0=$Ts
+  else
+    read -r c0 n0 <<<"$(tree_cpu "$pid")"; T0=$(now_s)
+    Ts=$T0; kam_rpc "$CTL" uac.reg_active 1 >/dev/null || die "uac.reg_active failed"
+  fi
+  wait_ok "$dm" $((ok0 + N)) 300
+  local c1 n1 T1; read -r c1 n1 <<<"$(tree_cpu "$pid")"; T1=$(now_s)
+  # idle with N registered
+  sleep 1
+  local ia ian ib ibn ta tb
+  read -r ia ian <<<"$(tree_cpu "$pid")"; ta=$(now_s)
+  sleep "$IDLE_S"
+  read -r ib ibn <<<"$(tree_cpu "$pid")"; tb=$(now_s)
+  local idle; idle=$(awk -v d=$((ibn - ian)) -v w="$(elapsed "$ta" "$tb")" 'BEGIN { printf "%.6f", d / 1e9 / w }')
+  local c2=$ib n2=$ibn T2=$tb
+  if [ "$REFRESH" = 1 ]; then
+    if [ "$dm" = uacd ]; then
+      # uacd refreshes a binding 40-50 % into its expiry (24-30 s for 60 s)
+      # and logs nothing when it does: wait until every refresh is due
+      local until
+      until=$(awk -v t="$T1" -v e="$EXPIRES" 'BEGIN { printf "%.3f", t + e * 0.5 + 2 }')
+      while awk -v u="$until" -v n="$(now_s)" 'BEGIN { exit !(n < u) }'; do sleep 0.2; done
+    else
+      wait_ok "$dm" $((ok0 + 2 * N)) $((EXPIRES + 40))
+    fi
+    read -r c2 n2 <<<"$(tree_cpu "$pid")"; T2=$(now_s)
+  fi
+  local pss rss np; read -r pss rss np <<<"$(mem_kib "$pid")"
+  local y1 z1 r1 win oth stl
+  r1=$(cpu_ticks "$REGISTRAR_PID"); y1=$(sys_busy_ticks); z1=$(sys_steal_ticks)
+  read -r cz _ <<<"$(tree_cpu "$pid")"
+  # the daemon started after W0: all of its CPU is inside the window
+  win=$(elapsed "$W0" "$(now_s)")
+  oth=$(others_frac $((y1 - y0)) $((cz + r1 - r0)) "$win")
+  stl=$(others_frac $((z1 - z0)) 0 "$win")
+  # the registrar first: its log is complete once it exits, before the
+  # daemon's unregistrations at shutdown
+  stop_pid "$REGISTRAR_PID" 5
+  stop_pid "$pid" 10
+  local itx iok rtx rok bad
+  read -r itx iok rtx rok bad <<<"$(registrar_counts "$N")"
+  awk -v dm="$dm" -v rep="$rep" -v N="$N" -v tall="$(elapsed "$Ts" "$T1")" -v reg="$iok" \
+    -v itx="$itx" -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v idle="$idle" \
+    -v rw="$(elapsed "$T1" "$T2")" -v rfd="$rok" -v rtx="$rtx" -v rc=$((c2 - c1)) -v rns=$((n2 - n1)) \
+    -v to="$bad" -v pss="$pss" -v rss="$rss" -v regc=$((r1 - r0)) -v hz="$CLK_TCK" \
+    -v l1="$(load1)" -v oth="$oth" -v stl="$stl" 'BEGIN {
+      ics = ic / hz; rcs = rc / hz
+      printf "%s\t%d\t%d\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.6f\t%.1f\t%d\t%d\t%.4f\t%.4f\t%.4f\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n",
+        dm, rep, N, tall, reg, itx, ics, itx ? ics / itx * 1000 : 0, itx ? ins / 1e9 / itx * 1000 : 0, idle,
+        rw, rfd, rtx, rtx ? rcs / rtx * 1000 : 0, rtx ? (rcs - idle * rw) / rtx * 1000 : 0,
+        rtx ? (rns / 1e9 - idle * rw) / rtx * 1000 : 0, to, pss / 1024, rss / 1024, pss / N, rss / N,
+        regc / hz, l1, oth, stl }' >>"$OUT"
+  tail -n 1 "$OUT" >&2
+}
+
+log "register bench: N=$N reps=$REPS expires=$EXPIRES refresh=$REFRESH daemons=$DAEMONS -> $OUT"
+for ((r = 1; r <= REPS; r++)); do
+  for dm in $DAEMONS; do one_rep "$dm" "$r"; done
+done
+
+colv() { # DAEMON COLUMN -> values over the reps
+  awk -F'\t' -v d="$1" -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next } $1 == d { print $k }' "$OUT" | tr '\n' ' '
+}
+for dm in $DAEMONS; do
+  s=$(med "$(colv "$dm" steal_frac)"); o=$(med "$(colv "$dm" others_cpu_frac)")
+  sec="register N=$N"
+  emit_fig "$FIGS" "$sec" "time to all registered" "$dm" s "$(colv "$dm" t_all_reg_s)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, initial (uacd: incl. start-up)" "$dm" cpu-s "$(colv "$dm" init_sched_s_per_1k_txn)" "$s" "$o"
+  if [ "$REFRESH" = 1 ]; then
+    emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, refresh (minus idle)" "$dm" cpu-s "$(colv "$dm" refresh_sched_s_per_1k_txn_minus_idle)" "$s" "$o"
+    emit_fig "$FIGS" "$sec" "accounts refreshed" "$dm" n "$(colv "$dm" refreshed)" "$s" "$o"
+  fi
+  emit_fig "$FIGS" "$sec" "idle CPU with N registered" "$dm" cpu-s/s "$(colv "$dm" idle_cpu_s_per_s)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "PSS per registered connection" "$dm" KiB "$(colv "$dm" pss_kib_per_conn)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "RSS per registered connection" "$dm" KiB "$(colv "$dm" rss_kib_per_conn)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "registrar: bad digests" "$dm" n "$(colv "$dm" bad_digests)" "$s" "$o"
+done
+log "raw rows: $OUT"
