@@ -379,6 +379,50 @@ fn rejects_strangers_unknown_users_and_exhausted_max_forwards() {
         "a rejected call reached the destination:\n{}",
         messages(&d1)
     );
+
+    // Made-up responses whose top Via looks like ours (our branch prefix,
+    // with and without a stateless tag) and whose next Via names a victim:
+    // uacd must not reflect them (a response is relayed without a
+    // transaction only when its branch's keyed tag verifies).
+    let victim = std::net::UdpSocket::bind((test_ip(75), 0)).expect("victim socket");
+    victim
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let attacker = std::net::UdpSocket::bind((caller_ip(), 0)).expect("attacker socket");
+    let v = victim.local_addr().expect("addr");
+    for branch in [
+        "z9hG4bK-ua-0011223344556677-s9f.0123456789abcdef",
+        "z9hG4bK-ua-0011223344556677-1a2b",
+    ] {
+        let forged = format!(
+            "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP {uacd}:{port};branch={branch}\r\n\
+Via: SIP/2.0/UDP {vip}:{vport};rport={vport};received={vip};branch=z9hG4bKvictim\r\n\
+From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n\
+Call-ID: forged-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            uacd = uacd_ip(),
+            port = s.uacd_port,
+            vip = v.ip(),
+            vport = v.port(),
+        );
+        attacker
+            .send_to(forged.as_bytes(), (uacd_ip(), s.uacd_port))
+            .expect("send");
+    }
+    let mut buf = [0u8; 2048];
+    match victim.recv_from(&mut buf) {
+        Ok((n, from)) => panic!(
+            "uacd reflected a forged response from {from}:\n{}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
 }
 
 #[test]

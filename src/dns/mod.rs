@@ -82,7 +82,15 @@ struct Slot {
     entry: Option<Entry>,
     /// A re-resolution still running after we stopped waiting for it.
     pending: Option<tokio::task::JoinHandle<Fetched>>,
+    /// The last failure with no good answer to fall back on, repeated to
+    /// callers until [`NEGATIVE_TTL`] passes (RFC 2308 §7.1 caps "server
+    /// failure" caching at 5 min; a flood of requests for a name that does
+    /// not resolve must not become a flood of queries).
+    negative: Option<(Error, Instant)>,
 }
+
+/// How long a failed resolution is answered from the cache.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Entry {
@@ -230,6 +238,11 @@ impl Dns {
         if let Some(e) = slot.entry.as_ref().filter(|e| e.valid_until > now) {
             return Ok(e.services.clone());
         }
+        if let Some((e, until)) = &slot.negative
+            && *until > now
+        {
+            return Err(e.clone());
+        }
         let usable_stale = slot
             .entry
             .as_ref()
@@ -269,6 +282,7 @@ impl Dns {
                 let now = Instant::now();
                 let valid_until = valid_until.clamp(now + MIN_VALIDITY, now + MAX_VALIDITY);
                 let services: Arc<[Service]> = services.into();
+                slot.negative = None;
                 slot.entry = Some(Entry {
                     services: services.clone(),
                     valid_until,
@@ -289,11 +303,16 @@ impl Dns {
                     }
                     Ok(e.services.clone())
                 }
-                _ => Err(Error::Unreachable { host, reason }),
+                _ => {
+                    let e = Error::Unreachable { host, reason };
+                    slot.negative = Some((e.clone(), Instant::now() + NEGATIVE_TTL));
+                    Err(e)
+                }
             },
             Err(e) => {
                 // An authoritative "no such service" replaces the old answer.
                 slot.entry = None;
+                slot.negative = Some((e.clone(), Instant::now() + NEGATIVE_TTL));
                 Err(e)
             }
         }
@@ -421,6 +440,7 @@ impl Fetcher {
         *valid_until = (*valid_until).min(ans.valid_until);
         let mut records = Vec::new();
         let mut addrs = Vec::new();
+        let mut last_failure = None;
         for rec in ans.records.into_iter().filter(|r| r.target != ".") {
             match self.lookup.ip(&rec.target).await {
                 Ok(a) if !a.records.is_empty() => {
@@ -433,10 +453,19 @@ impl Fetcher {
                 }
                 Err(LookupError::Failed(e)) => {
                     tracing::warn!(srv = name, target_host = %rec.target, error = %e, "SRV target lookup failed; skipped");
+                    last_failure = Some(e);
                 }
             }
         }
         if records.is_empty() {
+            // A lookup that failed (rather than found nothing) is a DNS
+            // outage: the last good answer may still be served.
+            if let Some(reason) = last_failure {
+                return Err(Error::Unreachable {
+                    host: name.to_owned(),
+                    reason,
+                });
+            }
             return Err(Error::NotFound {
                 host: name.to_owned(),
             });

@@ -15,6 +15,8 @@ struct Fake {
     ip: Mutex<HashMap<String, Vec<IpAddr>>>,
     ttl: Mutex<Duration>,
     down: Mutex<bool>,
+    /// Address lookups fail (SRV and NAPTR still answer).
+    addresses_down: Mutex<bool>,
     queries: Mutex<Vec<String>>,
     delay: Mutex<Duration>,
     inflight_max: AtomicUsize,
@@ -60,6 +62,9 @@ impl Fake {
                 .collect(),
         );
     }
+    fn fail_addresses(&self) {
+        *self.addresses_down.lock().unwrap() = true;
+    }
     fn queries(&self) -> Vec<String> {
         self.queries.lock().unwrap().clone()
     }
@@ -70,7 +75,9 @@ impl Fake {
         table: &Mutex<HashMap<String, Vec<T>>>,
     ) -> LookupFuture<'_, T> {
         self.queries.lock().unwrap().push(format!("{kind} {name}"));
-        let res = if *self.down.lock().unwrap() {
+        let res = if *self.down.lock().unwrap()
+            || (kind == "A" && *self.addresses_down.lock().unwrap())
+        {
             Err(LookupError::Failed("timed out".into()))
         } else {
             match table.lock().unwrap().get(name) {
@@ -385,9 +392,35 @@ async fn dns_down_uses_last_good_answer_within_grace() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("timed out"), "{e}");
-    // DNS back: fresh answers.
+    // DNS back: the failure is remembered for NEGATIVE_TTL (no query per
+    // request while a name fails), then fresh answers.
     *f.down.lock().unwrap() = false;
+    let before = f.queries().len();
+    assert!(d.resolve(&query).await.is_err(), "negative answer cached");
+    assert_eq!(
+        f.queries().len(),
+        before,
+        "no query while negatively cached"
+    );
+    tokio::time::advance(NEGATIVE_TTL).await;
     assert_eq!(d.resolve(&query).await.unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn srv_targets_that_all_fail_to_resolve_are_an_outage_not_a_missing_service() {
+    let f = Fake::new();
+    two_ips(&f);
+    let d = dns(&f);
+    let query = q("pbx.test", None, Some(Transport::Udp));
+    d.resolve(&query).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // The SRV answers but none of its targets' address lookups does.
+    f.fail_addresses();
+    assert_eq!(
+        d.resolve(&query).await.unwrap().len(),
+        3,
+        "stale answer kept"
+    );
 }
 
 #[tokio::test(start_paused = true)]

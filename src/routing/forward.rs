@@ -106,15 +106,53 @@ pub fn branch_loop_hash(branch: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// A branch for a request forwarded statelessly (ACK for 2xx, §16.11):
-/// derived from the received top Via's branch so retransmissions map to the
-/// same branch downstream.
-pub fn stateless_branch(msg: &Message) -> Result<String, ParseError> {
+/// A branch for a request forwarded statelessly (ACK for 2xx and other
+/// in-dialog requests, §16.11): derived from the received top Via so
+/// retransmissions map to the same branch downstream, and ending in
+/// `.{tag}` where `tag` is [`response_tag`] for where its responses go. A
+/// response is relayed without a transaction only when that tag verifies:
+/// anyone can guess our prefix, nobody can forge the tag, so a made-up
+/// response cannot make us reflect traffic at a third party.
+pub fn stateless_branch(msg: &Message, tag: &str) -> Result<String, ParseError> {
     let top = msg.top_via()?;
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     h.write(top.branch().unwrap_or("").as_bytes());
     h.write(top.to_string().as_bytes());
-    Ok(branch(loop_hash(msg, Some(&top))?, &format!("s{:x}", h.0)))
+    Ok(branch(
+        loop_hash(msg, Some(&top))?,
+        &format!("s{:x}.{tag}", h.0),
+    ))
+}
+
+/// The tag of one of our stateless branches (`None` for any other branch).
+pub fn stateless_tag(branch: &str) -> Option<&str> {
+    let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+    let (_, unique) = rest.split_once('-')?;
+    let (_, tag) = unique.strip_prefix('s')?.split_once('.')?;
+    Some(tag)
+}
+
+/// The keyed tag binding a stateless branch to the Call-ID and to where a
+/// response is relayed: `via` is the Via below ours (as forwarded, with
+/// `received`/`rport`), whose [`response_target`] and transport it covers.
+pub fn response_tag(secret: &[u8; 16], call_id: &str, via: &Via) -> String {
+    let (host, port) = response_target(via);
+    let host = host.to_string();
+    let port = port.to_string();
+    let transport = via.transport.to_ascii_uppercase();
+    super::tag(
+        secret,
+        &[
+            b"sr\0",
+            call_id.as_bytes(),
+            b"\0",
+            transport.as_bytes(),
+            b"\0",
+            host.as_bytes(),
+            b"\0",
+            port.as_bytes(),
+        ],
+    )
 }
 
 /// How one request is forwarded.
@@ -135,7 +173,8 @@ pub struct Forward<'a> {
 
 /// §18.2.1 and RFC 3581 §4: `received` when the sent-by host is not the
 /// source address (always when `rport` is present), and `rport` filled in.
-fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Result<(), ParseError> {
+/// `None` when the top Via stays as it is.
+pub fn stamped_top_via(msg: &Message, source: SocketAddr) -> Result<Option<Via>, ParseError> {
     let mut via = msg.top_via()?;
     let rport = via.rport().is_some();
     let host_matches = match (&via.host, source.ip()) {
@@ -144,12 +183,20 @@ fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Result<(), ParseError
         _ => false,
     };
     if host_matches && !rport {
-        return Ok(());
+        return Ok(None);
     }
     via.params.set("received", Some(&source.ip().to_string()));
     if rport {
         via.params.set("rport", Some(&source.port().to_string()));
     }
+    Ok(Some(via))
+}
+
+/// Writes [`stamped_top_via`] into `msg`.
+fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Result<(), ParseError> {
+    let Some(via) = stamped_top_via(msg, source)? else {
+        return Ok(());
+    };
     // Replace the first Via value, keeping any other values of that line.
     let raw_name = msg
         .header(HeaderName::Via)

@@ -296,10 +296,15 @@ Route: <sip:192.0.2.10:5060;transport=udp;lr;uacd=x>\r\n\
 From: <sip:601@pbx.example.com>;tag=a\r\nTo: <sip:b@c>;tag=b\r\n\
 Call-ID: c1\r\nCSeq: 31337 ACK\r\nContent-Length: 0\r\n\r\n",
     );
-    let b1 = stateless_branch(&ack).expect("b");
-    let b2 = stateless_branch(&ack.clone()).expect("b");
+    let b1 = stateless_branch(&ack, "0123abcd").expect("b");
+    let b2 = stateless_branch(&ack.clone(), "0123abcd").expect("b");
     assert_eq!(b1, b2);
     assert!(b1.starts_with(BRANCH_PREFIX));
+    assert_eq!(stateless_tag(&b1), Some("0123abcd"));
+    assert!(
+        branch_loop_hash(&b1).is_some(),
+        "loop detection still works"
+    );
     let udp = iface(Transport::Udp);
     let mut f = fwd(&udp, &udp, None);
     f.branch = &b1;
@@ -326,4 +331,49 @@ fn binary_body_is_relayed_untouched() {
     let out = forward_request(&inv, None, 0, &fwd(&udp, &udp, None)).expect("fwd");
     assert_eq!(out.body(), &body[..]);
     assert!(out.to_bytes().ends_with(&body));
+}
+
+#[test]
+fn response_tag_binds_call_id_and_where_the_response_goes() {
+    let via = |s: &str| Via::parse(s).expect("via");
+    let a = via("SIP/2.0/UDP 198.51.100.7:5060;rport=5062;received=198.51.100.7;branch=z9hG4bKx");
+    let t = response_tag(&SECRET, "c1", &a);
+    assert_eq!(t, response_tag(&SECRET, "c1", &a));
+    assert_ne!(t, response_tag(&SECRET, "c2", &a), "Call-ID");
+    assert_ne!(t, response_tag(b"fedcba9876543210", "c1", &a), "secret");
+    let other_port =
+        via("SIP/2.0/UDP 198.51.100.7:5060;rport=5099;received=198.51.100.7;branch=z9hG4bKx");
+    assert_ne!(t, response_tag(&SECRET, "c1", &other_port), "port");
+    let other_host =
+        via("SIP/2.0/UDP 198.51.100.7:5060;rport=5062;received=203.0.113.9;branch=z9hG4bKx");
+    assert_ne!(t, response_tag(&SECRET, "c1", &other_host), "received");
+    let tcp = via("SIP/2.0/TCP 198.51.100.7:5060;rport=5062;received=198.51.100.7;branch=z9hG4bKx");
+    assert_ne!(t, response_tag(&SECRET, "c1", &tcp), "transport");
+}
+
+#[test]
+fn only_our_stateless_branches_carry_a_tag() {
+    assert_eq!(
+        stateless_tag("z9hG4bK-ua-0011223344556677-s9f.abcd"),
+        Some("abcd")
+    );
+    // A stateful branch of ours, someone else's, or our prefix with junk.
+    assert_eq!(stateless_tag("z9hG4bK-ua-0011223344556677-1a2b3c"), None);
+    assert_eq!(stateless_tag("z9hG4bKPjabc.def"), None);
+    assert_eq!(stateless_tag("z9hG4bK-ua-s.x"), None);
+}
+
+#[test]
+fn stamped_top_via_is_what_forwarding_writes() {
+    let inv = asterisk_invite();
+    let udp = iface(Transport::Udp);
+    let f = fwd(&udp, &udp, None);
+    let stamped = stamped_top_via(&inv, f.source)
+        .expect("via")
+        .expect("rport asks for a stamp");
+    let out = forward_request(&inv, None, 0, &f).expect("fwd");
+    assert_eq!(
+        out.vias().expect("vias")[1].to_string(),
+        stamped.to_string()
+    );
 }

@@ -6,6 +6,7 @@
 //! INVITE transactions (`call`). No I/O: the proxy task carries out actions.
 
 pub mod call;
+pub mod dialogs;
 pub mod failover;
 pub mod forward;
 pub mod proxy;
@@ -140,6 +141,16 @@ pub fn tag(key: &[u8], parts: &[&[u8]]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Constant-time comparison of two tags (a secret-derived value must not
+/// leak through how long a mismatch takes to find).
+pub fn tags_match(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

@@ -8,16 +8,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, FailReason, Target};
+use super::dialogs::{self, Check, Dialogs};
 use super::failover::Policy;
 use super::forward::{
-    BRANCH_PREFIX, Forward, forward_request, next_hop, relay_response, response_target,
-    stateless_branch,
+    Forward, forward_request, next_hop, relay_response, response_tag, response_target,
+    stamped_top_via, stateless_branch, stateless_tag,
 };
 use super::route::{self, ConnectionView, Decision, Directory, Reject, Source};
 use super::{Interface, Local};
@@ -27,8 +29,19 @@ use crate::metrics;
 use crate::registration::{ConnectionStatus, Context, PublicAddress, RegStatus, local_ip_towards};
 use crate::sip::{HeaderName, Host, Message, Method, Scheme, Uri, response_to};
 use crate::transaction::client::Timers;
-use crate::transaction::{Layer, RequestHandler, Upstream};
+use crate::transaction::{Layer, RequestHandler, ServerGuard, Upstream};
 use crate::transport::{Hop, Inbound, Transports};
+
+/// Requests being worked on at once (call setups until their final
+/// response, in-dialog relays, relayed responses). Beyond it new INVITEs get
+/// 503 with Retry-After and other work is dropped: a flood costs a counter,
+/// not memory or DNS queries.
+pub const MAX_IN_PROGRESS: usize = 20_000;
+
+/// Added to a call task's longest legitimate life (every target silent, then
+/// ringing to `timeout_2xx`, then the transaction timers) before the task is
+/// abandoned as stuck.
+const LIFETIME_SLACK: Duration = Duration::from_secs(300);
 
 /// Where the router finds connections and their live registration.
 pub trait Connections: Send + Sync + 'static {
@@ -57,6 +70,10 @@ struct Inner {
     /// What is "us" in Route and Request-URI checks; grows when a wildcard
     /// listener is advertised under a newly seen local address.
     local: RwLock<Local>,
+    /// The dialogs we record-routed and where their requests may go.
+    dialogs: Dialogs,
+    /// Work in progress, bounded by [`MAX_IN_PROGRESS`].
+    permits: Arc<Semaphore>,
 }
 
 impl Router {
@@ -97,20 +114,71 @@ impl Router {
                 public,
                 user_agent: config.sip.user_agent.clone(),
                 local: RwLock::new(local),
+                dialogs: Dialogs::default(),
+                permits: Arc::new(Semaphore::new(MAX_IN_PROGRESS)),
             }),
         }
     }
 }
 
+/// An INVITE's server transaction, held from the moment the INVITE
+/// arrived: retransmissions, ACK and CANCEL that come while its task is
+/// still deciding reach that task, not the router again.
+struct Held {
+    _guard: ServerGuard,
+    upstream: mpsc::Receiver<Upstream>,
+}
+
 impl RequestHandler for Router {
     fn on_request(&self, inbound: Inbound) {
-        let router = self.clone();
-        tokio::spawn(async move { router.inner.request(inbound).await });
+        let held = if inbound.msg.method() == Some(&Method::Invite) {
+            let Some(branch) = inbound
+                .msg
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch().map(str::to_owned))
+            else {
+                // No branch: the classifier answers 400.
+                return self.spawn_request(inbound, None);
+            };
+            let (tx, rx) = mpsc::channel(16);
+            Some(Held {
+                _guard: self.inner.layer.hold_server(&branch, true, tx),
+                upstream: rx,
+            })
+        } else {
+            None
+        };
+        self.spawn_request(inbound, held);
     }
 
     fn on_stray_response(&self, inbound: Inbound) {
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            return;
+        };
         let router = self.clone();
-        tokio::spawn(async move { router.inner.stateless_response(inbound).await });
+        tokio::spawn(async move {
+            router.inner.stateless_response(inbound).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Router {
+    fn spawn_request(&self, inbound: Inbound, held: Option<Held>) {
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            if inbound.msg.method() == Some(&Method::Invite) {
+                metrics::call_result(metrics::call_code_label(503), None);
+            }
+            if inbound.msg.method() != Some(&Method::Ack) {
+                tracing::debug!(source = %inbound.source, "overloaded: 503");
+                self.inner
+                    .reply_with(&inbound, 503, &[("Retry-After", "5")]);
+            }
+            return;
+        };
+        let router = self.clone();
+        tokio::spawn(async move { router.inner.request(inbound, held, permit).await });
     }
 }
 
@@ -187,7 +255,8 @@ impl Inner {
 
     /// The connection the Request-URI (user part, `line` parameter) or the
     /// flow names, with the addresses of its PBX.
-    async fn directory(&self, msg: &Message, flow: Option<u64>) -> OneConnection {
+    async fn directory(&self, msg: &Message, source: Source) -> OneConnection {
+        let flow = source.flow;
         let ruri = msg.request_uri();
         let found = ruri
             .and_then(|u| u.user.as_deref())
@@ -206,10 +275,24 @@ impl Inner {
         let conn = &status.connection;
         let ext = &conn.external_uac_settings;
         let mut pbx_addrs = Vec::new();
-        for uri in [ext.proxy.as_ref(), ext.outbound_proxy.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+        // The registrar that accepted us, or the registration's own flow,
+        // needs no lookup (nor does a flood of INVITEs from elsewhere cause
+        // more than one cached lookup per TTL).
+        let registrar = status
+            .snapshot
+            .last_registered_ip
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.ip());
+        let known =
+            (flow.is_some() && flow == status.snapshot.flow) || registrar == Some(source.addr.ip());
+        pbx_addrs.extend(registrar);
+        let lookups = if known {
+            [None, None]
+        } else {
+            [ext.proxy.as_ref(), ext.outbound_proxy.as_ref()]
+        };
+        for uri in lookups.into_iter().flatten() {
             let q = Query::with_transport(uri, ext.transport);
             match self.dns.resolve(&q).await {
                 Ok(targets) => pbx_addrs.extend(targets.iter().map(|t| t.addr.ip())),
@@ -231,20 +314,25 @@ impl Inner {
         }
     }
 
-    async fn request(self: Arc<Self>, inbound: Inbound) {
+    async fn request(
+        self: Arc<Self>,
+        inbound: Inbound,
+        held: Option<Held>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let flow = inbound.flow.as_ref().map(|f| f.id());
         let is_invite = inbound.msg.method() == Some(&Method::Invite);
+        let source = Source {
+            addr: inbound.source,
+            flow,
+        };
         let dir = if is_invite {
-            self.directory(&inbound.msg, flow).await
+            self.directory(&inbound.msg, source).await
         } else {
             OneConnection {
                 user_name: String::new(),
                 view: None,
             }
-        };
-        let source = Source {
-            addr: inbound.source,
-            flow,
         };
         let local = self.local();
         let decision = route::classify(&inbound.msg, source, &local, &dir, &self.secret);
@@ -273,7 +361,13 @@ impl Inner {
                 pop_routes,
             } => {
                 let id = connection.id.clone();
-                self.new_call(inbound, id, destination, pop_routes).await
+                match held {
+                    Some(held) => {
+                        self.new_call(inbound, held, permit, id, destination, pop_routes)
+                            .await
+                    }
+                    None => self.reply(&inbound, 500, None),
+                }
             }
         }
     }
@@ -285,6 +379,17 @@ impl Inner {
             .header("Server", self.user_agent.as_str())
             .build();
         self.transports.reply(inbound, Bytes::from(resp));
+    }
+
+    fn reply_with(&self, inbound: &Inbound, code: u16, headers: &[(&str, &str)]) {
+        let tag = format!("{:016x}", rand::random::<u64>());
+        let reason = crate::sip::reason::canonical_reason(code);
+        let mut b = response_to(&inbound.msg, code, reason, Some(&tag))
+            .header("Server", self.user_agent.as_str());
+        for (name, value) in headers {
+            b = b.header(name, value);
+        }
+        self.transports.reply(inbound, Bytes::from(b.build()));
     }
 
     /// The targets of `uri` (transport from the URI, default UDP).
@@ -310,22 +415,19 @@ impl Inner {
     async fn new_call(
         self: Arc<Self>,
         inbound: Inbound,
+        held: Held,
+        permit: OwnedSemaphorePermit,
         connection_id: String,
         destination: Uri,
         pop_routes: usize,
     ) {
         let now = Instant::now();
-        let Ok(branch) = inbound
-            .msg
-            .top_via()
-            .map(|v| v.branch().unwrap_or("").to_owned())
-        else {
-            return;
-        };
-        // Hold the server transaction at once: retransmissions, ACK and
-        // CANCEL from the PBX come to this task from now on.
-        let (up_tx, mut up_rx) = mpsc::channel(16);
-        let _server = self.layer.hold_server(&branch, true, up_tx);
+        // Retransmissions, ACK and CANCEL from the PBX come to this task
+        // (the server transaction was held when the INVITE arrived).
+        let Held {
+            _guard: _server,
+            upstream: mut up_rx,
+        } = held;
         let (dns_targets, server_names): (Vec<Target>, Vec<Arc<str>>) = match self
             .targets(&destination)
             .await
@@ -365,6 +467,15 @@ impl Inner {
             }
         };
         let (resp_tx, mut resp_rx) = mpsc::channel::<Box<Message>>(32);
+        // The PBX's end of the dialog (its Contact and Record-Route, and the
+        // address it sent from) for the dialog table.
+        let mut pbx_hosts = dialogs::advertised_hosts(&inbound.msg);
+        pbx_hosts.push(ip_host(inbound.source.ip()));
+        let attempts = u32::try_from(dns_targets.len().max(1)).unwrap_or(u32::MAX);
+        let lifetime = (self.policy.timeout_1xx + self.policy.timeout_2xx) * attempts
+            + self.timers.timeout() * 2
+            + LIFETIME_SLACK;
+        let give_up = now + lifetime;
         let mut task = CallTask {
             inner: self.clone(),
             inbound,
@@ -378,6 +489,8 @@ impl Inner {
             connection_id,
             call_id,
             queue: Vec::new(),
+            permit: Some(permit),
+            pbx_hosts,
         };
         task.run_actions(&mut call, actions).await;
         while !call.is_terminated() {
@@ -387,7 +500,16 @@ impl Inner {
                 .min_by_key(|(_, at)| **at)
                 .map(|(k, at)| (*k, *at));
             let event = tokio::select! {
-                Some(resp) = resp_rx.recv() => CallEvent::Response(resp),
+                Some(resp) = resp_rx.recv() => {
+                    task.learn_dialog(&resp);
+                    CallEvent::Response(resp)
+                }
+                // A safety net: the machine's timers end every call long
+                // before this; a task still here is stuck, not busy.
+                _ = tokio::time::sleep_until(give_up) => {
+                    tracing::warn!(call_id = %task.call_id, lifetime_sec = lifetime.as_secs(), "call task outlived every timer; abandoned");
+                    break;
+                }
                 Some(up) = up_rx.recv() => match up {
                     Upstream::Retransmission => CallEvent::UpstreamRetransmission,
                     Upstream::Ack => CallEvent::UpstreamAck,
@@ -415,6 +537,26 @@ impl Inner {
         let Ok(next) = next_hop(&probe) else {
             return;
         };
+        let is_ack = msg.method() == Some(&Method::Ack);
+        let call_id = msg.call_id().unwrap_or("");
+        // The token proved the route set is ours; the table pins where the
+        // dialog's requests may go (see `dialogs`).
+        match self.dialogs.check(call_id, &next.host, Instant::now()) {
+            Check::Allowed => {}
+            Check::Forbidden => {
+                tracing::warn!(source = %inbound.source, call_id, next = %next, "in-dialog request to a host that is not an end of its dialog; refused");
+                if !is_ack {
+                    self.reply(&inbound, 403, None);
+                }
+                return;
+            }
+            Check::Unknown if is_ack || msg.method() == Some(&Method::Bye) => {}
+            Check::Unknown => {
+                tracing::debug!(source = %inbound.source, call_id, "in-dialog request for a dialog we do not hold: 481");
+                self.reply(&inbound, 481, None);
+                return;
+            }
+        }
         let targets = match self.dns.resolve(&query_for(&next)).await {
             Ok(t) => t,
             Err(e) => {
@@ -425,7 +567,14 @@ impl Inner {
                 return;
             }
         };
-        let Ok(branch) = stateless_branch(msg) else {
+        // Our branch carries a tag binding it to where responses go back.
+        let Ok(upstream_via) =
+            stamped_top_via(msg, inbound.source).and_then(|v| v.map_or_else(|| msg.top_via(), Ok))
+        else {
+            return;
+        };
+        let tag = response_tag(&self.secret, call_id, &upstream_via);
+        let Ok(branch) = stateless_branch(msg, &tag) else {
             return;
         };
         let in_iface = self.interface(inbound.transport, Some(inbound.local), inbound.source);
@@ -472,20 +621,28 @@ impl Inner {
         let Ok(top) = msg.top_via() else {
             return;
         };
-        if !top.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX)) {
+        // Only responses to requests we relayed statelessly; any other stray
+        // response is dropped (§18.1.2; RFC 6026 §7.3 for 2xx).
+        let Some(tag) = top.branch().and_then(stateless_tag).map(str::to_owned) else {
             tracing::debug!(source = %inbound.source, "stray response dropped (§18.1.2)");
             return;
-        }
+        };
         let Some(out) = relay_response(msg) else {
             return;
         };
         let Ok(via) = out.top_via() else {
             return;
         };
-        if msg.status().is_some_and(|c| (200..300).contains(&c))
+        let call_id = msg.call_id().unwrap_or("");
+        if !super::tags_match(&tag, &response_tag(&self.secret, call_id, &via)) {
+            tracing::debug!(source = %inbound.source, "response with a forged or altered stateless branch dropped");
+            return;
+        }
+        // §15.1.2: the dialog is over once its BYE is answered.
+        if msg.status().is_some_and(|c| c >= 200)
             && msg.cseq().is_ok_and(|c| c.method == Method::Bye)
         {
-            metrics::dialogs_active(-1.0);
+            metrics::dialogs_active(self.dialogs.forget(call_id) as f64);
         }
         let (host, port) = response_target(&via);
         let transport = via.transport.parse::<Transport>().unwrap_or(Transport::Udp);
@@ -524,31 +681,66 @@ struct CallTask {
     call_id: String,
     /// Events produced while carrying out actions (send failures).
     queue: Vec<CallEvent>,
+    /// Counts this call against [`MAX_IN_PROGRESS`] until its final response.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The PBX's end of the dialog (see [`Dialogs`]).
+    pbx_hosts: Vec<Host>,
 }
 
 impl CallTask {
+    /// A provisional with a To tag or a 2xx to our INVITE creates a dialog
+    /// (§12.1): its two ends are where its requests may be relayed.
+    fn learn_dialog(&self, resp: &Message) {
+        let Some(code) = resp.status() else {
+            return;
+        };
+        if !(101..300).contains(&code)
+            || !resp.cseq().is_ok_and(|c| c.method == Method::Invite)
+            || !resp.to_header().is_ok_and(|t| t.tag().is_some())
+        {
+            return;
+        }
+        let hosts = self
+            .pbx_hosts
+            .iter()
+            .cloned()
+            .chain(dialogs::advertised_hosts(resp));
+        let delta = self
+            .inner
+            .dialogs
+            .learn(&self.call_id, hosts, code >= 200, Instant::now());
+        if delta != 0 {
+            metrics::dialogs_active(delta as f64);
+        }
+    }
+
     async fn run_actions(&mut self, call: &mut Call, mut actions: Vec<CallAction>) {
         loop {
+            self.hold_clients(call);
             for action in actions.drain(..) {
                 self.act(call, action).await;
-            }
-            // Responses for every attempt started so far reach this task.
-            for t in 0..self.targets.len() {
-                if let Some(b) = call.branch_of(t)
-                    && !self.held.iter().any(|h| h == b)
-                {
-                    self.held.push(b.to_owned());
-                    self.clients.push(self.inner.layer.hold_client(
-                        b,
-                        Method::Invite,
-                        self.resp_tx.clone(),
-                    ));
-                }
             }
             let Some(event) = self.queue.pop() else {
                 return;
             };
             actions = call.step(event, Instant::now());
+        }
+    }
+
+    /// Responses for every attempt started so far reach this task; held
+    /// before the request is sent, so that a fast answer is never a stray.
+    fn hold_clients(&mut self, call: &Call) {
+        for t in 0..self.targets.len() {
+            if let Some(b) = call.branch_of(t)
+                && !self.held.iter().any(|h| h == b)
+            {
+                self.held.push(b.to_owned());
+                self.clients.push(self.inner.layer.hold_client(
+                    b,
+                    Method::Invite,
+                    self.resp_tx.clone(),
+                ));
+            }
         }
     }
 
@@ -560,11 +752,19 @@ impl CallTask {
             return Ok(h.clone());
         }
         let target = &self.targets[t];
-        let hop = self
-            .inner
-            .transports
-            .hop(target.transport, target.addr, &self.server_names[t])
-            .await?;
+        // A connect (TCP, TLS handshake) that hangs is a transport error
+        // after timeout_1xx: the same time a silent target gets.
+        let hop = tokio::time::timeout(
+            self.inner.policy.timeout_1xx,
+            self.inner
+                .transports
+                .hop(target.transport, target.addr, &self.server_names[t]),
+        )
+        .await
+        .map_err(|_| crate::transport::Error::ConnectTimeout {
+            transport: target.transport,
+            remote: target.addr,
+        })??;
         self.hops.insert(t, hop.clone());
         Ok(hop)
     }
@@ -634,9 +834,10 @@ impl CallTask {
                 for _ in 0..outcome.failovers {
                     metrics::failover();
                 }
-                if answered {
-                    metrics::dialogs_active(1.0);
+                if !answered {
+                    self.inner.dialogs.forget_early(&self.call_id);
                 }
+                self.permit = None;
                 tracing::info!(
                     connection_id = %self.connection_id,
                     call_id = %self.call_id,
@@ -659,19 +860,24 @@ fn reject_label(why: Reject) -> &'static str {
     }
 }
 
-/// The DNS query for a next-hop URI: transport from `transport=` (TLS for
-/// `sips:`), default UDP.
+/// The DNS query for a next-hop URI (RFC 3263 §4.1): the transport from
+/// `transport=` (TLS for `sips:`); without it the transport is left to DNS
+/// (NAPTR, then SRV per transport we support, then UDP on 5060 for a name
+/// or a numeric address).
 fn query_for(uri: &Uri) -> Query {
+    let sips = uri.scheme == Scheme::Sips;
     let transport = uri
         .params
         .value("transport")
-        .and_then(|t| t.parse::<Transport>().ok())
-        .unwrap_or(Transport::Udp);
-    let sips = uri.scheme == Scheme::Sips;
+        .and_then(|t| t.parse::<Transport>().ok());
     Query {
         host: uri.host.to_string(),
         port: uri.port,
-        transport: Some(if sips { Transport::Tls } else { transport }),
+        transport: if sips {
+            Some(Transport::Tls)
+        } else {
+            transport
+        },
         sips,
     }
 }

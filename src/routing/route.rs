@@ -245,9 +245,12 @@ pub fn classify<'c, D: Directory>(
             .call_id()
             .map(|c| dialog_token(secret, c))
             .unwrap_or_default();
-        let ours = routes[..pop]
-            .iter()
-            .any(|r| r.uri.params.value(TOKEN_PARAM) == Some(token.as_str()));
+        let ours = routes[..pop].iter().any(|r| {
+            r.uri
+                .params
+                .value(TOKEN_PARAM)
+                .is_some_and(|t| super::tags_match(t, &token))
+        });
         if !ours || !in_dialog {
             // A forged route set, or an initial request routed beyond us.
             return reject(Reject::ForeignRoute);

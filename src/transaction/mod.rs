@@ -142,10 +142,11 @@ impl Layer {
         self.server_shard(&key)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), tx);
+            .insert(key.clone(), tx.clone());
         ServerGuard {
             layer: self.clone(),
             key,
+            tx,
         }
     }
 
@@ -357,19 +358,28 @@ impl InboundHandler for Layer {
     }
 }
 
-/// Forgets a server transaction when its holder drops it.
+/// Forgets a server transaction when its holder drops it (only its own:
+/// a later holder of the same key, e.g. a request that reused a branch,
+/// keeps its slot).
 pub struct ServerGuard {
     layer: Layer,
     key: Box<str>,
+    tx: mpsc::Sender<Upstream>,
 }
 
 impl Drop for ServerGuard {
     fn drop(&mut self) {
-        self.layer
+        let mut shard = self
+            .layer
             .server_shard(&self.key)
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|e| e.into_inner());
+        if shard
+            .get(&self.key)
+            .is_some_and(|tx| tx.same_channel(&self.tx))
+        {
+            shard.remove(&self.key);
+        }
     }
 }
 
@@ -433,4 +443,27 @@ async fn flow_closed(hop: &Hop) {
 /// A fresh RFC 3261 §8.1.1.7 branch (magic cookie + 96 random bits).
 pub fn new_branch() -> String {
     format!("z9hG4bK{:024x}", rand::random::<u128>() >> 32)
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_guard_forgets_only_its_own_slot() {
+        let layer = Layer::new("test");
+        let (tx1, _rx1) = mpsc::channel(1);
+        let (tx2, _rx2) = mpsc::channel(1);
+        let first = layer.hold_server("z9hG4bKsame", true, tx1);
+        let second = layer.hold_server("z9hG4bKsame", true, tx2.clone());
+        drop(first);
+        assert_eq!(layer.servers(), 1, "the later holder keeps the slot");
+        assert!(
+            layer
+                .server_for("z9hG4bKsame", true)
+                .is_some_and(|tx| tx.same_channel(&tx2))
+        );
+        drop(second);
+        assert_eq!(layer.servers(), 0);
+    }
 }
