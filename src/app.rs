@@ -240,12 +240,18 @@ impl App {
             }
         };
         let mut counts = [0usize; 4];
+        // Removed connections unregister side by side: N of them take one
+        // unregister deadline, not N.
+        let mut removals = tokio::task::JoinSet::new();
         for row in before.iter().filter(|r| r.owner == Owner::File) {
             if !after.iter().any(|a| a.connection.id == row.connection.id) {
-                self.supervisor.remove(&row.connection.id).await;
+                let supervisor = self.supervisor.clone();
+                let id = row.connection.id.clone();
+                removals.spawn(async move { supervisor.remove(&id).await });
                 counts[3] += 1;
             }
         }
+        while removals.join_next().await.is_some() {}
         for row in after.into_iter().filter(|r| r.owner == Owner::File) {
             match self.supervisor.upsert(row.connection).await {
                 Applied::Started => counts[0] += 1,
@@ -321,6 +327,9 @@ fn dialog_secret(config: &Config) -> [u8; 16] {
         return key;
     }
     let key: [u8; 16] = rand::random();
+    // Written beside the final name and renamed over it: a crash leaves
+    // either no key or a whole one, never a short file.
+    let tmp = path.with_extension(format!("key.tmp{}", std::process::id()));
     let written = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -328,9 +337,16 @@ fn dialog_secret(config: &Config) -> [u8; 16] {
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(&key))
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&key)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path))
     };
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "dialog key not saved; calls set up before a restart will not route in-dialog requests after it");
     }

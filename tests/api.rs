@@ -72,7 +72,7 @@ unregister_timeout_sec = 5
     /// Fails if any password appears in the daemon's log or any API response.
     fn assert_no_leak(&self, passwords: &[&str]) {
         // /metrics is part of what must never show a password.
-        let m = self.a.with_token(None).get("/metrics");
+        let m = self.a.get("/metrics");
         assert_eq!(m.status, 200, "{m:?}");
         let log = std::fs::read_to_string(self.uacd.log_path()).unwrap();
         let transcript = self.a.transcript();
@@ -346,8 +346,13 @@ username = "f"
     expect_error(&a.get(&path), 404, "<none>");
     expect_error(&a.delete(&path), 404, "<none>");
 
-    // Public endpoints.
-    let h = a.with_token(None).get("/healthz");
+    // design.md: every endpoint needs a token, /healthz and /metrics too;
+    // the OpenAPI document is public.
+    for path in ["/healthz", "/metrics"] {
+        expect_error(&a.with_token(None).get(path), 401, "<none>");
+        expect_error(&a.with_token(Some("wrong")).get(path), 401, "<none>");
+    }
+    let h = a.get("/healthz");
     assert_eq!(h.status, 200);
     let doc = a.with_token(None).get("/v2/openapi.json").json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));

@@ -450,7 +450,7 @@ fn dead_tcp_destination_fails_over_at_once() {
 
     // This daemon has registered, routed a call, failed over and met a
     // transport error: its /metrics must hold the whole contract.
-    let resp = api_client::Api::new(s.api, "unused").get("/metrics");
+    let resp = api_client::Api::new(s.api, "test-token").get("/metrics");
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert!(
         resp.header("content-type")

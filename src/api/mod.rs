@@ -157,8 +157,11 @@ fn token_digests(config: &Config) -> Vec<([u8; 32], String)> {
         .collect()
 }
 
-/// Every route. `/metrics` (issue 7) goes beside `/healthz`: unauthenticated,
-/// on the same listener.
+/// Every route. design.md: every endpoint needs a bearer token, `/metrics`
+/// and `/healthz` included (any configured token will do: they show no
+/// tenant's data). `metrics.listen`, when set, serves `/metrics` without a
+/// token for a scraper on a private interface; `/v2/openapi.json` is public
+/// so that tools can bootstrap from it.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(
@@ -189,7 +192,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// `GET /metrics`: the Prometheus text format; `uacd_registrations` is
 /// counted from the live snapshots at each scrape.
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(_caller: Caller, State(state): State<ApiState>) -> Response {
     metrics_response(&state.inner.supervisor)
 }
 
@@ -233,7 +236,7 @@ pub async fn serve_metrics(
     }
 }
 
-async fn healthz() -> Response {
+async fn healthz(_caller: Caller) -> Response {
     axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
