@@ -364,6 +364,10 @@ impl crate::routing::proxy::Connections for Supervisor {
         })
     }
 
+    fn by_id(&self, id: &str) -> Option<ConnectionStatus> {
+        self.get(id)
+    }
+
     /// Linear in the number of connections: used only when neither the
     /// Request-URI user nor its `line` parameter names a connection.
     fn by_flow(&self, flow: u64) -> Option<ConnectionStatus> {

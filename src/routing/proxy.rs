@@ -47,6 +47,8 @@ const LIFETIME_SLACK: Duration = Duration::from_secs(300);
 pub trait Connections: Send + Sync + 'static {
     /// By Contact user (`user_name`).
     fn by_user(&self, user: &str) -> Option<ConnectionStatus>;
+    /// By connection id (the `line` parameter of a Request-URI).
+    fn by_id(&self, id: &str) -> Option<ConnectionStatus>;
     /// By the TCP/TLS flow a registration lives on.
     fn by_flow(&self, flow: u64) -> Option<ConnectionStatus>;
 }
@@ -263,7 +265,7 @@ impl Inner {
             .and_then(|u| self.connections.by_user(u))
             .or_else(|| {
                 ruri.and_then(|u| u.params.value("line"))
-                    .and_then(|l| self.connections.by_user(l))
+                    .and_then(|l| self.connections.by_id(l))
             })
             .or_else(|| flow.and_then(|f| self.connections.by_flow(f)));
         let Some(status) = found else {
