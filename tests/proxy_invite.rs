@@ -409,10 +409,65 @@ Call-ID: forged-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
             .send_to(forged.as_bytes(), (uacd_ip(), s.uacd_port))
             .expect("send");
     }
+    assert_silent(&victim, "a forged response");
+
+    // In-dialog requests aimed at a third party through our route set. A
+    // Route with a wrong token: 403. With the right token (as a party to a
+    // past dialog would have it) but for a dialog uacd does not hold: 481
+    // for a re-INVITE (only BYE and ACK go on a token alone). The victim
+    // hears nothing either way.
+    attacker
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let key: [u8; 16] = std::fs::read(s.dir.join("uacd.key"))
+        .expect("dialog key next to the store")
+        .try_into()
+        .expect("16 bytes");
+    let call_id = "relay-attempt-1@attacker";
+    let good = uacd::routing::route::dialog_token(&key, call_id);
     let mut buf = [0u8; 2048];
-    match victim.recv_from(&mut buf) {
+    for (token, expect) in [("0000000000000000", 403), (good.as_str(), 481)] {
+        let a = attacker.local_addr().expect("addr");
+        let reinvite = format!(
+            "INVITE sip:toll@{vip}:{vport} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {aip}:{aport};rport;branch=z9hG4bKrelay{expect}\r\n\
+Route: <sip:{uacd}:{port};lr;uacd={token}>\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n\
+Call-ID: {call_id}\r\nCSeq: 3 INVITE\r\nContact: <sip:a@{aip}:{aport}>\r\n\
+Content-Length: 0\r\n\r\n",
+            vip = v.ip(),
+            vport = v.port(),
+            aip = a.ip(),
+            aport = a.port(),
+            uacd = uacd_ip(),
+            port = s.uacd_port,
+        );
+        attacker
+            .send_to(reinvite.as_bytes(), (uacd_ip(), s.uacd_port))
+            .expect("send");
+        let status = loop {
+            let n = attacker.recv(&mut buf).expect("an answer from uacd");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let code: u16 = text
+                .get(8..11)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("not a response:\n{text}"));
+            if code >= 200 {
+                break code;
+            }
+        };
+        assert_eq!(status, expect, "token {token}");
+    }
+    assert_silent(&victim, "an in-dialog request to a third party");
+}
+
+/// Nothing arrives on `sock` within its read timeout.
+fn assert_silent(sock: &std::net::UdpSocket, what: &str) {
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
         Ok((n, from)) => panic!(
-            "uacd reflected a forged response from {from}:\n{}",
+            "uacd relayed {what} from {from}:\n{}",
             String::from_utf8_lossy(&buf[..n])
         ),
         Err(e) => assert!(
