@@ -45,13 +45,90 @@ pub struct App {
     pub layer: Layer,
     pub supervisor: Supervisor,
     pub store: StoreHandle,
-    /// Where the API listens (the bound address when `api.listen` has port 0).
-    pub api_addr: SocketAddr,
     api_state: ApiState,
-    api: JoinHandle<()>,
-    api_cancel: CancellationToken,
+    /// The API and metrics servers; rebound by a reload that moves them.
+    listeners: tokio::sync::Mutex<Listeners>,
     cancel: CancellationToken,
     config: Arc<Config>,
+}
+
+/// One HTTP server task and what it was started for.
+struct Server {
+    /// The configured address (port 0 stays 0 here).
+    configured: SocketAddr,
+    /// The bound address.
+    bound: SocketAddr,
+    task: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Server {
+    /// Stops accepting; in-flight requests get a moment.
+    async fn stop(self) {
+        self.cancel.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+struct Listeners {
+    api: Server,
+    metrics: Option<Server>,
+}
+
+async fn bind_http(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AppError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::ApiListen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AppError::ApiListen { addr, source })?;
+    Ok((listener, bound))
+}
+
+fn start_api(
+    listener: tokio::net::TcpListener,
+    configured: SocketAddr,
+    bound: SocketAddr,
+    state: &ApiState,
+    parent: &CancellationToken,
+) -> Server {
+    let cancel = parent.child_token();
+    let task = tokio::spawn(api::serve(listener, state.clone(), cancel.clone()));
+    tracing::info!(addr = %bound, "API listening");
+    Server {
+        configured,
+        bound,
+        task,
+        cancel,
+    }
+}
+
+fn start_metrics(
+    listener: tokio::net::TcpListener,
+    configured: SocketAddr,
+    bound: SocketAddr,
+    supervisor: &Supervisor,
+    parent: &CancellationToken,
+) -> Server {
+    let cancel = parent.child_token();
+    let task = tokio::spawn(api::serve_metrics(
+        listener,
+        supervisor.clone(),
+        cancel.clone(),
+    ));
+    tracing::info!(addr = %bound, "metrics listening");
+    Server {
+        configured,
+        bound,
+        task,
+        cancel,
+    }
 }
 
 impl App {
@@ -144,43 +221,24 @@ impl App {
         for row in rows {
             supervisor.start(row.connection);
         }
-        let listener = tokio::net::TcpListener::bind(config.api.listen)
-            .await
-            .map_err(|source| AppError::ApiListen {
-                addr: config.api.listen,
-                source,
-            })?;
-        let api_addr = listener
-            .local_addr()
-            .map_err(|source| AppError::ApiListen {
-                addr: config.api.listen,
-                source,
-            })?;
-        let api_cancel = cancel.child_token();
+        let (listener, bound) = bind_http(config.api.listen).await?;
         let state = ApiState::new(&config, store.clone(), supervisor.clone());
-        let api = tokio::spawn(api::serve(listener, state.clone(), api_cancel.clone()));
-        tracing::info!(addr = %api_addr, "API listening");
-        if let Some(addr) = config.metrics.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::ApiListen { addr, source })?;
-            tokio::spawn(api::serve_metrics(
-                listener,
-                supervisor.clone(),
-                api_cancel.clone(),
-            ));
-            tracing::info!(%addr, "metrics listening");
-        }
+        let api = start_api(listener, config.api.listen, bound, &state, &cancel);
+        let metrics = match config.metrics.listen {
+            Some(addr) => {
+                let (listener, bound) = bind_http(addr).await?;
+                Some(start_metrics(listener, addr, bound, &supervisor, &cancel))
+            }
+            None => None,
+        };
         tracing::info!(connections = supervisor.len(), "uacd started");
         Ok(App {
             layer: ctx.layer.clone(),
             transports,
             supervisor,
             store,
-            api_addr,
             api_state: state,
-            api,
-            api_cancel,
+            listeners: tokio::sync::Mutex::new(Listeners { api, metrics }),
             cancel,
             config,
         })
@@ -191,8 +249,10 @@ impl App {
     /// stays). Then the file's connections are synced into the store and
     /// applied live: new ones start, removed ones unregister, changed ones
     /// re-register, untouched ones keep their registration (same Call-ID
-    /// and CSeq). API tokens take effect at once; other changed sections are
-    /// named in the log as needing a restart.
+    /// and CSeq). API tokens take effect at once; a moved `api.listen` or
+    /// `metrics.listen` is rebound (the old one stays when the new one cannot
+    /// be bound); other changed sections are named in the log as needing a
+    /// restart.
     pub async fn reload(&self, path: &std::path::Path) {
         let mut new = match crate::config::load(path) {
             Ok(c) => c,
@@ -210,8 +270,10 @@ impl App {
             ("sip", new.sip != old.sip),
             ("tls", new.tls != old.tls),
             ("dns", new.dns != old.dns),
-            ("api.listen", new.api.listen != old.api.listen),
-            ("metrics", new.metrics != old.metrics),
+            (
+                "metrics.per_connection_labels",
+                new.metrics.per_connection_labels != old.metrics.per_connection_labels,
+            ),
             ("store", new.store != old.store),
             ("registration", new.registration != old.registration),
             ("routing", new.routing != old.routing),
@@ -260,6 +322,7 @@ impl App {
             }
         }
         self.api_state.set_tokens(&new);
+        self.rebind(&new).await;
         tracing::info!(
             started = counts[0],
             restarted = counts[1],
@@ -272,6 +335,61 @@ impl App {
         );
         if !restart.is_empty() {
             tracing::warn!(sections = %restart.join(", "), "changed settings take effect after a restart");
+        }
+    }
+
+    /// Where the API listens now (the bound address when `api.listen` has
+    /// port 0).
+    pub async fn api_addr(&self) -> SocketAddr {
+        self.listeners.lock().await.api.bound
+    }
+
+    /// Moves the API and metrics servers to the addresses of `new`. The new
+    /// socket is bound before the old one closes, so a failed bind leaves
+    /// the API where it was.
+    async fn rebind(&self, new: &Config) {
+        let mut l = self.listeners.lock().await;
+        if new.api.listen != l.api.configured {
+            match bind_http(new.api.listen).await {
+                Ok((listener, bound)) => {
+                    let next = start_api(
+                        listener,
+                        new.api.listen,
+                        bound,
+                        &self.api_state,
+                        &self.cancel,
+                    );
+                    let old = std::mem::replace(&mut l.api, next);
+                    tracing::info!(from = %old.bound, to = %bound, "API moved");
+                    old.stop().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, addr = %l.api.bound, "reload: api.listen not moved; the API stays where it is")
+                }
+            }
+        }
+        let current = l.metrics.as_ref().map(|m| m.configured);
+        if new.metrics.listen != current {
+            let next = match new.metrics.listen {
+                Some(addr) => match bind_http(addr).await {
+                    Ok((listener, bound)) => Some(start_metrics(
+                        listener,
+                        addr,
+                        bound,
+                        &self.supervisor,
+                        &self.cancel,
+                    )),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload: metrics.listen not moved");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            if let Some(old) = std::mem::replace(&mut l.metrics, next) {
+                tracing::info!(addr = %old.bound, "metrics listener closed");
+                old.stop().await;
+            }
         }
     }
 
@@ -300,13 +418,10 @@ impl App {
     pub async fn stop(self) {
         tracing::info!("shutting down: closing the API, unregistering");
         // No new API writes while unregistering; in-flight requests get a moment.
-        self.api_cancel.cancel();
-        let mut api = self.api;
-        if tokio::time::timeout(Duration::from_secs(2), &mut api)
-            .await
-            .is_err()
-        {
-            api.abort();
+        let listeners = self.listeners.into_inner();
+        listeners.api.stop().await;
+        if let Some(m) = listeners.metrics {
+            m.stop().await;
         }
         let deadline = Duration::from_secs(self.config.registration.unregister_timeout_sec);
         self.supervisor.shutdown(deadline).await;

@@ -725,7 +725,7 @@ async fn routing_lookup_follows_api_writes() {
     let app = uacd::app::App::start_with_timers(config, Default::default())
         .await
         .expect("starts");
-    let api = Api::new(app.api_addr, TOKEN_A);
+    let api = Api::new(app.api_addr().await, TOKEN_A);
     let call = |f: Box<dyn FnOnce(&Api) -> Resp + Send>| {
         let api = api.clone();
         tokio::task::spawn_blocking(move || f(&api))

@@ -222,6 +222,44 @@ fn notify_reload_status_and_stop() {
         .unwrap();
     assert!(!old_token.status.success(), "the old token is gone at once");
 
+    // api.listen moved: rebound at once, the old port closed; nothing else
+    // changes (a's registration and Call-ID stay).
+    let api2 = free_tcp_port(ip);
+    std::fs::write(
+        dir.join("uacd.toml"),
+        config(&ip.to_string(), port, api2, &dir, "tok-2", &second),
+    )
+    .unwrap();
+    uacd.signal("HUP");
+    wait_for_line(uacd.stderr_path(), "API moved", WAIT).unwrap();
+    let status_at = |api: u16| {
+        Command::new(uacd_bin())
+            .args([
+                "status",
+                "--api",
+                &format!("http://{ip}:{api}"),
+                "--token",
+                "tok-2",
+            ])
+            .output()
+            .unwrap()
+    };
+    let moved = status_at(api2);
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert!(
+        !status_at(api).status.success(),
+        "the old API port is closed"
+    );
+    assert_eq!(
+        call_id_of(&kam, "user-a").as_deref(),
+        Some(call_a.as_str()),
+        "moving the API touches no registration"
+    );
+
     // SIGTERM: STOPPING, every binding removed, exit 0.
     uacd.signal("TERM");
     let status = uacd.wait_timeout(WAIT).expect("uacd exits");
