@@ -257,7 +257,10 @@ impl Inner {
 
     /// The connection the Request-URI (user part, `line` parameter) or the
     /// flow names, with the addresses of its PBX.
-    async fn directory(&self, msg: &Message, source: Source) -> OneConnection {
+    /// `own_flow`: the request came over a flow we opened (the only kind a
+    /// registration lives on; the flow lookup is a scan, so flows a stranger
+    /// opened to us never get one).
+    async fn directory(&self, msg: &Message, source: Source, own_flow: bool) -> OneConnection {
         let flow = source.flow;
         let ruri = msg.request_uri();
         let found = ruri
@@ -267,7 +270,10 @@ impl Inner {
                 ruri.and_then(|u| u.params.value("line"))
                     .and_then(|l| self.connections.by_id(l))
             })
-            .or_else(|| flow.and_then(|f| self.connections.by_flow(f)));
+            .or_else(|| {
+                flow.filter(|_| own_flow)
+                    .and_then(|f| self.connections.by_flow(f))
+            });
         let Some(status) = found else {
             return OneConnection {
                 user_name: String::new(),
@@ -329,7 +335,8 @@ impl Inner {
             flow,
         };
         let dir = if is_invite {
-            self.directory(&inbound.msg, source).await
+            let own_flow = inbound.flow.as_ref().is_some_and(|f| f.is_outbound());
+            self.directory(&inbound.msg, source, own_flow).await
         } else {
             OneConnection {
                 user_name: String::new(),

@@ -39,6 +39,8 @@ struct FlowInner {
     local: SocketAddr,
     tx: mpsc::Sender<Bytes>,
     closed: CancellationToken,
+    /// We connected it (a registration's flow), rather than accepted it.
+    outbound: bool,
 }
 
 impl std::fmt::Debug for Flow {
@@ -54,6 +56,11 @@ impl std::fmt::Debug for Flow {
 impl Flow {
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// Whether we opened this flow (registrations live only on those).
+    pub fn is_outbound(&self) -> bool {
+        self.inner.outbound
     }
 
     pub fn transport(&self) -> Transport {
@@ -131,9 +138,9 @@ pub(super) async fn connect(
                 Err(_) => return Err(Error::ConnectTimeout { transport, remote }),
                 Ok(r) => r?,
             };
-            start(t, tls, transport, remote, local)
+            start(t, tls, transport, remote, local, true)
         }
-        _ => start(t, tcp, transport, remote, local),
+        _ => start(t, tcp, transport, remote, local, true),
     };
     tracing::debug!(?flow, "flow connected");
     Ok(flow)
@@ -182,10 +189,10 @@ pub(super) async fn accept_loop(t: Transports, listener: TcpListener, tls: Optio
         let tls = tls.clone();
         tokio::spawn(async move {
             let flow = match tls {
-                None => start(&t, tcp, transport, remote, local),
+                None => start(&t, tcp, transport, remote, local, false),
                 Some(acceptor) => {
                     match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => start(&t, s, transport, remote, local),
+                        Ok(Ok(s)) => start(&t, s, transport, remote, local, false),
                         Ok(Err(e)) => {
                             tracing::warn!(%remote, error = %e, "inbound TLS handshake failed");
                             return;
@@ -209,6 +216,7 @@ fn start<S>(
     transport: Transport,
     remote: SocketAddr,
     local: SocketAddr,
+    outbound: bool,
 ) -> Flow
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -223,6 +231,7 @@ where
             local,
             tx,
             closed,
+            outbound,
         }),
     };
     let (reader, writer) = tokio::io::split(stream);
