@@ -377,3 +377,13 @@ Content-Length: 0\r\n\r\n",
             .is_empty()
     );
 }
+
+#[test]
+fn rfc3261_17_2_4_pbx_connection_lost_cancels_the_ringing_branch() {
+    let (mut call, _, now) = start(2);
+    call.step(resp(&call, 0, 180), now);
+    let acts = call.step(CallEvent::UpstreamTransportError, now);
+    assert_eq!(cancels(&acts), vec![0], "nobody is left to answer");
+    let acts = call.step(resp(&call, 0, 487), now);
+    assert!(sent_to(&acts, 1).is_empty(), "no failover for a lost PBX");
+}

@@ -502,6 +502,8 @@ impl Inner {
             pbx_hosts,
         };
         task.run_actions(&mut call, actions).await;
+        let upstream_flow = task.inbound.flow.clone();
+        let mut upstream_gone = false;
         while !call.is_terminated() {
             let next = task
                 .timers
@@ -512,6 +514,18 @@ impl Inner {
                 Some(resp) = resp_rx.recv() => {
                     task.learn_dialog(&resp);
                     CallEvent::Response(resp)
+                }
+                // The PBX's TCP/TLS connection went away: nobody is left to
+                // answer, so the pending branches are cancelled (§17.2.4).
+                _ = async {
+                    match &upstream_flow {
+                        Some(f) => f.closed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !upstream_gone => {
+                    upstream_gone = true;
+                    tracing::info!(call_id = %task.call_id, "the PBX's connection closed during call setup; cancelling");
+                    CallEvent::UpstreamTransportError
                 }
                 // A safety net: the machine's timers end every call long
                 // before this; a task still here is stuck, not busy.
