@@ -97,6 +97,9 @@ async fn udp_fails_over_after_timer_f_and_follows_the_registrar_back() {
     let mut dns = DnsServer::start(test_ip(99), "pbx.test").await;
     dns.set(&two_targets("_sip._udp.pbx.test", 60, dead, live))
         .await;
+    // The first target swallows every datagram (no ICMP): only Timer F
+    // moves the REGISTER on.
+    let blackhole = std::net::UdpSocket::bind((dead, 5060)).expect("blackhole on the first target");
     let second = kamailio(live, &dir);
     let t0 = Instant::now();
     let app = start(config(
@@ -117,13 +120,15 @@ async fn udp_fails_over_after_timer_f_and_follows_the_registrar_back() {
         t0.elapsed().as_secs_f64()
     );
     // The second registrar dies and the first comes up: the next refresh
-    // times out on the second and moves to the first.
+    // gets an ICMP port unreachable from the second (nothing listens there
+    // any more), a transport error, and moves to the first at once.
+    drop(blackhole);
     let first = kamailio(dead, &dir);
     stop(second);
     let t1 = Instant::now();
     wait_for(&app, "u1", "back on the first target", registered_on(dead)).await;
     eprintln!(
-        "UDP failover back: registered on the first target {:.2} s after the second died",
+        "UDP failover back (ICMP unreachable from the second): registered on the first target {:.2} s after the second died",
         t1.elapsed().as_secs_f64()
     );
     app.stop().await;

@@ -326,6 +326,28 @@ fn calls_through_the_pbx_over_udp() {
     d2.wait_success(WAIT);
     d1.wait(WAIT);
 
+    // 8. Nothing listens on the first destination (UDP): the ICMP port
+    //    unreachable is a transport error (§18.4), the second takes the call
+    //    without waiting for timeout_1xx_sec. (Step 7 greylisted the first
+    //    target for dns.greylist_sec = 1 s; that period runs out first.)
+    std::thread::sleep(Duration::from_millis(1100));
+    let icmp_failovers = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("call target failed") && l.contains("transport error"))
+            .count()
+    };
+    let before = icmp_failovers(&uacd_log(&s));
+    let mut d2 = s.dest("8", "uas-answer.xml", dest2(), s.p2, &[]);
+    let mut c = s.call("8", "pbx-call.xml", "telnyx-reg", true, &[]);
+    c.wait_success(WAIT);
+    d2.wait_success(WAIT);
+    let log = uacd_log(&s);
+    assert_eq!(
+        icmp_failovers(&log),
+        before + 1,
+        "the dead UDP target failed on ICMP, not on the 1xx timer:\n{log}"
+    );
+
     let log = uacd_log(&s);
     assert!(log.contains("call finished"), "{log}");
     assert!(!log.contains("s3cret"), "password in the log");

@@ -30,7 +30,7 @@ use crate::registration::{ConnectionStatus, Context, PublicAddress, RegStatus, l
 use crate::sip::{HeaderName, Host, Message, Method, Scheme, Uri, response_to};
 use crate::transaction::client::Timers;
 use crate::transaction::{Layer, RequestHandler, ServerGuard, Upstream};
-use crate::transport::{Hop, Inbound, Transports};
+use crate::transport::{Hop, Inbound, Transports, UnreachableWatch};
 
 /// Requests being worked on at once (call setups until their final
 /// response, in-dialog relays, relayed responses). Beyond it new INVITEs get
@@ -485,6 +485,7 @@ impl Inner {
             + self.timers.timeout() * 2
             + LIFETIME_SLACK;
         let give_up = now + lifetime;
+        let (icmp_tx, mut icmp_rx) = mpsc::channel::<SocketAddr>(8);
         let mut task = CallTask {
             inner: self.clone(),
             inbound,
@@ -500,6 +501,8 @@ impl Inner {
             queue: Vec::new(),
             permit: Some(permit),
             pbx_hosts,
+            icmp_tx,
+            icmp_watches: Vec::new(),
         };
         task.run_actions(&mut call, actions).await;
         let upstream_flow = task.inbound.flow.clone();
@@ -514,6 +517,13 @@ impl Inner {
                 Some(resp) = resp_rx.recv() => {
                     task.learn_dialog(&resp);
                     CallEvent::Response(resp)
+                }
+                // ICMP unreachable for a UDP target (§18.4): fail over now.
+                Some(addr) = icmp_rx.recv() => {
+                    match task.targets.iter().position(|t| t.addr == addr && t.transport == Transport::Udp) {
+                        Some(t) => CallEvent::TransportError(t),
+                        None => continue,
+                    }
                 }
                 // The PBX's TCP/TLS connection went away: nobody is left to
                 // answer, so the pending branches are cancelled (§17.2.4).
@@ -708,6 +718,9 @@ struct CallTask {
     permit: Option<OwnedSemaphorePermit>,
     /// The PBX's end of the dialog (see [`Dialogs`]).
     pbx_hosts: Vec<Host>,
+    /// Told of ICMP errors for the UDP targets we sent to.
+    icmp_tx: mpsc::Sender<SocketAddr>,
+    icmp_watches: Vec<(usize, UnreachableWatch)>,
 }
 
 impl CallTask {
@@ -797,7 +810,18 @@ impl CallTask {
             CallAction::SendUpstream(bytes) => self.inner.transports.reply(&self.inbound, bytes),
             CallAction::SendToTarget(t, bytes) => {
                 let sent = match self.hop(t).await {
-                    Ok(hop) => hop.send(bytes).await,
+                    Ok(hop) => {
+                        if let Hop::Udp { remote, .. } = &hop
+                            && !self.icmp_watches.iter().any(|(w, _)| *w == t)
+                        {
+                            let watch = self
+                                .inner
+                                .transports
+                                .watch_unreachable(*remote, self.icmp_tx.clone());
+                            self.icmp_watches.push((t, watch));
+                        }
+                        hop.send(bytes).await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = sent {

@@ -260,6 +260,14 @@ impl Layer {
     ) -> Result<Message, TxError> {
         let (tx, mut rx) = mpsc::channel(4);
         let _registration = self.hold_client(branch, method, tx);
+        // Over UDP, an ICMP "unreachable" for the destination is a transport
+        // error (§18.4, §8.1.3.1): no need to wait for Timer F.
+        let (icmp_tx, mut icmp_rx) = mpsc::channel(1);
+        let _icmp = match (hop, self.inner.transports.get()) {
+            (Hop::Udp { remote, .. }, Some(t)) => Some(t.watch_unreachable(*remote, icmp_tx)),
+            _ => None,
+        };
+        let mut unreachable = None;
         // Timer F bounds the first send too (a stream whose queue is full).
         match tokio::time::timeout(timers.timeout(), hop.send(request.clone())).await {
             Ok(sent) => sent?,
@@ -288,7 +296,12 @@ impl Layer {
                     }
                     Action::PassUp(_) | Action::Terminate => {}
                     Action::ReportTimeout => return Err(TxError::Timeout),
-                    Action::ReportTransportError => return Err(TxError::FlowClosed),
+                    Action::ReportTransportError => {
+                        return Err(match unreachable {
+                            Some(addr) => crate::transport::Error::Unreachable(addr).into(),
+                            None => TxError::FlowClosed,
+                        });
+                    }
                 }
             }
             let event = tokio::select! {
@@ -309,6 +322,10 @@ impl Layer {
                 _ = sleep_opt(deadlines.f) => Event::TimerFired(Timer::F),
                 _ = sleep_opt(deadlines.k) => Event::TimerFired(Timer::K),
                 _ = flow_closed(hop) => Event::TransportError,
+                Some(addr) = icmp_rx.recv(), if unreachable.is_none() => {
+                    unreachable = Some(addr);
+                    Event::TransportError
+                }
             };
             pending = machine.step(event);
         }

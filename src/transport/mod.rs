@@ -5,6 +5,7 @@
 //! Inbound messages are parsed here and handed to an [`InboundHandler`]
 //! (the transaction layer) without an intermediate queue or global lock.
 
+mod icmp;
 mod stream;
 pub mod tls;
 mod udp;
@@ -23,6 +24,7 @@ use crate::config::{Config, Transport};
 use crate::metrics::{self, Direction};
 use crate::sip::Message;
 
+pub use icmp::Watch as UnreachableWatch;
 pub use stream::Flow;
 
 /// Idle time after which a stream flow sends a CRLFCRLF ping.
@@ -65,6 +67,8 @@ pub enum Error {
     },
     #[error("flow to {0} is closed")]
     FlowClosed(SocketAddr),
+    #[error("{0} is unreachable (ICMP)")]
+    Unreachable(SocketAddr),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -166,6 +170,8 @@ struct Inner {
     tls_client: tls::ClientTls,
     handler: Arc<dyn InboundHandler>,
     cancel: CancellationToken,
+    /// Transactions waiting on UDP destinations, told of ICMP errors.
+    icmp: Arc<icmp::Watches>,
 }
 
 impl Transports {
@@ -189,6 +195,7 @@ impl Transports {
                 Transport::Udp => {
                     let s = udp::bind(l.addr).map_err(bind_err)?;
                     let local = s.local_addr().map_err(bind_err)?;
+                    icmp::enable(&s, local.is_ipv6());
                     udp.push((Arc::new(s), local));
                 }
                 Transport::Tcp => tcp_listeners.push(
@@ -216,6 +223,7 @@ impl Transports {
             tls_client,
             handler,
             cancel,
+            icmp: Arc::default(),
         });
         let this = Transports { inner };
         for (s, local) in &this.inner.udp {
@@ -228,6 +236,25 @@ impl Transports {
             tokio::spawn(stream::accept_loop(this.clone(), l, acceptor.clone()));
         }
         Ok(this)
+    }
+
+    /// `tx` gets `dest` when an ICMP "unreachable" comes back for a UDP
+    /// datagram sent there, until the watch is dropped (RFC 3261 §18.4).
+    pub fn watch_unreachable(
+        &self,
+        dest: SocketAddr,
+        tx: tokio::sync::mpsc::Sender<SocketAddr>,
+    ) -> UnreachableWatch {
+        self.inner.icmp.watch(dest, tx)
+    }
+
+    /// The receive loop of a UDP socket saw an error: read the ICMP errors
+    /// queued on it and tell whoever waits on those destinations.
+    pub(crate) fn udp_errors(&self, socket: &UdpSocket) {
+        for dest in icmp::drain(socket) {
+            let told = self.inner.icmp.fire(dest);
+            tracing::debug!(%dest, transactions = told, "ICMP unreachable");
+        }
     }
 
     pub(crate) fn handler(&self) -> &Arc<dyn InboundHandler> {

@@ -30,8 +30,10 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
             r = socket.recv_from(&mut buf) => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    // ICMP errors surface here on some kernels; the socket stays usable.
-                    tracing::debug!(%local, error = %e, "udp receive error");
+                    // ICMP errors surface here (IP_RECVERR); the socket
+                    // stays usable.
+                    tracing::trace!(%local, error = %e, "udp receive error");
+                    t.udp_errors(&socket);
                     continue;
                 }
             },
