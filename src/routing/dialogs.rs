@@ -5,8 +5,13 @@
 //! made by us, but every party to the dialog has seen it: on its own it
 //! would let a PBX send "in-dialog" requests through us to any host it
 //! names in the Route or Request-URI. So a dialog's next hops are pinned to
-//! what its two ends advertised when it was set up (Contact and
-//! Record-Route of the INVITE and of the 1xx/2xx that created it).
+//! what its two ends advertised (Contact and Record-Route of the INVITE and
+//! of the 1xx/2xx that created it, then of target refreshes, §12.2), per
+//! side: a request from the PBX (its source is the address the INVITE came
+//! from, or the registrar's) may only go to the destination side's hosts,
+//! and what the PBX advertises only ever becomes a PBX-side host. A PBX
+//! therefore cannot point a dialog at a third party and use it; the
+//! destination side (the trusted, internal one) may reach either side.
 //!
 //! Correctness does not depend on the table (RFC 3261 §16: the route set
 //! carries the dialog): a dialog we do not know (the daemon restarted, or
@@ -18,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -47,11 +53,62 @@ pub enum Check {
     Unknown,
 }
 
-#[derive(Debug)]
+/// The two ends of a dialog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The customer's PBX (where the INVITE came from).
+    Pbx,
+    /// `destination_uri`'s side.
+    Destination,
+}
+
+#[derive(Debug, Default)]
 struct Entry {
-    hosts: Vec<Host>,
+    /// Addresses the PBX sends from.
+    pbx_ips: Vec<IpAddr>,
+    pbx_hosts: Vec<Host>,
+    dest_hosts: Vec<Host>,
     confirmed: bool,
-    expires: Instant,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn hosts(&mut self, side: Side) -> &mut Vec<Host> {
+        match side {
+            Side::Pbx => &mut self.pbx_hosts,
+            Side::Destination => &mut self.dest_hosts,
+        }
+    }
+
+    fn add(&mut self, side: Side, hosts: impl IntoIterator<Item = Host>) {
+        let list = self.hosts(side);
+        for h in hosts {
+            let h = normal(&h);
+            if list.len() < MAX_HOSTS && !list.contains(&h) {
+                list.push(h);
+            }
+        }
+    }
+
+    fn side_of(&self, source: IpAddr) -> Side {
+        if self.pbx_ips.contains(&source) {
+            Side::Pbx
+        } else {
+            Side::Destination
+        }
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|e| e > now)
+    }
+}
+
+/// What the PBX side of a new dialog is: where it sends from and what it
+/// advertised in its INVITE.
+#[derive(Debug, Clone, Default)]
+pub struct PbxEnd {
+    pub ips: Vec<IpAddr>,
+    pub hosts: Vec<Host>,
 }
 
 #[derive(Debug)]
@@ -117,51 +174,71 @@ impl Dialogs {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records `hosts` as ends of the dialog(s) of `call_id`; `confirmed`
-    /// for a 2xx. Returns the change in the number of confirmed dialogs.
+    /// Records a dialog of `call_id` created by a 1xx with a To tag or a
+    /// 2xx (`confirmed`) from the destination side, which advertised
+    /// `dest_hosts`. Returns the change in the number of confirmed dialogs.
     pub fn learn(
         &self,
         call_id: &str,
-        hosts: impl IntoIterator<Item = Host>,
+        pbx: &PbxEnd,
+        dest_hosts: impl IntoIterator<Item = Host>,
         confirmed: bool,
         now: Instant,
     ) -> Delta {
         let mut shard = self.shard(call_id);
         let mut delta = sweep(&mut shard, now);
-        let entry = shard.map.entry(call_id.into()).or_insert_with(|| Entry {
-            hosts: Vec::new(),
-            confirmed: false,
-            expires: now + EARLY,
-        });
-        for h in hosts {
-            let h = normal(&h);
-            if entry.hosts.len() < MAX_HOSTS && !entry.hosts.contains(&h) {
-                entry.hosts.push(h);
+        let entry = shard.map.entry(call_id.into()).or_default();
+        for ip in &pbx.ips {
+            if entry.pbx_ips.len() < MAX_HOSTS && !entry.pbx_ips.contains(ip) {
+                entry.pbx_ips.push(*ip);
             }
         }
+        entry.add(Side::Pbx, pbx.hosts.iter().cloned());
+        entry.add(Side::Destination, dest_hosts);
         if confirmed {
             if !entry.confirmed {
                 delta += 1;
             }
             entry.confirmed = true;
-            entry.expires = now + IDLE;
+            entry.expires = Some(now + IDLE);
+        } else if !entry.confirmed {
+            entry.expires = Some(now + EARLY);
         }
         delta
     }
 
-    /// Whether an in-dialog request of `call_id` may go to `next`; an
-    /// allowed request keeps its dialog alive.
-    pub fn check(&self, call_id: &str, next: &Host, now: Instant) -> Check {
+    /// A target refresh (§12.2: a re-INVITE or UPDATE, or its 2xx, carries a
+    /// new Contact) sent by `source` within a dialog we hold: its hosts join
+    /// the sender's side. Unknown dialogs are left alone.
+    pub fn refresh(&self, call_id: &str, source: IpAddr, hosts: impl IntoIterator<Item = Host>) {
+        let mut shard = self.shard(call_id);
+        if let Some(entry) = shard.map.get_mut(call_id) {
+            let side = entry.side_of(source);
+            entry.add(side, hosts);
+        }
+    }
+
+    /// Whether an in-dialog request of `call_id` from `source` may go to
+    /// `next`: from the PBX only to the destination side's hosts, from
+    /// anywhere else to either side's. An allowed request keeps its dialog
+    /// alive.
+    pub fn check(&self, call_id: &str, source: IpAddr, next: &Host, now: Instant) -> Check {
         let next = normal(next);
         let mut shard = self.shard(call_id);
-        let Some(entry) = shard.map.get_mut(call_id).filter(|e| e.expires > now) else {
+        let Some(entry) = shard.map.get_mut(call_id).filter(|e| e.live(now)) else {
             return Check::Unknown;
         };
-        if !entry.hosts.contains(&next) {
+        let allowed = match entry.side_of(source) {
+            Side::Pbx => entry.dest_hosts.contains(&next),
+            Side::Destination => {
+                entry.dest_hosts.contains(&next) || entry.pbx_hosts.contains(&next)
+            }
+        };
+        if !allowed {
             return Check::Forbidden;
         }
         if entry.confirmed {
-            entry.expires = now + IDLE;
+            entry.expires = Some(now + IDLE);
         }
         Check::Allowed
     }
@@ -206,7 +283,7 @@ fn sweep(shard: &mut Shard, now: Instant) -> Delta {
     shard.swept = now;
     let mut delta = 0;
     shard.map.retain(|_, e| {
-        let keep = e.expires > now;
+        let keep = e.live(now);
         if !keep && e.confirmed {
             delta -= 1;
         }
@@ -226,51 +303,113 @@ mod tests {
         }
     }
 
+    const PBX_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+    const DEST_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 5));
+
+    fn pbx() -> PbxEnd {
+        PbxEnd {
+            ips: vec![PBX_IP],
+            hosts: vec![host("198.51.100.7"), host("Pbx.Example.")],
+        }
+    }
+
     #[test]
-    fn next_hops_are_pinned_to_the_ends_of_the_dialog() {
+    fn pbx_requests_go_to_the_destination_side_only() {
         let t0 = Instant::now();
         let d = Dialogs::new(t0);
-        let delta = d.learn("c1", [host("198.51.100.7"), host("Sip.Example.")], true, t0);
+        let delta = d.learn("c1", &pbx(), [host("203.0.113.5")], true, t0);
         assert_eq!(delta, 1);
-        assert_eq!(d.check("c1", &host("198.51.100.7"), t0), Check::Allowed);
         assert_eq!(
-            d.check("c1", &host("sip.example"), t0),
-            Check::Allowed,
-            "case, root dot"
+            d.check("c1", PBX_IP, &host("203.0.113.5"), t0),
+            Check::Allowed
         );
-        assert_eq!(d.check("c1", &host("203.0.113.66"), t0), Check::Forbidden);
-        assert_eq!(d.check("c2", &host("198.51.100.7"), t0), Check::Unknown);
+        assert_eq!(
+            d.check("c1", PBX_IP, &host("pbx.example"), t0),
+            Check::Forbidden,
+            "the PBX cannot route to its own side through us"
+        );
+        assert_eq!(
+            d.check("c1", PBX_IP, &host("192.0.2.66"), t0),
+            Check::Forbidden
+        );
+        // The destination side reaches the PBX (case and root dot ignored).
+        assert_eq!(
+            d.check("c1", DEST_IP, &host("pbx.example"), t0),
+            Check::Allowed
+        );
+        assert_eq!(
+            d.check("c1", DEST_IP, &host("192.0.2.66"), t0),
+            Check::Forbidden
+        );
+        assert_eq!(
+            d.check("c2", PBX_IP, &host("203.0.113.5"), t0),
+            Check::Unknown
+        );
+    }
+
+    #[test]
+    fn a_pbx_target_refresh_never_opens_a_third_party() {
+        let t0 = Instant::now();
+        let d = Dialogs::new(t0);
+        d.learn("c1", &pbx(), [host("203.0.113.5")], true, t0);
+        // The PBX re-INVITEs with Contact: victim. It joins the PBX side...
+        d.refresh("c1", PBX_IP, [host("192.0.2.66")]);
+        // ...so the destination can follow the PBX there, the PBX cannot.
+        assert_eq!(
+            d.check("c1", DEST_IP, &host("192.0.2.66"), t0),
+            Check::Allowed
+        );
+        assert_eq!(
+            d.check("c1", PBX_IP, &host("192.0.2.66"), t0),
+            Check::Forbidden
+        );
+        // The destination moves its target: the PBX may follow.
+        d.refresh("c1", DEST_IP, [host("203.0.113.9")]);
+        assert_eq!(
+            d.check("c1", PBX_IP, &host("203.0.113.9"), t0),
+            Check::Allowed
+        );
+        // Unknown dialogs are not created by a refresh.
+        d.refresh("unknown", DEST_IP, [host("203.0.113.9")]);
+        assert_eq!(
+            d.check("unknown", DEST_IP, &host("203.0.113.9"), t0),
+            Check::Unknown
+        );
     }
 
     #[test]
     fn confirming_twice_counts_once_and_forget_uncounts() {
         let t0 = Instant::now();
         let d = Dialogs::new(t0);
-        assert_eq!(d.learn("c1", [host("10.0.0.1")], false, t0), 0, "early");
-        assert_eq!(d.learn("c1", [host("10.0.0.2")], true, t0), 1);
         assert_eq!(
-            d.learn("c1", [host("10.0.0.3")], true, t0),
+            d.learn("c1", &pbx(), [host("10.0.0.1")], false, t0),
+            0,
+            "early"
+        );
+        assert_eq!(d.learn("c1", &pbx(), [host("10.0.0.2")], true, t0), 1);
+        assert_eq!(
+            d.learn("c1", &pbx(), [host("10.0.0.3")], true, t0),
             0,
             "second fork"
         );
         assert_eq!(
-            d.check("c1", &host("10.0.0.1"), t0),
+            d.check("c1", PBX_IP, &host("10.0.0.1"), t0),
             Check::Allowed,
             "early hosts kept"
         );
         assert_eq!(d.forget("c1"), -1);
         assert_eq!(d.forget("c1"), 0);
-        assert_eq!(d.check("c1", &host("10.0.0.1"), t0), Check::Unknown);
+        assert_eq!(d.check("c1", PBX_IP, &host("10.0.0.1"), t0), Check::Unknown);
     }
 
     #[test]
     fn early_dialogs_go_when_the_invite_fails_confirmed_ones_stay() {
         let t0 = Instant::now();
         let d = Dialogs::new(t0);
-        d.learn("early", [host("10.0.0.1")], false, t0);
+        d.learn("early", &pbx(), [host("10.0.0.1")], false, t0);
         d.forget_early("early");
         assert!(d.is_empty());
-        d.learn("up", [host("10.0.0.1")], true, t0);
+        d.learn("up", &pbx(), [host("10.0.0.1")], true, t0);
         d.forget_early("up");
         assert_eq!(d.len(), 1);
     }
@@ -279,21 +418,33 @@ mod tests {
     fn idle_dialogs_expire_use_keeps_them() {
         let t0 = Instant::now();
         let d = Dialogs::new(t0);
-        d.learn("busy", [host("10.0.0.1")], true, t0);
-        d.learn("idle", [host("10.0.0.1")], true, t0);
-        d.learn("early", [host("10.0.0.1")], false, t0);
+        d.learn("busy", &pbx(), [host("10.0.0.1")], true, t0);
+        d.learn("idle", &pbx(), [host("10.0.0.1")], true, t0);
+        d.learn("early", &pbx(), [host("10.0.0.1")], false, t0);
         let t1 = t0 + EARLY + Duration::from_secs(1);
-        assert_eq!(d.check("early", &host("10.0.0.1"), t1), Check::Unknown);
+        assert_eq!(
+            d.check("early", PBX_IP, &host("10.0.0.1"), t1),
+            Check::Unknown
+        );
         let t2 = t0 + IDLE - Duration::from_secs(1);
-        assert_eq!(d.check("busy", &host("10.0.0.1"), t2), Check::Allowed);
+        assert_eq!(
+            d.check("busy", PBX_IP, &host("10.0.0.1"), t2),
+            Check::Allowed
+        );
         let t3 = t0 + IDLE + Duration::from_secs(1);
-        assert_eq!(d.check("busy", &host("10.0.0.1"), t3), Check::Allowed);
-        assert_eq!(d.check("idle", &host("10.0.0.1"), t3), Check::Unknown);
+        assert_eq!(
+            d.check("busy", PBX_IP, &host("10.0.0.1"), t3),
+            Check::Allowed
+        );
+        assert_eq!(
+            d.check("idle", PBX_IP, &host("10.0.0.1"), t3),
+            Check::Unknown
+        );
         // The sweep on the next write drops the expired entries of a shard
         // and reports the confirmed ones.
         let mut gone = 0;
         for i in 0..(SHARDS * 32) {
-            gone += d.learn(&format!("n{i}"), [], false, t3);
+            gone += d.learn(&format!("n{i}"), &PbxEnd::default(), [], false, t3);
         }
         assert_eq!(gone, -1, "only 'idle' was confirmed and expired");
         assert_eq!(d.len(), SHARDS * 32 + 1);
@@ -304,9 +455,15 @@ mod tests {
         let t0 = Instant::now();
         let d = Dialogs::new(t0);
         let many: Vec<Host> = (0..200).map(|i| host(&format!("h{i}.example"))).collect();
-        d.learn("c", many, true, t0);
-        assert_eq!(d.check("c", &host("h0.example"), t0), Check::Allowed);
-        assert_eq!(d.check("c", &host("h199.example"), t0), Check::Forbidden);
+        d.learn("c", &pbx(), many, true, t0);
+        assert_eq!(
+            d.check("c", PBX_IP, &host("h0.example"), t0),
+            Check::Allowed
+        );
+        assert_eq!(
+            d.check("c", PBX_IP, &host("h199.example"), t0),
+            Check::Forbidden
+        );
     }
 
     #[test]

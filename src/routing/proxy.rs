@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, FailReason, Target};
-use super::dialogs::{self, Check, Dialogs};
+use super::dialogs::{self, Check, Dialogs, PbxEnd};
 use super::failover::Policy;
 use super::forward::{
     Forward, forward_request, next_hop, relay_response, response_tag, response_target,
@@ -370,10 +370,18 @@ impl Inner {
                 pop_routes,
             } => {
                 let id = connection.id.clone();
+                let pbx_addrs = connection.pbx_addrs.clone();
                 match held {
                     Some(held) => {
-                        self.new_call(inbound, held, permit, id, destination, pop_routes)
-                            .await
+                        self.new_call(
+                            inbound,
+                            held,
+                            permit,
+                            (id, pbx_addrs),
+                            destination,
+                            pop_routes,
+                        )
+                        .await
                     }
                     None => self.reply(&inbound, 500, None),
                 }
@@ -426,7 +434,7 @@ impl Inner {
         inbound: Inbound,
         held: Held,
         permit: OwnedSemaphorePermit,
-        connection_id: String,
+        (connection_id, pbx_addrs): (String, Vec<IpAddr>),
         destination: Uri,
         pop_routes: usize,
     ) {
@@ -476,10 +484,15 @@ impl Inner {
             }
         };
         let (resp_tx, mut resp_rx) = mpsc::channel::<Box<Message>>(32);
-        // The PBX's end of the dialog (its Contact and Record-Route, and the
-        // address it sent from) for the dialog table.
-        let mut pbx_hosts = dialogs::advertised_hosts(&inbound.msg);
-        pbx_hosts.push(ip_host(inbound.source.ip()));
+        // The PBX's end of the dialog for the dialog table: where it sends
+        // from (this INVITE's source, its registrar / proxy addresses) and
+        // what it advertised (Contact, Record-Route).
+        let mut pbx = PbxEnd {
+            ips: pbx_addrs,
+            hosts: dialogs::advertised_hosts(&inbound.msg),
+        };
+        pbx.ips.push(inbound.source.ip());
+        pbx.hosts.push(ip_host(inbound.source.ip()));
         let attempts = u32::try_from(dns_targets.len().max(1)).unwrap_or(u32::MAX);
         let lifetime = (self.policy.timeout_1xx + self.policy.timeout_2xx) * attempts
             + self.timers.timeout() * 2
@@ -500,7 +513,7 @@ impl Inner {
             call_id,
             queue: Vec::new(),
             permit: Some(permit),
-            pbx_hosts,
+            pbx,
             icmp_tx,
             icmp_watches: Vec::new(),
         };
@@ -574,8 +587,20 @@ impl Inner {
         let call_id = msg.call_id().unwrap_or("");
         // The token proved the route set is ours; the table pins where the
         // dialog's requests may go (see `dialogs`).
-        match self.dialogs.check(call_id, &next.host, Instant::now()) {
-            Check::Allowed => {}
+        let from = inbound.source.ip();
+        match self
+            .dialogs
+            .check(call_id, from, &next.host, Instant::now())
+        {
+            Check::Allowed => {
+                if is_target_refresh(msg.method()) {
+                    self.dialogs.refresh(
+                        call_id,
+                        inbound.source.ip(),
+                        dialogs::advertised_hosts(msg),
+                    );
+                }
+            }
             Check::Forbidden => {
                 tracing::warn!(source = %inbound.source, call_id, next = %next, "in-dialog request to a host that is not an end of its dialog; refused");
                 if !is_ack {
@@ -671,6 +696,13 @@ impl Inner {
             tracing::debug!(source = %inbound.source, "response with a forged or altered stateless branch dropped");
             return;
         }
+        // §12.2: a 2xx to a re-INVITE or UPDATE may move the remote target.
+        if msg.status().is_some_and(|c| (200..300).contains(&c))
+            && msg.cseq().is_ok_and(|c| is_target_refresh(Some(&c.method)))
+        {
+            self.dialogs
+                .refresh(call_id, inbound.source.ip(), dialogs::advertised_hosts(msg));
+        }
         // §15.1.2: the dialog is over once its BYE is answered.
         if msg.status().is_some_and(|c| c >= 200)
             && msg.cseq().is_ok_and(|c| c.method == Method::Bye)
@@ -717,7 +749,7 @@ struct CallTask {
     /// Counts this call against [`MAX_IN_PROGRESS`] until its final response.
     permit: Option<OwnedSemaphorePermit>,
     /// The PBX's end of the dialog (see [`Dialogs`]).
-    pbx_hosts: Vec<Host>,
+    pbx: PbxEnd,
     /// Told of ICMP errors for the UDP targets we sent to.
     icmp_tx: mpsc::Sender<SocketAddr>,
     icmp_watches: Vec<(usize, UnreachableWatch)>,
@@ -736,15 +768,13 @@ impl CallTask {
         {
             return;
         }
-        let hosts = self
-            .pbx_hosts
-            .iter()
-            .cloned()
-            .chain(dialogs::advertised_hosts(resp));
-        let delta = self
-            .inner
-            .dialogs
-            .learn(&self.call_id, hosts, code >= 200, Instant::now());
+        let delta = self.inner.dialogs.learn(
+            &self.call_id,
+            &self.pbx,
+            dialogs::advertised_hosts(resp),
+            code >= 200,
+            Instant::now(),
+        );
         if delta != 0 {
             metrics::dialogs_active(delta as f64);
         }
@@ -897,6 +927,11 @@ impl CallTask {
             CallAction::Terminate => {}
         }
     }
+}
+
+/// Requests that may change a dialog's remote target (§12.2, RFC 3311).
+fn is_target_refresh(method: Option<&Method>) -> bool {
+    matches!(method, Some(Method::Invite | Method::Update))
 }
 
 fn reject_label(why: Reject) -> &'static str {
