@@ -240,8 +240,10 @@ impl App {
             }
         };
         let mut counts = [0usize; 4];
+        let kept: std::collections::HashSet<&str> =
+            after.iter().map(|a| a.connection.id.as_str()).collect();
         for row in before.iter().filter(|r| r.owner == Owner::File) {
-            if !after.iter().any(|a| a.connection.id == row.connection.id) {
+            if !kept.contains(row.connection.id.as_str()) {
                 self.supervisor.remove(&row.connection.id).await;
                 counts[3] += 1;
             }
