@@ -273,7 +273,10 @@ impl Inner {
                 pop_routes,
             } => {
                 let id = connection.id.clone();
-                self.new_call(inbound, id, destination, pop_routes).await
+                // A task of its own: it lives for the whole call (64·T1
+                // after the answer); awaiting it here kept this task's state
+                // (~4 KiB) alive beside it, and made every ACK/BYE task as big.
+                tokio::spawn(self.new_call(inbound, id, destination, pop_routes));
             }
         }
     }
