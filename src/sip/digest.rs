@@ -3,7 +3,6 @@
 //! challenges, and computing / verifying responses.
 //! RFC 2617, RFC 7616 (SHA-256, SHA-512/256, -sess), RFC 8760 (SIP tokens), RFC 3261 §22.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fmt::Write as _;
 
@@ -366,9 +365,11 @@ pub fn new_cnonce() -> String {
 
 /// Nonce counts (`nc`) per realm: 1 for a new nonce, +1 on each reuse of the same one.
 /// Only the latest nonce of each realm is remembered, so memory stays bounded.
+/// A list, not a map: one registration sees one or two realms, and this lives
+/// as long as the connection (a one-entry HashMap was ~240 bytes of table).
 #[derive(Clone, Debug, Default)]
 pub struct NonceCounts {
-    by_realm: HashMap<String, (String, u32)>,
+    by_realm: Vec<(String, String, u32)>,
 }
 
 impl NonceCounts {
@@ -378,18 +379,18 @@ impl NonceCounts {
 
     /// The `nc` to send with the next request answering (`realm`, `nonce`).
     pub fn next(&mut self, realm: &str, nonce: &str) -> u32 {
-        match self.by_realm.get_mut(realm) {
-            Some((known, count)) if known == nonce => {
+        match self.by_realm.iter_mut().find(|(r, _, _)| r == realm) {
+            Some((_, known, count)) if known == nonce => {
                 *count = count.saturating_add(1);
                 *count
             }
-            Some(entry) => {
-                *entry = (nonce.to_owned(), 1);
+            Some((_, known, count)) => {
+                *known = nonce.to_owned();
+                *count = 1;
                 1
             }
             None => {
-                self.by_realm
-                    .insert(realm.to_owned(), (nonce.to_owned(), 1));
+                self.by_realm.push((realm.to_owned(), nonce.to_owned(), 1));
                 1
             }
         }
