@@ -12,9 +12,13 @@
 #   Kamailio  127.0.0.102:5070/udp, uac module, N rows in an sqlite uacreg
 #             table, 
 # Per repetition and daemon (fresh daemon and registrar each time):
-#   initial  CPU and time until N 200s, from the exec for uacd (it registers
-#            at once: its start-up, config parsing and store sync included)
-#            and from `uac.reg_active 1` for Kamailio (records loaded before)
+#   load     CPU of start-up and loading the N accounts, before any REGISTER
+#            (uacd: a separate probe run with the N [[connection]]s inactive,
+#            from its exec until it logged "uacd started" + 1 s; Kamailio:
+#            until its uacreg table is loaded + 1 s)
+#   initial  CPU and time until N 200s: uacd from its exec (it registers at
+#            once), CPU minus the load probe's; Kamailio from
+#            `uac.reg_active 1` (table loaded before)
 #   idle     CPU over IDLE_S with N registered (before any refresh is due)
 #   refresh  until every account refreshed once (2N 200s in all): CPU per
 #            1000 REGISTER transactions, raw and minus idle rate x window
@@ -58,7 +62,7 @@ for a in "$REG_IP $REG_PORT" "$UACD_IP $UACD_PORT" "$UACD_IP $UACD_API" "$KAM_IP
 done
 case " $DAEMONS " in *" uacd "*) build_uacd ;; esac
 
-printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
+printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tload_sched_s\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
 
 start_registrar() { # WD
   mkdir -p "$1/sipp"
@@ -72,15 +76,15 @@ start_registrar() { # WD
   wait_udp "$REG_IP" "$REG_PORT" 5 || die "registrar did not start"
 }
 
-uacd_config() { # FILE
+uacd_config() { # FILE ACTIVE(true|false); the store lives beside FILE
   {
     printf '[sip]\nlisten = ["udp:%s:%s"]\n' "$UACD_IP" "$UACD_PORT"
     printf '[api]\nlisten = "%s:%s"\n[[api.tokens]]\ntoken = "bench"\nuser_id = "1"\n' "$UACD_IP" "$UACD_API"
     printf '[store]\npath = "%s"\n' "$(dirname "$1")/uacd.db"
     printf '[registration]\nmax_register_rate_per_sec = %s\n' "$RATE"
-    awk -v n="$N" -v ip="$REG_IP" -v port="$REG_PORT" -v e="$EXPIRES" 'BEGIN {
+    awk -v n="$N" -v ip="$REG_IP" -v port="$REG_PORT" -v e="$EXPIRES" -v act="$2" 'BEGIN {
       for (i = 1; i <= n; i++) {
-        printf "[[connection]]\nid = \"c%d\"\nconnection_name = \"c%d\"\nuser_name = \"u%d\"\n", i, i, i
+        printf "[[connection]]\nid = \"c%d\"\nconnection_name = \"c%d\"\nuser_name = \"u%d\"\nactive = %s\n", i, i, i, act
         printf "[connection.external_uac_settings]\nproxy = \"sip:%s:%s\"\nusername = \"acct%06d\"\npassword = \"s3cret\"\nexpiration_sec = %d\n", ip, port, i, e
       }
     }'
@@ -130,11 +134,29 @@ one_rep() { # DAEMON REP
   y0=$(sys_busy_ticks); z0=$(sys_steal_ticks); r0=$(cpu_ticks "$REGISTRAR_PID")
   local Ts W0; Ts=$(now_s); W0=$Ts
   if [ "$dm" = uacd ]; then
-    uacd_config "$WD/uacd.toml"
+    # 1) load probe: the same N connections inactive (nothing is sent) on a
+    #    fresh store: exec, config parse, store sync and start-up, then
+    #    stopped. Its CPU is subtracted from the measured run's (Kamailio's
+    #    window likewise starts with its table loaded). The supervisor's
+    #    per-connection "not applicable" info line is filtered out so that
+    #    the probe does no logging the measured run does not do.
+    local i lpid
+    mkdir -p "$WD/load"
+    uacd_config "$WD/load/uacd.toml" false
+    RUST_LOG=info,uacd::registration::supervisor=warn "$UACD_BIN" run --config "$WD/load/uacd.toml" 2>"$WD/load/uacd.log" &
+    lpid=$!; remember_pid "$lpid"
+    for ((i = 0; i < 600; i++)); do grep -q 'uacd started' "$WD/load/uacd.log" 2>/dev/null && break; sleep 0.05; done
+    grep -q 'uacd started' "$WD/load/uacd.log" || die "uacd (load probe) did not start (see $WD/load/uacd.log)"
+    sleep 1
+    read -r LOAD_TICKS LOAD_NS <<<"$(tree_cpu "$lpid")"
+    PROBE_TICKS=$LOAD_TICKS
+    stop_pid "$lpid" 10
+    # 2) the measured run: the same connections active on a fresh store;
+    #    it registers at once, so the window starts at the exec
+    uacd_config "$WD/uacd.toml" true
     Ts=$(now_s)
     RUST_LOG=info "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
     pid=$!; remember_pid "$pid"
-    local i
     for ((i = 0; i < 600; i++)); do curl -s --max-time 1 -o /dev/null "$UACD_HEALTH" && break; sleep 0.05; done
     pid_alive "$pid" || die "uacd exited (see $WD/uacd.log)"
   else
@@ -167,11 +189,11 @@ one_rep() { # DAEMON REP
   local ok0=0
   [ "$dm" = kamailio ] && ok0=$(live_ok kamailio)
   if [ "$dm" = uacd ]; then
-    # uacd registers as soon as it starts (often before its API answers):
-    # the initial window starts at the exec and includes its start-up
-    c0=0; n0=0; T0=$Ts
+    # from the exec, minus the load probe's CPU (start-up + loading N)
+    c0=$LOAD_TICKS; n0=$LOAD_NS; T0=$Ts
   else
     read -r c0 n0 <<<"$(tree_cpu "$pid")"; T0=$(now_s)
+    LOAD_NS=$n0; PROBE_TICKS=0
     Ts=$T0; kam_rpc "$CTL" uac.reg_active 1 >/dev/null || die "uac.reg_active failed"
   fi
   wait_ok "$dm" $((ok0 + N)) 300
@@ -202,7 +224,7 @@ one_rep() { # DAEMON REP
   read -r cz _ <<<"$(tree_cpu "$pid")"
   # the daemon started after W0: all of its CPU is inside the window
   win=$(elapsed "$W0" "$(now_s)")
-  oth=$(others_frac $((y1 - y0)) $((cz + r1 - r0)) "$win")
+  oth=$(others_frac $((y1 - y0)) $((cz + PROBE_TICKS + r1 - r0)) "$win")
   stl=$(others_frac $((z1 - z0)) 0 "$win")
   # the registrar first: its log is complete once it exits, before the
   # daemon's unregistrations at shutdown
@@ -211,13 +233,13 @@ one_rep() { # DAEMON REP
   local itx iok rtx rok bad
   read -r itx iok rtx rok bad <<<"$(registrar_counts "$N")"
   awk -v dm="$dm" -v rep="$rep" -v N="$N" -v tall="$(elapsed "$Ts" "$T1")" -v reg="$iok" \
-    -v itx="$itx" -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v idle="$idle" \
+    -v itx="$itx" -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v lns="$LOAD_NS" -v idle="$idle" \
     -v rw="$(elapsed "$T1" "$T2")" -v rfd="$rok" -v rtx="$rtx" -v rc=$((c2 - c1)) -v rns=$((n2 - n1)) \
     -v to="$bad" -v pss="$pss" -v rss="$rss" -v regc=$((r1 - r0)) -v hz="$CLK_TCK" \
     -v l1="$(load1)" -v oth="$oth" -v stl="$stl" 'BEGIN {
       ics = ic / hz; rcs = rc / hz
-      printf "%s\t%d\t%d\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.6f\t%.1f\t%d\t%d\t%.4f\t%.4f\t%.4f\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n",
-        dm, rep, N, tall, reg, itx, ics, itx ? ics / itx * 1000 : 0, itx ? ins / 1e9 / itx * 1000 : 0, idle,
+      printf "%s\t%d\t%d\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.3f\t%.6f\t%.1f\t%d\t%d\t%.4f\t%.4f\t%.4f\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n",
+        dm, rep, N, tall, reg, itx, ics, itx ? ics / itx * 1000 : 0, itx ? ins / 1e9 / itx * 1000 : 0, lns / 1e9, idle,
         rw, rfd, rtx, rtx ? rcs / rtx * 1000 : 0, rtx ? (rcs - idle * rw) / rtx * 1000 : 0,
         rtx ? (rns / 1e9 - idle * rw) / rtx * 1000 : 0, to, pss / 1024, rss / 1024, pss / N, rss / N,
         regc / hz, l1, oth, stl }' >>"$OUT"
@@ -236,7 +258,8 @@ for dm in $DAEMONS; do
   s=$(med "$(colv "$dm" steal_frac)"); o=$(med "$(colv "$dm" others_cpu_frac)")
   sec="register N=$N"
   emit_fig "$FIGS" "$sec" "time to all registered" "$dm" s "$(colv "$dm" t_all_reg_s)" "$s" "$o"
-  emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, initial (uacd: incl. start-up)" "$dm" cpu-s "$(colv "$dm" init_sched_s_per_1k_txn)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "CPU start-up + loading N connections (before any REGISTER)" "$dm" cpu-s "$(colv "$dm" load_sched_s)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, initial (minus load)" "$dm" cpu-s "$(colv "$dm" init_sched_s_per_1k_txn)" "$s" "$o"
   if [ "$REFRESH" = 1 ]; then
     emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, refresh (minus idle)" "$dm" cpu-s "$(colv "$dm" refresh_sched_s_per_1k_txn_minus_idle)" "$s" "$o"
     emit_fig "$FIGS" "$sec" "accounts refreshed" "$dm" n "$(colv "$dm" refreshed)" "$s" "$o"

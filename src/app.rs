@@ -304,9 +304,11 @@ impl App {
         let mut counts = [0usize; 4];
         // Removed connections unregister side by side: N of them take one
         // unregister deadline, not N.
+        let kept: std::collections::HashSet<&str> =
+            after.iter().map(|a| a.connection.id.as_str()).collect();
         let mut removals = tokio::task::JoinSet::new();
         for row in before.iter().filter(|r| r.owner == Owner::File) {
-            if !after.iter().any(|a| a.connection.id == row.connection.id) {
+            if !kept.contains(row.connection.id.as_str()) {
                 let supervisor = self.supervisor.clone();
                 let id = row.connection.id.clone();
                 removals.spawn(async move { supervisor.remove(&id).await });

@@ -151,7 +151,10 @@ impl Driver {
         }
     }
 
-    pub(super) async fn run(mut self) {
+    /// Boxed: an `async fn` taking `self` by value keeps two copies of it
+    /// (argument and local, 680 bytes each) in its state for the life of the
+    /// connection; with a box both are pointers.
+    pub(super) async fn run(mut self: Box<Self>) {
         // Spread the start so thousands of connections do not register in
         // the same millisecond; the shared pacer caps the global rate.
         let delay = Duration::from_millis(rand::random_range(0..250));
@@ -185,17 +188,15 @@ impl Driver {
                     stop_seen = true;
                     (Event::Stop, false)
                 }
-                _ = sleep_opt(self.refresh_at) => {
-                    self.refresh_at = None;
-                    (Event::Timer(RegTimer::Refresh), false)
-                }
-                _ = sleep_opt(self.retry_at) => {
-                    self.retry_at = None;
-                    (Event::Timer(RegTimer::Retry), true)
-                }
-                _ = sleep_opt(self.expiry_at) => {
-                    self.expiry_at = None;
-                    (Event::Timer(RegTimer::Expiry), false)
+                // One sleep for the earliest of the three timers (one timer
+                // entry per connection instead of three, re-armed per loop).
+                timer = sleep_first([
+                    (self.refresh_at, RegTimer::Refresh),
+                    (self.retry_at, RegTimer::Retry),
+                    (self.expiry_at, RegTimer::Expiry),
+                ]) => {
+                    *self.deadline(timer) = None;
+                    (Event::Timer(timer), timer == RegTimer::Retry)
                 }
                 _ = flow_closed(self.hop.as_ref()), if inflight.is_none() => {
                     tracing::info!(connection_id = %self.conn.id, "flow to registrar closed");
@@ -707,9 +708,22 @@ async fn poll_opt(f: &mut Option<Inflight>) -> Outcome {
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// Sleeps until the earliest armed deadline and names its timer (the first
+/// listed wins a tie, as the order of the former `select!` branches did).
+async fn sleep_first(timers: [(Option<Instant>, RegTimer); 3]) -> RegTimer {
+    let mut first: Option<(Instant, RegTimer)> = None;
+    for (at, timer) in timers {
+        if let Some(at) = at
+            && first.is_none_or(|(f, _)| at < f)
+        {
+            first = Some((at, timer));
+        }
+    }
+    match first {
+        Some((at, timer)) => {
+            tokio::time::sleep_until(at).await;
+            timer
+        }
         None => std::future::pending().await,
     }
 }

@@ -128,7 +128,7 @@ impl Supervisor {
         let stop = CancellationToken::new();
         let task = if applicable {
             let driver = Driver::new(self.inner.ctx.clone(), conn.clone(), tx, stop.clone());
-            Some(tokio::spawn(driver.run()))
+            Some(tokio::spawn(Box::new(driver).run()))
         } else {
             tracing::info!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
             None

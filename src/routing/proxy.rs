@@ -372,16 +372,18 @@ impl Inner {
                 let id = connection.id.clone();
                 let pbx_addrs = connection.pbx_addrs.clone();
                 match held {
+                    // A task of its own: it lives for the whole call (64·T1
+                    // after the answer); awaiting it here kept this task's
+                    // state alive beside it, and made every ACK/BYE task as big.
                     Some(held) => {
-                        self.new_call(
+                        tokio::spawn(self.new_call(
                             inbound,
                             held,
                             permit,
                             (id, pbx_addrs),
                             destination,
                             pop_routes,
-                        )
-                        .await
+                        ));
                     }
                     None => self.reply(&inbound, 500, None),
                 }

@@ -235,6 +235,16 @@ impl HeaderField {
         Cow::Owned(unfold(&String::from_utf8_lossy(raw)))
     }
 
+    /// The first of [`Self::values`], without collecting the others.
+    pub fn first_value(&self) -> Option<Cow<'_, str>> {
+        let split = self.name.is_comma_list();
+        match self.value() {
+            Cow::Borrowed(v) if split => split_commas(v).next().map(Cow::Borrowed),
+            Cow::Owned(v) if split => split_commas(&v).next().map(|s| Cow::Owned(s.to_owned())),
+            v => Some(v),
+        }
+    }
+
     /// Values split on top-level commas (or the whole value for non-list headers).
     pub fn values(&self) -> Vec<Cow<'_, str>> {
         let split = self.name.is_comma_list();
@@ -272,27 +282,38 @@ fn unfold(s: &str) -> String {
 /// Splits on commas outside quotes, `<...>` and `(...)`; trims each piece and
 /// skips empty ones.
 pub fn split_commas(s: &str) -> impl Iterator<Item = &str> {
+    // Lazy: `top_via` on every message only needs the first piece, so
+    // nothing is collected (a Vec per call showed in the proxy profile).
     let b = s.as_bytes();
-    let mut pieces = Vec::new();
-    let (mut start, mut i, mut angle, mut paren) = (0usize, 0usize, false, 0usize);
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i = end_of_quoted(b, i).unwrap_or(b.len());
-                continue;
-            }
-            b'<' => angle = true,
-            b'>' => angle = false,
-            b'(' => paren += 1,
-            b')' => paren = paren.saturating_sub(1),
-            b',' if !angle && paren == 0 => {
-                pieces.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+    let mut start = 0usize;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-        i += 1;
-    }
-    pieces.push(&s[start..]);
-    pieces.into_iter().map(str::trim).filter(|p| !p.is_empty())
+        let (mut i, mut angle, mut paren) = (start, false, 0usize);
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    i = end_of_quoted(b, i).unwrap_or(b.len());
+                    continue;
+                }
+                b'<' => angle = true,
+                b'>' => angle = false,
+                b'(' => paren += 1,
+                b')' => paren = paren.saturating_sub(1),
+                b',' if !angle && paren == 0 => {
+                    let piece = &s[start..i];
+                    start = i + 1;
+                    return Some(piece);
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        done = true;
+        Some(&s[start..])
+    })
+    .map(str::trim)
+    .filter(|p| !p.is_empty())
 }

@@ -188,9 +188,10 @@ impl Message {
     /// The topmost Via value.
     pub fn top_via(&self) -> Result<Via, ParseError> {
         let first = self
-            .header_values(HeaderName::Via)
-            .into_iter()
-            .next()
+            .headers
+            .iter()
+            .filter(|h| h.name() == HeaderName::Via)
+            .find_map(HeaderField::first_value)
             .ok_or(ParseError::MissingHeader("Via"))?;
         Via::parse(&first)
     }

@@ -318,9 +318,9 @@ impl Layer {
                     }
                     None => Event::TransportError,
                 },
-                _ = sleep_opt(deadlines.e) => Event::TimerFired(Timer::E),
-                _ = sleep_opt(deadlines.f) => Event::TimerFired(Timer::F),
-                _ = sleep_opt(deadlines.k) => Event::TimerFired(Timer::K),
+                // One sleep for the earliest of E, F and K (one timer entry
+                // per transaction instead of three re-armed per event).
+                timer = deadlines.first() => Event::TimerFired(timer),
                 _ = flow_closed(hop) => Event::TransportError,
                 Some(addr) = icmp_rx.recv(), if unreachable.is_none() => {
                     unreachable = Some(addr);
@@ -443,10 +443,25 @@ impl Deadlines {
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+impl Deadlines {
+    /// Sleeps until the earliest armed timer and names it; a tie goes to E,
+    /// then F, then K (the order of the former biased `select!` branches).
+    async fn first(&self) -> Timer {
+        let mut first: Option<(Instant, Timer)> = None;
+        for (at, timer) in [(self.e, Timer::E), (self.f, Timer::F), (self.k, Timer::K)] {
+            if let Some(at) = at
+                && first.is_none_or(|(f, _)| at < f)
+            {
+                first = Some((at, timer));
+            }
+        }
+        match first {
+            Some((at, timer)) => {
+                tokio::time::sleep_until(at).await;
+                timer
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 

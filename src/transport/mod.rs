@@ -133,14 +133,21 @@ impl Hop {
     pub async fn send(&self, bytes: Bytes) -> Result<(), Error> {
         metrics::sip_message(Direction::Out, &bytes);
         let sent = match self {
-            Hop::Udp { socket, remote, .. } => socket
-                .send_to(&bytes, remote)
-                .await
-                .map(|_| ())
-                .map_err(|source| Error::Send {
-                    remote: *remote,
-                    source,
-                }),
+            // A datagram socket is nearly always writable: try at once and
+            // wait (boxed) only when the buffer is full. Awaiting send_to
+            // inline put a 408-byte future into every caller's state (each
+            // REGISTER job, each proxied call held for 64·T1).
+            Hop::Udp { socket, remote, .. } => match socket.try_send_to(&bytes, *remote) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    Box::pin(socket.send_to(&bytes, remote)).await
+                }
+                r => r,
+            }
+            .map(|_| ())
+            .map_err(|source| Error::Send {
+                remote: *remote,
+                source,
+            }),
             Hop::Stream(flow) => flow.send(bytes).await,
         };
         if sent.is_err() {
@@ -355,7 +362,10 @@ impl Transports {
                 if let Some(flow) = guard.as_ref().filter(|f| !f.is_closed()) {
                     return Ok(Hop::Stream(flow.clone()));
                 }
-                match stream::connect(self, transport, remote, server_name).await {
+                // Boxed: the connect future (TCP + TLS handshake state,
+                // ~1.5 KiB) was inlined into every caller's future, UDP ones
+                // included (each proxied request task, each REGISTER job).
+                match Box::pin(stream::connect(self, transport, remote, server_name)).await {
                     Ok(flow) => {
                         *guard = Some(flow.clone());
                         Ok(Hop::Stream(flow))
