@@ -339,8 +339,13 @@ impl Store for SqliteStore {
         let conn = self.reader();
         // Without a name filter the count and the page come from an index alone.
         let pattern = q.name_contains.as_deref().map(like_contains);
+        // A name filter is evaluated on the (user_id, connection_name) index
+        // alone (it covers seq, the rowid): the page query then sorts only
+        // the matching rows instead of visiting every row of the owner in
+        // sort order to test its name.
         let filter = if pattern.is_some() {
-            "user_id = ?1 AND connection_name LIKE ?2 ESCAPE '\\'"
+            "seq IN (SELECT seq FROM connections INDEXED BY connections_user_name
+                     WHERE user_id = ?1 AND connection_name LIKE ?2 ESCAPE '\\')"
         } else {
             "user_id = ?1 AND ?2 IS NULL"
         };
