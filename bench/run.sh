@@ -40,8 +40,10 @@ export STAMP; STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 export RESULTS_DIR="$BENCH_DIR/results/$STAMP"
 mkdir -p "$RESULTS_DIR"
 export FIGS="$RESULTS_DIR/figures.tsv"
-export NO_BUILD=1
+# Build once here (a stale binary must never be measured), then the parts
+# skip their own build.
 build_uacd
+export NO_BUILD=1
 T_START=$SECONDS
 S0=$(sys_steal_ticks); B0=$(sys_busy_ticks); W0=$(now_s)
 log "bench run $STAMP: N=$N reps=$REPS rates=$RATES dur=${DUR}s quick=$QUICK load1=$(load1) -> $RESULTS_DIR"
