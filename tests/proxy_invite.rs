@@ -561,6 +561,11 @@ const CONTRACT: [(&str, &str, &str); 10] = [
 ];
 
 fn check_metrics(text: &str, dir: &std::path::Path) {
+    // UACD_TEST_METRICS_OUT=<file>: keep what a daemon that has registered,
+    // routed and failed over serves (for the docs and release notes).
+    if let Some(out) = std::env::var_os("UACD_TEST_METRICS_OUT") {
+        std::fs::write(out, text).expect("write UACD_TEST_METRICS_OUT");
+    }
     for (name, kind, label) in CONTRACT {
         assert!(
             text.contains(&format!("# TYPE {name} {kind}\n")),
