@@ -10,6 +10,7 @@
 //! * `registration`: pure REGISTER state machine, its driver task, supervisor.
 //! * `store`: SQLite persistence of connections (file- and API-owned).
 //! * `api`: REST API (Telnyx v2 shapes), error format, OpenAPI document.
+//! * `crypto`: constant-time comparison, hex, HMAC-SHA256 (secrets).
 //! * `app`: wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod crypto;
 pub mod dns;
 pub mod metrics;
 pub mod registration;

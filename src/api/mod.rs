@@ -86,7 +86,7 @@ impl ApiState {
         let mut found = None;
         let tokens = self.inner.tokens.read().unwrap_or_else(|e| e.into_inner());
         for (digest, user) in tokens.iter() {
-            if constant_time_eq(digest, &given) && found.is_none() {
+            if crate::crypto::constant_time_eq(digest, &given) && found.is_none() {
                 found = Some(user.clone());
             }
         }
@@ -96,11 +96,6 @@ impl ApiState {
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// `sip.public_address`'s host, else the first SIP listener's IP, else the host name.

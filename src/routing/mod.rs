@@ -112,58 +112,14 @@ impl Local {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`: the keyed
-/// tags in our Record-Route and stateless branches. Stable across releases
-/// (unlike `std`'s hasher), so dialogs survive an upgrade.
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    for p in parts {
-        inner.update(p);
-    }
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
-}
-
-/// The first 8 bytes of an HMAC, in hex.
+/// The keyed tag (first 8 bytes of HMAC-SHA256 over `parts`, in hex) in our
+/// Record-Route entries and stateless branches. Stable across releases, so
+/// dialogs survive an upgrade.
 pub fn tag(key: &[u8], parts: &[&[u8]]) -> String {
-    hmac_sha256(key, parts)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::crypto::hex(&crate::crypto::hmac_sha256(key, parts)[..8])
 }
 
-/// Constant-time comparison of two tags (a secret-derived value must not
-/// leak through how long a mismatch takes to find).
-pub fn tags_match(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-#[cfg(test)]
-mod hmac_tests {
-    use super::*;
-
-    #[test]
-    fn rfc_4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
+/// Whether a tag we received is the one we computed (constant time).
+pub fn tags_match(received: &str, expected: &str) -> bool {
+    crate::crypto::constant_time_eq(received.as_bytes(), expected.as_bytes())
 }

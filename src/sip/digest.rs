@@ -6,6 +6,7 @@
 use std::fmt;
 use std::fmt::Write as _;
 
+use crate::crypto::{constant_time_eq, hex};
 use sha2::Digest as _;
 
 /// A digest hash algorithm (RFC 7616 §3.3, SIP tokens per RFC 8760).
@@ -504,20 +505,6 @@ fn compute_response(
         }
         None => alg.hash_parts(&[b(&ha1), b(nonce), b(&ha2)]),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
 }
 
 fn push_quoted(out: &mut String, value: &str) {
