@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, header};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::config::{Connection, ProxyUri, Transport};
+use crate::config::{Connection, EXTERNAL_KEYS, INTERNAL_KEYS, ProxyUri, Transport};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -121,17 +121,6 @@ const TOP_KEYS: &[&str] = &[
     "external_uac_settings",
     "internal_uac_settings",
 ];
-const EXTERNAL_KEYS: &[&str] = &[
-    "proxy",
-    "outbound_proxy",
-    "transport",
-    "username",
-    "auth_username",
-    "password",
-    "from_user",
-    "expiration_sec",
-];
-const INTERNAL_KEYS: &[&str] = &["destination_uri"];
 
 /// Unknown members of a patch are rejected even when `null` (a merge would
 /// drop them silently). Read-only members are [`check_writable`]'s.

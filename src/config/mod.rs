@@ -5,6 +5,7 @@
 mod connection;
 mod reader;
 mod sections;
+pub(crate) use sections::{EXTERNAL_KEYS, INTERNAL_KEYS};
 mod types;
 
 use std::collections::{BTreeSet, HashMap};

@@ -374,7 +374,9 @@ const CONNECTION_KEYS: &[&str] = &[
     "external_uac_settings",
     "internal_uac_settings",
 ];
-const EXTERNAL_KEYS: &[&str] = &[
+/// The members of `external_uac_settings` (the config file and the API
+/// accept the same ones).
+pub(crate) const EXTERNAL_KEYS: &[&str] = &[
     "proxy",
     "outbound_proxy",
     "transport",
@@ -384,6 +386,8 @@ const EXTERNAL_KEYS: &[&str] = &[
     "from_user",
     "expiration_sec",
 ];
+/// The members of `internal_uac_settings`.
+pub(crate) const INTERNAL_KEYS: &[&str] = &["destination_uri"];
 
 fn read_connections(
     ctx: &mut Ctx,
@@ -432,7 +436,7 @@ fn read_connection(
         .table(ctx, "external_uac_settings", EXTERNAL_KEYS)
         .unwrap_or_else(|| empty_view(&empty, &t.key("external_uac_settings"), t.span.clone()));
     let int_view = t
-        .table(ctx, "internal_uac_settings", &["destination_uri"])
+        .table(ctx, "internal_uac_settings", INTERNAL_KEYS)
         .unwrap_or_else(|| empty_view(&empty, &t.key("internal_uac_settings"), t.span.clone()));
 
     let text = |ctx: &mut Ctx, v: &TableView<'_, '_>, key| v.str(ctx, key).map(At::into_inner);

@@ -190,7 +190,7 @@ impl Driver {
                 }
                 // One sleep for the earliest of the three timers (one timer
                 // entry per connection instead of three, re-armed per loop).
-                timer = sleep_first([
+                timer = crate::transaction::sleep_until_first([
                     (self.refresh_at, RegTimer::Refresh),
                     (self.retry_at, RegTimer::Retry),
                     (self.expiry_at, RegTimer::Expiry),
@@ -704,26 +704,6 @@ pub(super) fn to_reply(msg: &Message, contact_user: &str, source: SocketAddr) ->
 async fn poll_opt(f: &mut Option<Inflight>) -> Outcome {
     match f {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until the earliest armed deadline and names its timer (the first
-/// listed wins a tie, as the order of the former `select!` branches did).
-async fn sleep_first(timers: [(Option<Instant>, RegTimer); 3]) -> RegTimer {
-    let mut first: Option<(Instant, RegTimer)> = None;
-    for (at, timer) in timers {
-        if let Some(at) = at
-            && first.is_none_or(|(f, _)| at < f)
-        {
-            first = Some((at, timer));
-        }
-    }
-    match first {
-        Some((at, timer)) => {
-            tokio::time::sleep_until(at).await;
-            timer
-        }
         None => std::future::pending().await,
     }
 }

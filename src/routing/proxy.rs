@@ -348,7 +348,7 @@ impl Inner {
         match decision {
             Decision::Drop => {}
             Decision::Local => self.layer.answer_locally(inbound),
-            Decision::UnmatchedCancel => self.reply(&inbound, 481, None),
+            Decision::UnmatchedCancel => self.reply(&inbound, 481),
             // The daemon's own 400 names the problem in a Warning header.
             Decision::Reject(Reject::Malformed) => {
                 if is_invite {
@@ -361,7 +361,7 @@ impl Inner {
                 if is_invite {
                     metrics::call_result(reject_label(why), None);
                 }
-                self.reply(&inbound, why.code(), None);
+                self.reply(&inbound, why.code());
             }
             Decision::InDialog { pop_routes } => self.stateless_request(inbound, pop_routes).await,
             Decision::NewCall {
@@ -385,19 +385,15 @@ impl Inner {
                             pop_routes,
                         ));
                     }
-                    None => self.reply(&inbound, 500, None),
+                    None => self.reply(&inbound, 500),
                 }
             }
         }
     }
 
-    fn reply(&self, inbound: &Inbound, code: u16, reason: Option<&str>) {
-        let tag = format!("{:016x}", rand::random::<u64>());
-        let reason = reason.unwrap_or(crate::sip::reason::canonical_reason(code));
-        let resp = response_to(&inbound.msg, code, reason, Some(&tag))
-            .header("Server", self.user_agent.as_str())
-            .build();
-        self.transports.reply(inbound, Bytes::from(resp));
+    /// Our own final response (canonical reason phrase, a fresh To tag).
+    fn reply(&self, inbound: &Inbound, code: u16) {
+        self.reply_with(inbound, code, &[]);
     }
 
     fn reply_with(&self, inbound: &Inbound, code: u16, headers: &[(&str, &str)]) {
@@ -411,8 +407,8 @@ impl Inner {
         self.transports.reply(inbound, Bytes::from(b.build()));
     }
 
-    /// The targets of `uri` (transport from the URI, default UDP).
-    /// The targets of `uri` with the name each TLS certificate must match.
+    /// The targets of `uri` (RFC 3263, see [`query_for`]) with the name each
+    /// TLS certificate must match.
     async fn targets(&self, uri: &Uri) -> Result<Vec<(Target, Arc<str>)>, crate::dns::Error> {
         let q = query_for(uri);
         let found = self.dns.resolve(&q).await?;
@@ -481,7 +477,7 @@ impl Inner {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "INVITE cannot be forwarded");
-                self.reply(&inbound, 400, None);
+                self.reply(&inbound, 400);
                 return;
             }
         };
@@ -523,11 +519,6 @@ impl Inner {
         let upstream_flow = task.inbound.flow.clone();
         let mut upstream_gone = false;
         while !call.is_terminated() {
-            let next = task
-                .timers
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(k, at)| (*k, *at));
             let event = tokio::select! {
                 Some(resp) = resp_rx.recv() => {
                     task.learn_dialog(&resp);
@@ -563,8 +554,9 @@ impl Inner {
                     Upstream::Ack => CallEvent::UpstreamAck,
                     Upstream::Cancel => CallEvent::UpstreamCancel,
                 },
-                _ = sleep_opt(next.map(|(_, at)| at)) => {
-                    let (key, _) = next.expect("a deadline fired");
+                key = crate::transaction::sleep_until_first(
+                    task.timers.iter().map(|(k, at)| (Some(*at), *k)),
+                ) => {
                     task.timers.remove(&key);
                     CallEvent::Timer(key)
                 }
@@ -606,14 +598,14 @@ impl Inner {
             Check::Forbidden => {
                 tracing::warn!(source = %inbound.source, call_id, next = %next, "in-dialog request to a host that is not an end of its dialog; refused");
                 if !is_ack {
-                    self.reply(&inbound, 403, None);
+                    self.reply(&inbound, 403);
                 }
                 return;
             }
             Check::Unknown if is_ack || msg.method() == Some(&Method::Bye) => {}
             Check::Unknown => {
                 tracing::debug!(source = %inbound.source, call_id, "in-dialog request for a dialog we do not hold: 481");
-                self.reply(&inbound, 481, None);
+                self.reply(&inbound, 481);
                 return;
             }
         }
@@ -622,7 +614,7 @@ impl Inner {
             Err(e) => {
                 tracing::debug!(next = %next, error = %e, "in-dialog next hop does not resolve");
                 if msg.method() != Some(&Method::Ack) {
-                    self.reply(&inbound, 503, None);
+                    self.reply(&inbound, 503);
                 }
                 return;
             }
@@ -652,7 +644,7 @@ impl Inner {
             Err(e) => {
                 tracing::debug!(error = %e, "in-dialog request not forwarded");
                 if msg.method() != Some(&Method::Ack) {
-                    self.reply(&inbound, 483, None);
+                    self.reply(&inbound, 483);
                 }
                 return;
             }
@@ -668,7 +660,7 @@ impl Inner {
         if let Err(e) = sent {
             tracing::debug!(target_addr = %target, error = %e, "in-dialog request not sent");
             if msg.method() != Some(&Method::Ack) {
-                self.reply(&inbound, 503, None);
+                self.reply(&inbound, 503);
             }
         }
     }
@@ -989,12 +981,5 @@ fn host_ip(h: &Host) -> Option<IpAddr> {
         Host::V4(a) => Some(IpAddr::V4(*a)),
         Host::V6(a) => Some(IpAddr::V6(*a)),
         Host::Domain(d) => d.parse().ok(),
-    }
-}
-
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

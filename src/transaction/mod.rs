@@ -447,21 +447,27 @@ impl Deadlines {
     /// Sleeps until the earliest armed timer and names it; a tie goes to E,
     /// then F, then K (the order of the former biased `select!` branches).
     async fn first(&self) -> Timer {
-        let mut first: Option<(Instant, Timer)> = None;
-        for (at, timer) in [(self.e, Timer::E), (self.f, Timer::F), (self.k, Timer::K)] {
-            if let Some(at) = at
-                && first.is_none_or(|(f, _)| at < f)
-            {
-                first = Some((at, timer));
-            }
+        sleep_until_first([(self.e, Timer::E), (self.f, Timer::F), (self.k, Timer::K)]).await
+    }
+}
+
+/// Sleeps until the earliest of `timers` that is armed (`Some`) and names
+/// it; the first listed wins a tie. Never wakes when none is armed.
+pub async fn sleep_until_first<T>(timers: impl IntoIterator<Item = (Option<Instant>, T)>) -> T {
+    let mut first: Option<(Instant, T)> = None;
+    for (at, timer) in timers {
+        if let Some(at) = at
+            && first.as_ref().is_none_or(|(f, _)| at < *f)
+        {
+            first = Some((at, timer));
         }
-        match first {
-            Some((at, timer)) => {
-                tokio::time::sleep_until(at).await;
-                timer
-            }
-            None => std::future::pending().await,
+    }
+    match first {
+        Some((at, timer)) => {
+            tokio::time::sleep_until(at).await;
+            timer
         }
+        None => std::future::pending().await,
     }
 }
 
