@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # The one command that sets up and runs the whole uacd test suite on a fresh
 # Debian 12 machine (root, apt reachable), and what .ci/run executes:
-#   1. installs the interop peers with apt when missing (apt-get update only then):
-#      sip-tester (SIPp), kamailio + tls + utils modules (kamcmd), openssl, python3
+#   1. installs with apt what is missing (apt-get update only then): a C
+#      toolchain (gcc, libc6-dev: ring and the bundled SQLite build C), the
+#      interop peers sip-tester (SIPp), kamailio + tls + utils modules
+#      (kamcmd), openssl, prometheus (promtool), systemd (systemd-analyze),
+#      python3 + python3-venv
 #   1b. installs schemathesis (PyPI, pinned) into .venv-test/ for the API contract test
-#   2. makes sure rustfmt and clippy are installed (rustup component add)
+#   2. installs Rust with rustup when there is no cargo (Debian's rustc is too
+#      old for edition 2024), and rustfmt and clippy
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test --all-targets,
 #      cargo test --doc (there is a lib); fails on the first failure.
-# Interop tests run with UACD_REQUIRE_PEERS=1: a missing peer fails them.
+# Interop tests fail (never skip) when a peer is missing.
 # Usage: scripts/test.sh [extra cargo test args, e.g. a test name filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# apt_install PKG...: as root, or through sudo.
+apt_install() {
+  command -v apt-get >/dev/null || { log "missing $* and no apt-get: install them by hand"; exit 1; }
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  log "installing $*"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # --- 1. peers -------------------------------------------------------------
 # package:command-that-proves-it
-PEERS=(sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
+PEERS=(gcc:cc libc6-dev:/usr/include/stdio.h sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
   kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so openssl:openssl python3:python3
   prometheus:promtool systemd:systemd-analyze)
 missing=()
@@ -30,11 +43,7 @@ for entry in "${PEERS[@]}"; do
   fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  command -v apt-get >/dev/null || { log "missing ${missing[*]} and no apt-get: install them by hand"; exit 1; }
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  log "installing ${missing[*]}"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
 fi
 # kamailio/kamcmd live in /usr/sbin
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
@@ -49,11 +58,7 @@ SCHEMATHESIS_VERSION=4.32.5
 VENV=.venv-test
 if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    command -v apt-get >/dev/null || { log "python3-venv missing and no apt-get: install it by hand"; exit 1; }
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    log "installing python3-venv"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    apt_install python3-venv
   fi
   log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
   rm -rf "$VENV"
@@ -64,7 +69,14 @@ export UACD_SCHEMATHESIS="$PWD/$VENV/bin/schemathesis"
 "$UACD_SCHEMATHESIS" --version >/dev/null || { log "schemathesis does not run"; exit 1; }
 
 # --- 2. toolchain components ----------------------------------------------
-command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+[ -x "$HOME/.cargo/bin/cargo" ] && case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) export PATH="$HOME/.cargo/bin:$PATH" ;; esac
+if ! command -v cargo >/dev/null; then
+  command -v curl >/dev/null || apt_install curl ca-certificates
+  log "installing Rust (rustup, stable, minimal profile)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+    sh -s -- -y --quiet --profile minimal --component rustfmt,clippy
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
 if command -v rustup >/dev/null; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || { log "rustup component add $c"; rustup component add "$c"; }
@@ -72,7 +84,6 @@ if command -v rustup >/dev/null; then
 fi
 
 # --- 3. checks and tests ----------------------------------------------------
-export UACD_REQUIRE_PEERS=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 log "cargo fmt --all -- --check"
