@@ -177,11 +177,7 @@ pub struct Forward<'a> {
 pub fn stamped_top_via(msg: &Message, source: SocketAddr) -> Result<Option<Via>, ParseError> {
     let mut via = msg.top_via()?;
     let rport = via.rport().is_some();
-    let host_matches = match (&via.host, source.ip()) {
-        (Host::V4(a), IpAddr::V4(b)) => *a == b,
-        (Host::V6(a), IpAddr::V6(b)) => *a == b,
-        _ => false,
-    };
+    let host_matches = via.host.ip() == Some(source.ip());
     if host_matches && !rport {
         return Ok(None);
     }
@@ -315,10 +311,7 @@ pub fn response_target(via: &Via) -> (Host, u16) {
     let host = via
         .received()
         .and_then(|r| r.trim_matches(['[', ']']).parse::<IpAddr>().ok())
-        .map(|ip| match ip {
-            IpAddr::V4(a) => Host::V4(a),
-            IpAddr::V6(a) => Host::V6(a),
-        })
+        .map(Host::from)
         .unwrap_or_else(|| via.host.clone());
     let default = if via.transport.eq_ignore_ascii_case("TLS") {
         5061

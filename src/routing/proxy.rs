@@ -87,9 +87,11 @@ impl Router {
         let bound = ctx.transports.listen_addrs();
         for (transport, addr) in &bound {
             if !addr.ip().is_unspecified() {
-                local
-                    .interfaces
-                    .push(Interface::new(*transport, ip_host(addr.ip()), addr.port()));
+                local.interfaces.push(Interface::new(
+                    *transport,
+                    Host::from(addr.ip()),
+                    addr.port(),
+                ));
             }
         }
         if let Some(p) = &public {
@@ -248,7 +250,7 @@ impl Inner {
                     .or(local.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()))
                     .or_else(|| local_ip_towards(peer))
                     .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-                Interface::new(transport, ip_host(ip), port)
+                Interface::new(transport, Host::from(ip), port)
             }
         };
         self.remember(&iface);
@@ -490,7 +492,7 @@ impl Inner {
             hosts: dialogs::advertised_hosts(&inbound.msg),
         };
         pbx.ips.push(inbound.source.ip());
-        pbx.hosts.push(ip_host(inbound.source.ip()));
+        pbx.hosts.push(Host::from(inbound.source.ip()));
         let attempts = u32::try_from(dns_targets.len().max(1)).unwrap_or(u32::MAX);
         let lifetime = (self.policy.timeout_1xx + self.policy.timeout_2xx) * attempts
             + self.timers.timeout() * 2
@@ -705,7 +707,7 @@ impl Inner {
         }
         let (host, port) = response_target(&via);
         let transport = via.transport.parse::<Transport>().unwrap_or(Transport::Udp);
-        let Some(ip) = host_ip(&host) else {
+        let Some(ip) = host.ip() else {
             return;
         };
         let dest = SocketAddr::new(ip, port);
@@ -958,28 +960,14 @@ fn query_for(uri: &Uri) -> Query {
     }
 }
 
-fn ip_host(ip: IpAddr) -> Host {
-    match ip {
-        IpAddr::V4(a) => Host::V4(a),
-        IpAddr::V6(a) => Host::V6(a),
-    }
-}
-
+/// `sip.public_address`'s host: an address, or a name.
 fn parse_host(s: &str) -> Host {
     match s
         .trim_start_matches('[')
         .trim_end_matches(']')
         .parse::<IpAddr>()
     {
-        Ok(ip) => ip_host(ip),
+        Ok(ip) => ip.into(),
         Err(_) => Host::Domain(s.to_owned()),
-    }
-}
-
-fn host_ip(h: &Host) -> Option<IpAddr> {
-    match h {
-        Host::V4(a) => Some(IpAddr::V4(*a)),
-        Host::V6(a) => Some(IpAddr::V6(*a)),
-        Host::Domain(d) => d.parse().ok(),
     }
 }

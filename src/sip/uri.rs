@@ -46,7 +46,26 @@ pub enum Host {
     V6(Ipv6Addr),
 }
 
+impl From<std::net::IpAddr> for Host {
+    fn from(ip: std::net::IpAddr) -> Host {
+        match ip {
+            std::net::IpAddr::V4(a) => Host::V4(a),
+            std::net::IpAddr::V6(a) => Host::V6(a),
+        }
+    }
+}
+
 impl Host {
+    /// The address, for an IP host (a domain that is written as an address
+    /// counts too).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Host::V4(a) => Some((*a).into()),
+            Host::V6(a) => Some((*a).into()),
+            Host::Domain(d) => d.parse().ok(),
+        }
+    }
+
     /// Parses `domain`, `1.2.3.4` or `[v6]`.
     pub fn parse(s: &str) -> Result<Host, ParseError> {
         if let Some(inner) = s.strip_prefix('[') {
