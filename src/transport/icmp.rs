@@ -106,19 +106,21 @@ fn sockaddr(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 const SHARDS: usize = 16;
 
-type Entry = (u64, mpsc::Sender<SocketAddr>);
+/// The watchers of one address, by watch id: O(1) to add and to remove
+/// (thousands of registrations share one registrar address).
+type Watchers = HashMap<u64, mpsc::Sender<SocketAddr>>;
 
 /// Who waits on which UDP destination: transactions register while they
 /// wait for a response; an ICMP error for the address tells each of them.
 #[derive(Default)]
 pub struct Watches {
-    shards: [Mutex<HashMap<SocketAddr, Vec<Entry>>>; SHARDS],
+    shards: [Mutex<HashMap<SocketAddr, Watchers>>; SHARDS],
     next: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Watches {
-    fn shard(&self, addr: &SocketAddr) -> &Mutex<HashMap<SocketAddr, Vec<Entry>>> {
+    fn shard(&self, addr: &SocketAddr) -> &Mutex<HashMap<SocketAddr, Watchers>> {
         &self.shards[(self.hasher.hash_one(addr) as usize) % SHARDS]
     }
 
@@ -131,7 +133,7 @@ impl Watches {
             .unwrap_or_else(|e| e.into_inner())
             .entry(addr)
             .or_default()
-            .push((id, tx));
+            .insert(id, tx);
         Watch {
             watches: self.clone(),
             addr,
@@ -145,7 +147,7 @@ impl Watches {
         let Some(list) = shard.get(&addr) else {
             return 0;
         };
-        for (_, tx) in list {
+        for tx in list.values() {
             let _ = tx.try_send(addr);
         }
         list.len()
@@ -175,7 +177,7 @@ impl Drop for Watch {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(list) = shard.get_mut(&self.addr) {
-            list.retain(|(id, _)| *id != self.id);
+            list.remove(&self.id);
             if list.is_empty() {
                 shard.remove(&self.addr);
             }
