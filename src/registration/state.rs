@@ -462,6 +462,7 @@ impl Machine {
         for (kind, ch) in reply.challenges {
             let key = (kind, ch.realm.clone());
             if !self.fresh.contains(&key) {
+                self.fresh.reserve_exact(1);
                 self.fresh.push(key);
             }
             match self
@@ -470,7 +471,13 @@ impl Machine {
                 .find(|(k, c)| *k == kind && c.realm == ch.realm)
             {
                 Some(slot) => slot.1 = ch,
-                None => self.challenges.push((kind, ch)),
+                None => {
+                    // Usually one challenge for the connection's lifetime:
+                    // room for one, not Vec's default four (~330 bytes
+                    // per connection).
+                    self.challenges.reserve_exact(1);
+                    self.challenges.push((kind, ch));
+                }
             }
         }
         let expires = self.in_flight_expires;

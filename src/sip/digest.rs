@@ -416,6 +416,8 @@ impl NonceCounts {
                 1
             }
             None => {
+                // One realm is the rule: room for one, not Vec's default four.
+                self.by_realm.reserve_exact(1);
                 self.by_realm.push((realm.to_owned(), nonce.to_owned(), 1));
                 1
             }
