@@ -139,8 +139,10 @@ enum Phase {
 struct Attempt {
     target: usize,
     branch: String,
-    request: Message,
-    bytes: Bytes,
+    /// What was sent, for retransmission, CANCEL and the ACK of a non-2xx;
+    /// `None` once the client transaction no longer needs it (see
+    /// [`Call::shed`]).
+    sent: Option<Sent>,
     tx: InviteClient,
     provisional: bool,
     /// CANCEL wanted but not sent yet (no provisional so far, §9.1).
@@ -152,7 +154,19 @@ struct Attempt {
     concluded: bool,
 }
 
+/// The forwarded INVITE of one attempt: parsed (to build CANCEL and ACK
+/// from) and as sent (to retransmit).
+#[derive(Debug)]
+struct Sent {
+    request: Message,
+    bytes: Bytes,
+}
+
 impl Attempt {
+    fn request(&self) -> Option<&Message> {
+        self.sent.as_ref().map(|s| &s.request)
+    }
+
     /// The client transaction still exists (for termination of the call).
     fn live(&self) -> bool {
         !self.abandoned && self.tx.state() != invite_client::State::Terminated
@@ -171,7 +185,8 @@ impl Attempt {
 /// A proxied INVITE.
 #[derive(Debug)]
 pub struct Call {
-    invite: Message,
+    /// The INVITE as received; `None` once answered (see [`Call::shed`]).
+    invite: Option<Message>,
     params: CallParams,
     targets: Vec<Target>,
     server: InviteServer,
@@ -200,7 +215,7 @@ impl Call {
         let loop_hash = loop_hash(&invite, Some(&prev_via))?;
         let (server, server_actions) = InviteServer::start(reliable_upstream, params.timers);
         let mut call = Call {
-            invite,
+            invite: Some(invite),
             params,
             targets,
             server,
@@ -287,7 +302,50 @@ impl Call {
             CallEvent::UpstreamCancel => self.on_upstream_cancel(now, &mut out),
         }
         self.check_done(&mut out);
+        self.shed();
         out
+    }
+
+    /// Drops what an answered call no longer needs. An answered call lives
+    /// on for 64·T1 (RFC 6026 Accepted state: absorb INVITE retransmissions,
+    /// relay 2xx retransmissions) and, at 1000 calls/s, 32,000 calls are in
+    /// that state at once: the received INVITE and each attempt's forwarded
+    /// copy (parsed and as bytes, several KB a call) are dead weight there.
+    /// Only attempts whose transaction is Accepted or Terminated lose theirs:
+    /// one still waiting may yet need a CANCEL or the ACK of a non-2xx.
+    fn shed(&mut self) {
+        if self.phase == Phase::Answered {
+            self.invite = None;
+        }
+        if matches!(
+            self.server.state(),
+            invite_server::State::Accepted | invite_server::State::Terminated
+        ) {
+            // Accepted absorbs retransmissions; nothing is sent again.
+            self.last_upstream = None;
+        }
+        for a in &mut self.attempts {
+            if matches!(
+                a.tx.state(),
+                invite_client::State::Accepted | invite_client::State::Terminated
+            ) {
+                a.sent = None;
+            }
+        }
+    }
+
+    /// Memory held for retransmission, CANCEL and ACK (for tests: zero once
+    /// an answered call has shed it).
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.invite.as_ref().map_or(0, |m| m.to_bytes().len())
+            + self.last_upstream.as_ref().map_or(0, Bytes::len)
+            + self
+                .attempts
+                .iter()
+                .filter_map(|a| a.sent.as_ref())
+                .map(|s| s.bytes.len())
+                .sum::<usize>()
     }
 
     fn on_timer(&mut self, t: CallTimer, now: Instant, out: &mut Vec<CallAction>) {
@@ -369,7 +427,7 @@ impl Call {
         out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
         if a.tx.may_cancel() {
             a.cancelled = true;
-            if let Ok(c) = cancel_for(&a.request, None) {
+            if let Some(Ok(c)) = a.request().map(|r| cancel_for(r, None)) {
                 out.push(CallAction::SendCancel(a.target, Bytes::from(c)));
             }
             out.push(CallAction::Arm(CallTimer::CancelGuard(n), timeout));
@@ -391,12 +449,15 @@ impl Call {
         for act in acts {
             let target = self.attempts[n].target;
             match act {
-                A::Retransmit => out.push(CallAction::SendToTarget(
-                    target,
-                    self.attempts[n].bytes.clone(),
-                )),
+                A::Retransmit => {
+                    if let Some(sent) = &self.attempts[n].sent {
+                        out.push(CallAction::SendToTarget(target, sent.bytes.clone()));
+                    }
+                }
                 A::SendAck => {
-                    if let Some(ack) = resp.and_then(|r| ack_for(&self.attempts[n].request, r).ok())
+                    if let Some(ack) = resp
+                        .zip(self.attempts[n].request())
+                        .and_then(|(r, req)| ack_for(req, r).ok())
                     {
                         out.push(CallAction::SendToTarget(target, Bytes::from(ack)));
                     }
@@ -448,7 +509,7 @@ impl Call {
                     // §9.1: the CANCEL that had to wait for a provisional.
                     a.cancel_pending = false;
                     a.cancelled = true;
-                    if let Ok(c) = cancel_for(&a.request, None) {
+                    if let Some(Ok(c)) = a.request().map(|r| cancel_for(r, None)) {
                         out.push(CallAction::SendCancel(a.target, Bytes::from(c)));
                     }
                 } else if current {
@@ -534,8 +595,12 @@ impl Call {
         let n = self.attempts.len();
         let target = &self.targets[t];
         let branch = branch(self.loop_hash, &format!("{:x}.{n}", self.params.nonce));
+        // Only reached while Trying: the INVITE is shed once answered.
+        let Some(invite) = &self.invite else {
+            return Err(ForwardError::Answered);
+        };
         let request = forward_request(
-            &self.invite,
+            invite,
             Some(&self.params.destination),
             self.params.pop_routes,
             &Forward {
@@ -551,8 +616,10 @@ impl Call {
         self.attempts.push(Attempt {
             target: t,
             branch,
-            request,
-            bytes: bytes.clone(),
+            sent: Some(Sent {
+                request,
+                bytes: bytes.clone(),
+            }),
             tx,
             provisional: false,
             cancel_pending: false,
@@ -598,8 +665,12 @@ impl Call {
     }
 
     fn finish_generated(&mut self, code: u16, now: Instant, out: &mut Vec<CallAction>) {
+        // Once answered nothing more is generated (and the INVITE is shed).
+        let Some(invite) = &self.invite else {
+            return;
+        };
         let bytes = response_to(
-            &self.invite,
+            invite,
             code,
             canonical_reason(code),
             Some(&self.params.to_tag),
@@ -649,8 +720,10 @@ impl Call {
         for act in acts {
             match act {
                 S::SendTrying => {
-                    let trying =
-                        Bytes::from(response_to(&self.invite, 100, "Trying", None).build());
+                    let Some(invite) = &self.invite else {
+                        continue;
+                    };
+                    let trying = Bytes::from(response_to(invite, 100, "Trying", None).build());
                     self.last_upstream = Some(trying.clone());
                     out.push(CallAction::SendUpstream(trying));
                 }

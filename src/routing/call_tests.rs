@@ -387,3 +387,44 @@ fn rfc3261_17_2_4_pbx_connection_lost_cancels_the_ringing_branch() {
     let acts = call.step(resp(&call, 0, 487), now);
     assert!(sent_to(&acts, 1).is_empty(), "no failover for a lost PBX");
 }
+
+/// RFC 6026: an answered call stays 64·T1 in Accepted; what it no longer
+/// needs (the INVITE and the answered attempt's copy) is dropped at once,
+/// while a failed attempt in Completed keeps its copy to ACK a retransmitted
+/// final response until Timer D.
+#[test]
+fn rfc6026_answered_call_sheds_invite_copies_but_still_acks_and_relays() {
+    let (mut call, _, now) = start(2);
+    let held_at_start = call.held_bytes();
+    assert!(held_at_start > 0);
+    call.step(resp(&call, 0, 503), now);
+    call.step(resp(&call, 1, 200), now);
+    assert!(call.answered());
+    let held = call.held_bytes();
+    assert!(
+        held > 0 && held < held_at_start,
+        "attempt 0 (Completed) keeps its copy, the rest is shed: {held} of {held_at_start}"
+    );
+    let acts = call.step(resp(&call, 0, 503), now);
+    let to0 = sent_to(&acts, 0);
+    assert_eq!(
+        to0.len(),
+        1,
+        "§17.1.1.2: a retransmitted 503 is ACKed again"
+    );
+    assert_eq!(to0[0].method().map(|m| m.as_str()), Some("ACK"));
+    call.step(
+        CallEvent::Timer(CallTimer::Client(0, invite_client::Timer::D)),
+        now,
+    );
+    assert_eq!(call.held_bytes(), 0, "nothing held once Completed is over");
+    let acts = call.step(resp(&call, 1, 200), now);
+    assert_eq!(
+        upstream(&acts)[0].status(),
+        Some(200),
+        "2xx retransmission relayed"
+    );
+    let acts = call.step(CallEvent::UpstreamRetransmission, now);
+    assert!(upstream(&acts).is_empty(), "INVITE retransmission absorbed");
+    assert!(!call.is_terminated());
+}

@@ -28,6 +28,10 @@ pub enum ForwardError {
     /// `destination_uri` is not a usable URI.
     #[error("bad destination URI {0:?}")]
     BadDestination(String),
+    /// A new attempt for a call that was already answered (its INVITE is
+    /// no longer kept).
+    #[error("the call is already answered")]
+    Answered,
 }
 
 /// `destination_uri` from a connection as a URI: `sip:` is added when the

@@ -85,6 +85,33 @@ pub struct Inbound {
     pub local: SocketAddr,
 }
 
+/// Where the responses to a request go (§18.2.2, RFC 3581): back over its
+/// flow, else to the source address (the Via's port when the client did
+/// not ask for rport) from the local address it arrived at.
+#[derive(Clone, Debug)]
+pub struct ReplyTo {
+    pub flow: Option<Flow>,
+    pub dest: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl Inbound {
+    pub fn reply_to(&self) -> ReplyTo {
+        let dest = match self.msg.top_via() {
+            Ok(via) if via.rport().is_none() => SocketAddr::new(
+                self.source.ip(),
+                via.port.unwrap_or(Transport::Udp.default_port()),
+            ),
+            _ => self.source,
+        };
+        ReplyTo {
+            flow: self.flow.clone(),
+            dest,
+            local: self.local,
+        }
+    }
+}
+
 /// Receives every parsed inbound message. Must not block: it runs on the
 /// receive loop of a socket.
 pub trait InboundHandler: Send + Sync + 'static {
@@ -391,6 +418,12 @@ impl Transports {
     /// (source IP; source port when the Via has `rport`, else its sent-by
     /// port). A full socket buffer drops it, as a lost datagram would.
     pub fn reply(&self, to: &Inbound, bytes: Bytes) {
+        self.reply_to(&to.reply_to(), bytes);
+    }
+
+    /// Sends a response to where [`Inbound::reply_to`] said (a call task
+    /// keeps that instead of the whole request).
+    pub fn reply_to(&self, to: &ReplyTo, bytes: Bytes) {
         metrics::sip_message(Direction::Out, &bytes);
         if let Some(flow) = &to.flow {
             if !flow.try_send(bytes) {
@@ -398,13 +431,7 @@ impl Transports {
             }
             return;
         }
-        let dest = match to.msg.top_via() {
-            Ok(via) if via.rport().is_none() => SocketAddr::new(
-                to.source.ip(),
-                via.port.unwrap_or(Transport::Udp.default_port()),
-            ),
-            _ => to.source,
-        };
+        let dest = to.dest;
         let socket = self
             .inner
             .udp
