@@ -97,17 +97,22 @@ pub struct ReplyTo {
 
 impl Inbound {
     pub fn reply_to(&self) -> ReplyTo {
-        let dest = match self.msg.top_via() {
+        ReplyTo {
+            flow: self.flow.clone(),
+            dest: self.reply_dest(),
+            local: self.local,
+        }
+    }
+
+    /// The UDP destination of responses: the source address, with the Via's
+    /// port when the client did not ask for rport (§18.2.2, RFC 3581 §4).
+    fn reply_dest(&self) -> SocketAddr {
+        match self.msg.top_via() {
             Ok(via) if via.rport().is_none() => SocketAddr::new(
                 self.source.ip(),
                 via.port.unwrap_or(Transport::Udp.default_port()),
             ),
             _ => self.source,
-        };
-        ReplyTo {
-            flow: self.flow.clone(),
-            dest,
-            local: self.local,
         }
     }
 }
@@ -418,25 +423,36 @@ impl Transports {
     /// (source IP; source port when the Via has `rport`, else its sent-by
     /// port). A full socket buffer drops it, as a lost datagram would.
     pub fn reply(&self, to: &Inbound, bytes: Bytes) {
-        self.reply_to(&to.reply_to(), bytes);
+        self.send_reply(to.flow.as_ref(), || to.reply_dest(), to.local, bytes);
     }
 
     /// Sends a response to where [`Inbound::reply_to`] said (a call task
     /// keeps that instead of the whole request).
     pub fn reply_to(&self, to: &ReplyTo, bytes: Bytes) {
+        self.send_reply(to.flow.as_ref(), || to.dest, to.local, bytes);
+    }
+
+    /// Over `flow` when there is one, else over UDP to `dest()` from `local`.
+    fn send_reply(
+        &self,
+        flow: Option<&Flow>,
+        dest: impl FnOnce() -> SocketAddr,
+        local: SocketAddr,
+        bytes: Bytes,
+    ) {
         metrics::sip_message(Direction::Out, &bytes);
-        if let Some(flow) = &to.flow {
+        if let Some(flow) = flow {
             if !flow.try_send(bytes) {
                 tracing::debug!(?flow, "response dropped: flow closed or congested");
             }
             return;
         }
-        let dest = to.dest;
+        let dest = dest();
         let socket = self
             .inner
             .udp
             .iter()
-            .find(|(_, local)| *local == to.local)
+            .find(|(_, l)| *l == local)
             .map(|(s, _)| s.clone())
             .or_else(|| self.udp_socket_for(dest).map(|(s, _)| s));
         if let Some(s) = socket
