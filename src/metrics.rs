@@ -108,14 +108,19 @@ struct Hot {
 
 impl Hot {
     fn new() -> Hot {
-        let codes = || CODES.iter().map(|(_, l)| *l).chain(CLASSES);
+        let codes = || {
+            CODES
+                .iter()
+                .map(|(_, l)| *l)
+                .chain(KINDS[..FIRST_METHOD].iter().copied())
+        };
         Hot {
             sip_in: Series::new(
-                kinds().collect(),
+                KINDS.to_vec(),
                 |k| counter!(SIP_MESSAGES, "direction" => "in", "kind" => k),
             ),
             sip_out: Series::new(
-                kinds().collect(),
+                KINDS.to_vec(),
                 |k| counter!(SIP_MESSAGES, "direction" => "out", "kind" => k),
             ),
             register: Series::new(
@@ -152,11 +157,16 @@ impl Series {
 
     fn increment(&self, value: &'static str) {
         match self.values.iter().position(|v| *v == value) {
-            Some(i) => self.handles[i]
-                .get_or_init(|| (self.make)(value))
-                .increment(1),
+            Some(i) => self.increment_at(i),
             None => (self.make)(value).increment(1),
         }
+    }
+
+    /// The counter of `values[i]`.
+    fn increment_at(&self, i: usize) {
+        self.handles[i]
+            .get_or_init(|| (self.make)(self.values[i]))
+            .increment(1);
     }
 }
 
@@ -268,65 +278,31 @@ pub fn sip_message(direction: Direction, bytes: &[u8]) {
             Direction::In => &hot.sip_in,
             Direction::Out => &hot.sip_out,
         }
-        .increment(kind(bytes));
+        .increment_at(kind_index(bytes));
     }
 }
 
 /// Counts one received (parsed) SIP message.
 pub fn sip_received(msg: &crate::sip::Message) {
-    let kind = match msg.status() {
-        Some(code) => class_label(code),
-        None => kind(msg.method().map(|m| m.as_str()).unwrap_or("").as_bytes()),
-    };
     if let Some(hot) = HOT.get() {
-        hot.sip_in.increment(kind);
-    }
-}
-
-/// Response classes as labels.
-const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "other"];
-
-/// Every value of the `kind` label.
-fn kinds() -> impl Iterator<Item = &'static str> {
-    CLASSES.into_iter().chain(METHODS)
-}
-
-fn class_label(code: u16) -> &'static str {
-    match code {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        600..=699 => "6xx",
-        _ => "other",
-    }
-}
-
-/// The `kind` label: the method of a request (`other` for an extension
-/// method), or the class of a response (`2xx`).
-pub fn kind(bytes: &[u8]) -> &'static str {
-    if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ") {
-        return match rest.first() {
-            Some(b'1') => "1xx",
-            Some(b'2') => "2xx",
-            Some(b'3') => "3xx",
-            Some(b'4') => "4xx",
-            Some(b'5') => "5xx",
-            Some(b'6') => "6xx",
-            _ => "other",
+        let i = match msg.status() {
+            Some(code) => class_index(code),
+            None => kind_index(msg.method().map(|m| m.as_str()).unwrap_or("").as_bytes()),
         };
+        hot.sip_in.increment_at(i);
     }
-    let method = bytes.split(|b| *b == b' ').next().unwrap_or_default();
-    METHODS
-        .iter()
-        .find(|m| m.as_bytes() == method)
-        .copied()
-        .unwrap_or("other")
 }
 
-/// Methods with a `kind` label of their own.
-const METHODS: [&str; 14] = [
+/// Every value of the `kind` label: the response classes (`other` last
+/// among them), then the methods with a label of their own.
+const KINDS: [&str; 21] = [
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "6xx",
+    "other",
     "INVITE",
     "ACK",
     "BYE",
@@ -342,6 +318,41 @@ const METHODS: [&str; 14] = [
     "MESSAGE",
     "PUBLISH",
 ];
+const OTHER: usize = 6;
+const FIRST_METHOD: usize = 7;
+
+/// Index in [`KINDS`] of a response code's class.
+fn class_index(code: u16) -> usize {
+    match code {
+        100..=699 => usize::from(code / 100 - 1),
+        _ => OTHER,
+    }
+}
+
+fn class_label(code: u16) -> &'static str {
+    KINDS[class_index(code)]
+}
+
+/// Index in [`KINDS`] of a message starting with `bytes`.
+fn kind_index(bytes: &[u8]) -> usize {
+    if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ") {
+        return match rest.first() {
+            Some(d @ b'1'..=b'6') => usize::from(d - b'1'),
+            _ => OTHER,
+        };
+    }
+    let method = bytes.split(|b| *b == b' ').next().unwrap_or_default();
+    KINDS[FIRST_METHOD..]
+        .iter()
+        .position(|m| m.as_bytes() == method)
+        .map_or(OTHER, |i| FIRST_METHOD + i)
+}
+
+/// The `kind` label: the method of a request (`other` for an extension
+/// method), or the class of a response (`2xx`).
+pub fn kind(bytes: &[u8]) -> &'static str {
+    KINDS[kind_index(bytes)]
+}
 
 /// Response codes with a label of their own; others get their class.
 const CODES: [(u16, &str); 24] = [
@@ -396,6 +407,18 @@ mod tests {
         assert_eq!(kind(b"SIP/2.0 503 x\r\n"), "5xx");
         assert_eq!(kind(b"\r\n\r\n"), "other");
         assert_eq!(kind(b""), "other");
+        assert_eq!(kind(b"PUBLISH sip:a@b SIP/2.0\r\n"), "PUBLISH");
+        assert_eq!(kind(b"SIP/2.0 603 x\r\n"), "6xx");
+        assert_eq!(kind(b"SIP/2.0 703 x\r\n"), "other");
+        for (code, class) in [
+            (100, "1xx"),
+            (299, "2xx"),
+            (699, "6xx"),
+            (99, "other"),
+            (700, "other"),
+        ] {
+            assert_eq!(class_label(code), class, "{code}");
+        }
     }
 
     #[test]
