@@ -77,42 +77,12 @@ one_case() { # CASE
     dead_pid=$!; remember_pid "$dead_pid"
     wait_udp "$LIVE_IP" "$UDP_PORT" 5 && wait_udp "$DEAD_IP" "$UDP_PORT" 5 || die "UAS did not start"
   fi
-  cat >"$WD/uacd.toml" <<EOF
-[sip]
-listen = ["udp:$UACD_IP:$UACD_PORT", "tcp:$UACD_IP:$UACD_PORT"]
+  start_uacd_registered "$WD" "[sip]
+listen = [\"udp:$UACD_IP:$UACD_PORT\", \"tcp:$UACD_IP:$UACD_PORT\"]
 [dns]
-nameservers = ["$DNS_IP:$DNS_PORT"]
-greylist_sec = 0
-[api]
-listen = "$UACD_IP:$UACD_API"
-[[api.tokens]]
-token = "bench"
-user_id = "1"
-[store]
-path = "$WD/uacd.db"
-[routing]
-timeout_1xx_sec = $TIMEOUT_1XX
-[[connection]]
-id = "c1"
-connection_name = "bench PBX"
-user_name = "bench"
-[connection.external_uac_settings]
-proxy = "sip:$CALLER_IP:$REG_PORT"
-username = "acct000001"
-password = "s3cret"
-expiration_sec = 3600
-[connection.internal_uac_settings]
-destination_uri = "$dest"
-EOF
-  RUST_LOG=info "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
-  uacd_pid=$!; remember_pid "$uacd_pid"
-  local i ok=0
-  for ((i = 0; i < 200; i++)); do
-    ok=$(grep -c 'status=success' "$WD/uacd.log" 2>/dev/null)
-    [ "${ok:-0}" -ge 1 ] && break
-    sleep 0.1
-  done
-  [ "${ok:-0}" -ge 1 ] || die "uacd did not register (see $WD/uacd.log)"
+nameservers = [\"$DNS_IP:$DNS_PORT\"]
+greylist_sec = 0" "$dest" "$TIMEOUT_1XX"
+  uacd_pid=$UACD_PID
   (cd "$WD/uac" && exec sipp -sf "$SIPP_DIR/uac-rr.xml" -key domain "$UACD_IP:$UACD_PORT" "$UACD_IP:$UACD_PORT" \
     -s bench -i "$CALLER_IP" -p "$CALLER_PORT" -r 1 -rp 2000 -m "$CALLS" -nostdin \
     -timeout $((CALLS * 2 + 30)) -timeout_error -trace_rtt -rtt_freq 1 -trace_err >"$WD/uac.out" 2>&1)

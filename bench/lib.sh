@@ -122,25 +122,21 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 # ip_hex A.B.C.D: the address as /proc/net/{udp,tcp} prints it (little endian).
 ip_hex() { local IFS=.; set -- $1; printf '%02X%02X%02X%02X' "$4" "$3" "$2" "$1"; }
-# wait_udp IP PORT TIMEOUT_S: waits until something listens on IP:PORT/udp.
-wait_udp() {
+# wait_bound FILE TAIL IP PORT TIMEOUT_S: waits until /proc/net/FILE has a
+# socket on IP:PORT whose line goes on with TAIL.
+wait_bound() {
   local key i
-  key="$(ip_hex "$1"):$(printf '%04X' "$2")"
-  for ((i = 0; i < ${3:-10} * 10; i++)); do
-    grep -q "^ *[0-9]*: $key " /proc/net/udp 2>/dev/null && return 0
+  key="$(ip_hex "$3"):$(printf '%04X' "$4")"
+  for ((i = 0; i < ${5:-10} * 10; i++)); do
+    grep -q "^ *[0-9]*: $key $2" "/proc/net/$1" 2>/dev/null && return 0
     sleep 0.1
   done
   return 1
 }
-wait_tcp() {
-  local key i
-  key="$(ip_hex "$1"):$(printf '%04X' "$2")"
-  for ((i = 0; i < ${3:-10} * 10; i++)); do
-    grep -q "^ *[0-9]*: $key 00000000:0000 0A" /proc/net/tcp 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# wait_udp / wait_tcp IP PORT TIMEOUT_S: something is bound (udp) or
+# listening (tcp, state 0A) on IP:PORT.
+wait_udp() { wait_bound udp "" "$@"; }
+wait_tcp() { wait_bound tcp "00000000:0000 0A" "$@"; }
 # addr_free IP PORT: nothing bound to IP:PORT (udp, or tcp listening).
 addr_free() {
   local key
@@ -227,3 +223,44 @@ metric_sum() {
 
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# start_uacd_registered WD SIP_SECTIONS DEST TIMEOUT_1XX: writes WD/uacd.toml
+# (SIP_SECTIONS: the [sip] section and any other before [api]; then the API
+# on UACD_IP:UACD_API, the store in WD and one connection, user "bench",
+# registering to the SIPp registrar on CALLER_IP:REG_PORT with
+# destination_uri DEST), starts uacd and waits (20 s at most) until it has
+# registered. Sets UACD_PID.
+start_uacd_registered() {
+  local wd=$1 sections=$2 dest=$3 t1xx=$4 i ok=0
+  cat >"$wd/uacd.toml" <<EOF
+$sections
+[api]
+listen = "$UACD_IP:$UACD_API"
+[[api.tokens]]
+token = "bench"
+user_id = "1"
+[store]
+path = "$wd/uacd.db"
+[routing]
+timeout_1xx_sec = $t1xx
+[[connection]]
+id = "c1"
+connection_name = "bench PBX"
+user_name = "bench"
+[connection.external_uac_settings]
+proxy = "sip:$CALLER_IP:$REG_PORT"
+username = "acct000001"
+password = "s3cret"
+expiration_sec = 3600
+[connection.internal_uac_settings]
+destination_uri = "$dest"
+EOF
+  RUST_LOG=info "$UACD_BIN" run --config "$wd/uacd.toml" 2>"$wd/uacd.log" &
+  UACD_PID=$!; remember_pid "$UACD_PID"
+  for ((i = 0; i < 200; i++)); do
+    ok=$(grep -c 'status=success' "$wd/uacd.log" 2>/dev/null)
+    [ "${ok:-0}" -ge 1 ] && break
+    sleep 0.1
+  done
+  [ "${ok:-0}" -ge 1 ] || die "uacd did not register (see $wd/uacd.log)"
+}

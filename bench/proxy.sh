@@ -71,39 +71,9 @@ start_proxy() {
       -key realm registrar.test -set pw s3cret -nostdin -deadcall_wait 500 >"$WD/registrar.out" 2>&1) &
     REGISTRAR_PID=$!; remember_pid "$REGISTRAR_PID"
     wait_udp "$CALLER_IP" "$REG_PORT" 5 || die "registrar did not start"
-    cat >"$WD/uacd.toml" <<EOF
-[sip]
-listen = ["udp:$UACD_IP:$UACD_PORT"]
-[api]
-listen = "$UACD_IP:$UACD_API"
-[[api.tokens]]
-token = "bench"
-user_id = "1"
-[store]
-path = "$WD/uacd.db"
-[routing]
-timeout_1xx_sec = 2
-[[connection]]
-id = "c1"
-connection_name = "bench PBX"
-user_name = "bench"
-[connection.external_uac_settings]
-proxy = "sip:$CALLER_IP:$REG_PORT"
-username = "acct000001"
-password = "s3cret"
-expiration_sec = 3600
-[connection.internal_uac_settings]
-destination_uri = "sip:1006@$DEST_IP:$DEST_PORT"
-EOF
-    RUST_LOG=info "$UACD_BIN" run --config "$WD/uacd.toml" 2>"$WD/uacd.log" &
-    PROXY_PID=$!; remember_pid "$PROXY_PID"
-    local i ok=0
-    for ((i = 0; i < 200; i++)); do
-      ok=$(grep -c 'status=success' "$WD/uacd.log" 2>/dev/null)
-      [ "${ok:-0}" -ge 1 ] && break
-      sleep 0.1
-    done
-    [ "${ok:-0}" -ge 1 ] || die "uacd did not register (see $WD/uacd.log)"
+    start_uacd_registered "$WD" "[sip]
+listen = [\"udp:$UACD_IP:$UACD_PORT\"]" "sip:1006@$DEST_IP:$DEST_PORT" 2
+    PROXY_PID=$UACD_PID
     TARGET_DOMAIN="$UACD_IP:$UACD_PORT"; TARGET_USER=bench
   else
     start_kamailio "$KAM_DIR/proxy.cfg" "$WD" -m 512 -M 16 -x "$MEM" -X "$MEM" \
