@@ -76,6 +76,20 @@ fn start_uacd(dir: &Path, config_text: &str, notify: &Path) -> Child {
 }
 
 /// Reads notify datagrams until one satisfies `want` (all are kept).
+/// `uacd status` against the daemon's API on `ip:api`.
+fn uacd_status(ip: impl std::fmt::Display, api: u16, token: &str) -> std::process::Output {
+    Command::new(uacd_bin())
+        .args([
+            "status",
+            "--api",
+            &format!("http://{ip}:{api}"),
+            "--token",
+            token,
+        ])
+        .output()
+        .unwrap()
+}
+
 fn expect_notify(
     sock: &UnixDatagram,
     seen: &mut Vec<String>,
@@ -156,16 +170,7 @@ fn notify_reload_status_and_stop() {
     expect_notify(&sock, &mut seen, |m| m.contains("WATCHDOG=1"));
 
     // `uacd status` against the running daemon.
-    let out = Command::new(uacd_bin())
-        .args([
-            "status",
-            "--api",
-            &format!("http://{ip}:{api}"),
-            "--token",
-            "tok-1",
-        ])
-        .output()
-        .unwrap();
+    let out = uacd_status(ip, api, "tok-1");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -210,16 +215,7 @@ fn notify_reload_status_and_stop() {
         Some(call_a.as_str()),
         "the untouched connection keeps its registration and Call-ID"
     );
-    let old_token = Command::new(uacd_bin())
-        .args([
-            "status",
-            "--api",
-            &format!("http://{ip}:{api}"),
-            "--token",
-            "tok-1",
-        ])
-        .output()
-        .unwrap();
+    let old_token = uacd_status(ip, api, "tok-1");
     assert!(!old_token.status.success(), "the old token is gone at once");
 
     // api.listen moved: rebound at once, the old port closed; nothing else
@@ -232,26 +228,14 @@ fn notify_reload_status_and_stop() {
     .unwrap();
     uacd.signal("HUP");
     wait_for_line(uacd.stderr_path(), "API moved", WAIT).unwrap();
-    let status_at = |api: u16| {
-        Command::new(uacd_bin())
-            .args([
-                "status",
-                "--api",
-                &format!("http://{ip}:{api}"),
-                "--token",
-                "tok-2",
-            ])
-            .output()
-            .unwrap()
-    };
-    let moved = status_at(api2);
+    let moved = uacd_status(ip, api2, "tok-2");
     assert!(
         moved.status.success(),
         "{}",
         String::from_utf8_lossy(&moved.stderr)
     );
     assert!(
-        !status_at(api).status.success(),
+        !uacd_status(ip, api, "tok-2").status.success(),
         "the old API port is closed"
     );
     assert_eq!(
