@@ -262,6 +262,12 @@ username = "f"
             json!({"external_uac_settings": {"extra": true}}),
             "/external_uac_settings/extra",
         ),
+        (
+            // Rejected before anything is sent: nothing listens there.
+            json!({"external_uac_settings": {
+                "proxy": "sips:127.0.0.81:5061", "username": "u", "transport": "TCP"}}),
+            "/external_uac_settings/transport",
+        ),
         (json!({"active": "yes"}), "/active"),
         (json!({"id": "123"}), "/id"),
         (json!({"user_id": "999"}), "/user_id"),

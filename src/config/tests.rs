@@ -123,6 +123,12 @@ fn transport_follows_proxy_uri_when_absent() {
         "connection[0].external_uac_settings.transport",
         "conflicts",
     );
+    assert_one(
+        &one_conn("transport = \"tcp\"").replace("sip:pbx.example.com", "sips:pbx"),
+        10,
+        "connection[0].external_uac_settings.transport",
+        "TCP conflicts with the proxy's sips: scheme",
+    );
 }
 
 #[test]
