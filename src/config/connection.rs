@@ -342,17 +342,15 @@ pub fn validate_destination_uri(uri: &str) -> Result<(), String> {
     } else {
         uri
     };
-    let end = rest.find([';', '?']).unwrap_or(rest.len());
-    let rest = &rest[..end];
-    let hostport = match rest.rsplit_once('@') {
-        Some((user, host)) => {
-            if user.is_empty() {
-                return Err("empty user part before '@'".into());
-            }
-            host
-        }
+    // The user part may itself hold ';' and '?' (RFC 3261 §25.1
+    // user-unreserved), and '@' appears only after it: split there first,
+    // as the SIP URI parser does, then cut the host at its parameters.
+    let host = match rest.split_once('@') {
+        Some(("", _)) => return Err("empty user part before '@'".into()),
+        Some((_, host)) => host,
         None => rest,
     };
+    let hostport = &host[..host.find([';', '?']).unwrap_or(host.len())];
     super::types::parse_hostport(hostport)
         .map(|_| ())
         .map_err(|e| format!("invalid host: {e}"))

@@ -500,10 +500,12 @@ fn destination_uri_forms() {
         "sips:h:5061;transport=tls",
         "h",
         "a@[::1]:5060",
+        "?x;y@h",
+        "1006;isup-oli=0@h;transport=tcp?X-A=1",
     ] {
         assert!(connection::validate_destination_uri(ok).is_ok(), "{ok}");
     }
-    for bad in ["", "a b@h", "@h", "1006@", "tel:+1", "u@h:0"] {
+    for bad in ["", "a b@h", "@h", "1006@", "tel:+1", "u@h:0", "u@;x", "?u"] {
         assert!(connection::validate_destination_uri(bad).is_err(), "{bad}");
     }
 }

@@ -173,6 +173,12 @@ fn destination_uri_adds_sip_and_keeps_parameters() {
         ("sips:1006@sip.telnyx.com", "sips:1006@sip.telnyx.com"),
         ("SIP:bob@[2001:db8::1]:5062", "sip:bob@[2001:db8::1]:5062"),
         (" tel:+15551230000 ", "tel:+15551230000"),
+        // ';' and '?' belong to the user part before the '@' (RFC 3261 §25.1)
+        (
+            "1006;isup-oli=0@h;transport=tcp",
+            "sip:1006;isup-oli=0@h;transport=tcp",
+        ),
+        ("?x@h", "sip:?x@h"),
     ];
     for (input, want) in cases {
         assert_eq!(destination_uri(input).expect(input).to_string(), want);
