@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Registration scale, uacd and Kamailio's uac module side by side.
 #
-# N accounts register to one SIPp registrar (sipp/registrar-uas.xml on
-# 127.0.0.101:5075: 401 with qop=auth, digest verified with <verifyauth>,
-# 200 echoing the requested expiry); each registration and each refresh is
-# two REGISTER transactions. Expiry EXPIRES (60, uacd's minimum) for both.
-# Registrations and transactions are counted at the registrar (its
-# -trace_logs file), the same way for both daemons.
+# N accounts register to REGISTRARS SIPp registrars (sipp/registrar-uas.xml
+# on 127.0.0.101, ports 5075, 5076, ...; account i goes to registrar
+# (i-1) mod REGISTRARS: 401 with qop=auth, digest verified with
+# <verifyauth>, 200 echoing the requested expiry); each registration and each
+# refresh is two REGISTER transactions. Expiry EXPIRES (60, uacd's minimum)
+# for both. One SIPp registrar costs about 1 ms of CPU per transaction, so
+# beyond about 20k accounts use several and a longer EXPIRES (the refresh
+# cycle puts 2N transactions into about EXPIRES/2 s). Registrations and
+# transactions are counted at the registrars (their -trace_logs files), the
+# same way for both daemons.
 #   uacd      127.0.0.100:5060/udp, N [[connection]]s in its config file,
 #             
 #   Kamailio  127.0.0.102:5070/udp, uac module, N rows in an sqlite uacreg
@@ -30,8 +34,11 @@
 # Usage: bench/register.sh [N=10000] [REPS=3]
 # Env:   REFRESH=1 (0: skip the refresh cycle) DAEMONS="uacd kamailio"
 #        EXPIRES=60 IDLE_S=5 RATE=20000 (uacd max_register_rate_per_sec)
+#        REGISTRARS=1 WAIT_S=300 (deadline for all N registered)
 #        MEM=fm (Kamailio allocator) FIGS=<file> (summary rows for run.sh)
-# Bounded: each wait has a deadline; ~40 s (uacd) + ~70 s (Kamailio) per rep.
+# 100k: REGISTRARS=4 EXPIRES=600 RATE=2000 WAIT_S=600 bench/register.sh 100000 1
+# Bounded: each wait has a deadline; ~40 s (uacd) + ~70 s (Kamailio) per rep
+# at the defaults.
 set -u
 . "$(dirname "$0")/lib.sh"
 need sipp curl kamailio kamcmd sqlite3
@@ -42,6 +49,8 @@ EXPIRES=${EXPIRES:-60}
 REFRESH=${REFRESH:-1}
 IDLE_S=${IDLE_S:-5}
 RATE=${RATE:-20000}
+REGISTRARS=${REGISTRARS:-1}
+WAIT_S=${WAIT_S:-300}
 MEM=${MEM:-fm}
 DAEMONS=${DAEMONS:-"uacd kamailio"}
 STAMP=${STAMP:-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -56,7 +65,10 @@ REG_IP=127.0.0.101 REG_PORT=5075
 UACD_IP=127.0.0.100 UACD_PORT=5060 UACD_API=8100
 KAM_IP=127.0.0.102 KAM_PORT=5070
 UACD_HEALTH="http://$UACD_IP:$UACD_API/healthz"
-for a in "$REG_IP $REG_PORT" "$UACD_IP $UACD_PORT" "$UACD_IP $UACD_API" "$KAM_IP $KAM_PORT"; do
+for ((k = 0; k < REGISTRARS; k++)); do
+  addr_free "$REG_IP" $((REG_PORT + k)) || die "address $REG_IP $((REG_PORT + k)) is busy"
+done
+for a in "$UACD_IP $UACD_PORT" "$UACD_IP $UACD_API" "$KAM_IP $KAM_PORT"; do
   # shellcheck disable=SC2086
   addr_free $a || die "address $a is busy"
 done
@@ -64,16 +76,27 @@ case " $DAEMONS " in *" uacd "*) build_uacd ;; esac
 
 printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tload_sched_s\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
 
-start_registrar() { # WD
-  mkdir -p "$1/sipp"
-  # -deadcall_wait: uacd keeps its Call-ID for the life of a connection, so a
-  # refresh reuses the Call-ID of an ended SIPp "call"; SIPp would discard it
-  # for the default 33 s dead-call window
-  (cd "$1/sipp" && exec sipp -sf "$SIPP_DIR/registrar-uas.xml" -i "$REG_IP" -p "$REG_PORT" \
-    -key realm registrar.test -set pw s3cret -nostdin -buff_size 4194304 -deadcall_wait 500 \
-    -trace_err -trace_logs >"$1/registrar.out" 2>&1) &
-  REGISTRAR_PID=$!; remember_pid "$REGISTRAR_PID"
-  wait_udp "$REG_IP" "$REG_PORT" 5 || die "registrar did not start"
+start_registrars() { # WD: REGISTRAR_PIDS[k] listens on REG_PORT + k
+  local k port
+  REGISTRAR_PIDS=()
+  for ((k = 0; k < REGISTRARS; k++)); do
+    port=$((REG_PORT + k))
+    mkdir -p "$1/sipp$k"
+    # -deadcall_wait: uacd keeps its Call-ID for the life of a connection, so a
+    # refresh reuses the Call-ID of an ended SIPp "call"; SIPp would discard it
+    # for the default 33 s dead-call window
+    (cd "$1/sipp$k" && exec sipp -sf "$SIPP_DIR/registrar-uas.xml" -i "$REG_IP" -p "$port" \
+      -key realm registrar.test -set pw s3cret -nostdin -buff_size 4194304 -deadcall_wait 500 \
+      -trace_err -trace_logs >"$1/registrar$k.out" 2>&1) &
+    REGISTRAR_PIDS[k]=$!; remember_pid "${REGISTRAR_PIDS[k]}"
+    wait_udp "$REG_IP" "$port" 5 || die "registrar $k did not start"
+  done
+}
+
+registrars_cpu() { # -> CPU ticks of all registrars
+  local p s=0
+  for p in "${REGISTRAR_PIDS[@]}"; do s=$((s + $(cpu_ticks "$p"))); done
+  echo "$s"
 }
 
 uacd_config() { # FILE ACTIVE(true|false); the store lives beside FILE
@@ -82,10 +105,10 @@ uacd_config() { # FILE ACTIVE(true|false); the store lives beside FILE
     printf '[api]\nlisten = "%s:%s"\n[[api.tokens]]\ntoken = "bench"\nuser_id = "1"\n' "$UACD_IP" "$UACD_API"
     printf '[store]\npath = "%s"\n' "$(dirname "$1")/uacd.db"
     printf '[registration]\nmax_register_rate_per_sec = %s\n' "$RATE"
-    awk -v n="$N" -v ip="$REG_IP" -v port="$REG_PORT" -v e="$EXPIRES" -v act="$2" 'BEGIN {
+    awk -v n="$N" -v ip="$REG_IP" -v port="$REG_PORT" -v k="$REGISTRARS" -v e="$EXPIRES" -v act="$2" 'BEGIN {
       for (i = 1; i <= n; i++) {
         printf "[[connection]]\nid = \"c%d\"\nconnection_name = \"c%d\"\nuser_name = \"u%d\"\nactive = %s\n", i, i, i, act
-        printf "[connection.external_uac_settings]\nproxy = \"sip:%s:%s\"\nusername = \"acct%06d\"\npassword = \"s3cret\"\nexpiration_sec = %d\n", ip, port, i, e
+        printf "[connection.external_uac_settings]\nproxy = \"sip:%s:%s\"\nusername = \"acct%06d\"\npassword = \"s3cret\"\nexpiration_sec = %d\n", ip, port + (i - 1) % k, i, e
       }
     }'
   } >"$1"
@@ -116,22 +139,28 @@ wait_ok() {
   done
 }
 
-# registrar_counts N -> "init_txn init_ok refresh_txn refresh_ok bad": from the
-# registrar's -trace_logs file once it has exited (one line per REGISTER
-# transaction: CHAL, OK or BAD, in order); the initial burst is everything
-# up to the N-th OK, the refresh cycle the rest
+# registrar_counts -> "init_txn init_ok refresh_txn refresh_ok bad": from the
+# registrars' -trace_logs files once they have exited (one line per REGISTER
+# transaction: CHAL, OK or BAD, in order); for registrar k with n_k accounts
+# the initial burst is everything up to its n_k-th OK, the refresh cycle the
+# rest; summed over the registrars
 registrar_counts() {
-  awk -v n="$1" '$1 == "BAD" { bad++ }
-    { if (ok < n) { it++; if ($1 == "OK") ok++ } else { rt++; if ($1 == "OK") rok++ } }
-    END { printf "%d %d %d %d %d\n", it, ok, rt, rok, bad }' "$WD/sipp/registrar-uas_${REGISTRAR_PID}_logs.log" 2>/dev/null || echo "0 0 0 0 0"
+  local k nk
+  for ((k = 0; k < REGISTRARS; k++)); do
+    nk=$(( N / REGISTRARS + (k < N % REGISTRARS ? 1 : 0) ))
+    awk -v n="$nk" '$1 == "BAD" { bad++ }
+      { if (ok < n) { it++; if ($1 == "OK") ok++ } else { rt++; if ($1 == "OK") rok++ } }
+      END { printf "%d %d %d %d %d\n", it, ok, rt, rok, bad }' \
+      "$WD/sipp$k/registrar-uas_${REGISTRAR_PIDS[k]}_logs.log" 2>/dev/null || echo "0 0 0 0 0"
+  done | awk '{ for (i = 1; i <= 5; i++) s[i] += $i } END { printf "%d %d %d %d %d\n", s[1], s[2], s[3], s[4], s[5] }'
 }
 
 one_rep() { # DAEMON REP
   local dm=$1 rep=$2 WD="$BASE/$1-rep$2" T0 c0 n0 pid
   mkdir -p "$WD"
-  start_registrar "$WD"
+  start_registrars "$WD"
   local y0 z0 r0
-  y0=$(sys_busy_ticks); z0=$(sys_steal_ticks); r0=$(cpu_ticks "$REGISTRAR_PID")
+  y0=$(sys_busy_ticks); z0=$(sys_steal_ticks); r0=$(registrars_cpu)
   local Ts W0; Ts=$(now_s); W0=$Ts
   if [ "$dm" = uacd ]; then
     # 1) load probe: the same N connections inactive (nothing is sent) on a
@@ -169,7 +198,7 @@ one_rep() { # DAEMON REP
         auth_username, auth_password, auth_proxy, expires, flags, reg_delay, contact_addr, socket)
       SELECT printf('u%06d', i), printf('user%06d', i), 'local.test', printf('acct%06d', i),
         'registrar.test', 'registrar.test', printf('acct%06d', i), 's3cret',
-        'sip:$REG_IP:$REG_PORT', $EXPIRES, 0, 0, '', '' FROM s;"
+        'sip:$REG_IP:' || ($REG_PORT + (i - 1) % $REGISTRARS), $EXPIRES, 0, 0, '', '' FROM s;"
     start_kamailio "$KAM_DIR/uacreg.cfg" "$WD" -m "${SHM_MB:-1024}" -M "${PKG_MB:-256}" -x "$MEM" -X "$MEM" \
       -A "DBURL=\"sqlite://$DB\"" -A "CTLSOCK=\"$CTL\"" -A "RPCFIFO=\"$WD/kamailio_rpc.fifo\"" \
       -A "RPCDIR=\"$WD/\"" -A "LISTEN=udp:$KAM_IP:$KAM_PORT" -A "CONTACT=\"$KAM_IP:$KAM_PORT\"" \
@@ -196,7 +225,7 @@ one_rep() { # DAEMON REP
     LOAD_NS=$n0; PROBE_TICKS=0
     Ts=$T0; kam_rpc "$CTL" uac.reg_active 1 >/dev/null || die "uac.reg_active failed"
   fi
-  wait_ok "$dm" $((ok0 + N)) 300
+  wait_ok "$dm" $((ok0 + N)) "$WAIT_S"
   local c1 n1 T1; read -r c1 n1 <<<"$(tree_cpu "$pid")"; T1=$(now_s)
   # idle with N registered
   sleep 1
@@ -220,18 +249,19 @@ one_rep() { # DAEMON REP
   fi
   local pss rss np; read -r pss rss np <<<"$(mem_kib "$pid")"
   local y1 z1 r1 win oth stl
-  r1=$(cpu_ticks "$REGISTRAR_PID"); y1=$(sys_busy_ticks); z1=$(sys_steal_ticks)
+  r1=$(registrars_cpu); y1=$(sys_busy_ticks); z1=$(sys_steal_ticks)
   read -r cz _ <<<"$(tree_cpu "$pid")"
   # the daemon started after W0: all of its CPU is inside the window
   win=$(elapsed "$W0" "$(now_s)")
   oth=$(others_frac $((y1 - y0)) $((cz + PROBE_TICKS + r1 - r0)) "$win")
   stl=$(others_frac $((z1 - z0)) 0 "$win")
-  # the registrar first: its log is complete once it exits, before the
-  # daemon's unregistrations at shutdown
-  stop_pid "$REGISTRAR_PID" 5
+  # the registrars first: their logs are complete once they exit, before
+  # the daemon's unregistrations at shutdown
+  local rp
+  for rp in "${REGISTRAR_PIDS[@]}"; do stop_pid "$rp" 5; done
   stop_pid "$pid" 10
   local itx iok rtx rok bad
-  read -r itx iok rtx rok bad <<<"$(registrar_counts "$N")"
+  read -r itx iok rtx rok bad <<<"$(registrar_counts)"
   awk -v dm="$dm" -v rep="$rep" -v N="$N" -v tall="$(elapsed "$Ts" "$T1")" -v reg="$iok" \
     -v itx="$itx" -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v lns="$LOAD_NS" -v idle="$idle" \
     -v rw="$(elapsed "$T1" "$T2")" -v rfd="$rok" -v rtx="$rtx" -v rc=$((c2 - c1)) -v rns=$((n2 - n1)) \
