@@ -237,10 +237,12 @@ one_rep() { # DAEMON REP
   local c2=$ib n2=$ibn T2=$tb
   if [ "$REFRESH" = 1 ]; then
     if [ "$dm" = uacd ]; then
-      # uacd refreshes a binding 40-50 % into its expiry (24-30 s for 60 s)
-      # and logs nothing when it does: wait until every refresh is due
+      # uacd refreshes a binding 40-50 % into its expiry below 4 Timer F
+      # (128 s; 24-30 s for 60 s), else 2 Timer F (64 s) plus 0-10 % before
+      # it (registration::state::refresh_delay), and logs nothing when it
+      # does: wait until every refresh is due
       local until
-      until=$(awk -v t="$T1" -v e="$EXPIRES" 'BEGIN { printf "%.3f", t + e * 0.5 + 2 }')
+      until=$(awk -v t="$T1" -v e="$EXPIRES" 'BEGIN { printf "%.3f", t + (e >= 128 ? e - 64 : e * 0.5) + 2 }')
       while awk -v u="$until" -v n="$(now_s)" 'BEGIN { exit !(n < u) }'; do sleep 0.2; done
     else
       wait_ok "$dm" $((ok0 + 2 * N)) $((EXPIRES + 40))

@@ -176,9 +176,12 @@ impl App {
         }) {
             return Err(AppError::NoUdpListener { id: c.id.clone() });
         }
+        // The file's connections live on in the store and the supervisor;
+        // the daemon's config keeps none (a copy is ~0.5 KiB per connection
+        // that nothing reads: a reload parses the file again).
         let mut file = std::mem::take(&mut config.connections);
-        let generated = config.generated_passwords.clone();
-        let (file, rows) = store
+        let generated = std::mem::take(&mut config.generated_passwords);
+        let rows = store
             .run(move |s| {
                 let report = s.sync_file(&mut file, &generated, now_ms())?;
                 tracing::info!(
@@ -187,12 +190,9 @@ impl App {
                     removed = report.removed,
                     "config connections synced into the store"
                 );
-                Ok((file, s.all()?))
+                s.all()
             })
             .await?;
-        // The file's connections, with the passwords in force (a generated
-        // one comes from the store after the first start).
-        config.connections = file;
         let config = Arc::new(config);
         let cancel = CancellationToken::new();
         let layer = Layer::new(&config.sip.user_agent);

@@ -33,6 +33,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub registration: RegistrationConfig,
     pub routing: RoutingConfig,
+    /// The file's connections. `App` moves them into the store at start-up
+    /// (and a reload's into the store again): the running config has none.
     pub connections: Vec<Connection>,
     /// Ids of the file connections that set no `password`: theirs was generated
     /// at load, and the store keeps the first one generated across restarts.
