@@ -297,7 +297,15 @@ impl Driver {
                 Action::Send(register) => *inflight = Some(self.transaction(register, paced)),
                 // Clamped so that no configured interval can overflow Instant.
                 Action::Arm(timer, d) => {
-                    *self.deadline(timer) = Some(Instant::now() + d.min(MAX_TIMER))
+                    let at = Instant::now() + d.min(MAX_TIMER);
+                    // Expiry stays exact: it ends a binding.
+                    let at = match timer {
+                        RegTimer::Refresh | RegTimer::Retry => {
+                            super::coalesce(self.ctx.epoch, at, super::TIMER_TICK)
+                        }
+                        RegTimer::Expiry => at,
+                    };
+                    *self.deadline(timer) = Some(at)
                 }
                 Action::Disarm(timer) => *self.deadline(timer) = None,
                 Action::Publish(p) => self.publish(p),
