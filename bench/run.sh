@@ -14,8 +14,10 @@
 #            for 5 s, 1 rep; max clean rate 1 rep in 1000-cps steps of 3 s;
 #            failover 2 calls per case
 #            (< 2 min)
-#   --n N    number of accounts (e.g. 100000; Kamailio's table load and the
-#            registrar's burst then dominate: allow ~3 min per rep)
+#   --n N    number of accounts. Above 20000 the registration part uses
+#            4 SIPp registrars, EXPIRES=300, RATE=2000 and WAIT_S=600 unless
+#            set (one registrar saturates, and a 60 s expiry would ask for
+#            N/30 refreshes a second): allow ~6 min per rep and daemon
 # Env: REPS, RATES, DUR, SKIP="register proxy max failover" (any of them)
 set -u
 cd "$(dirname "$0")"
@@ -34,6 +36,9 @@ if [ "$QUICK" = 1 ]; then
   N=${N:-1000}; REPS=${REPS:-1}; RATES=${RATES:-"1000"}; DUR=${DUR:-5}; REFRESH=0; FO_CALLS=2; MAX_REPS=1; MAX_DUR=3; MAX_START=1000; MAX_STEP=1000
 else
   N=${N:-10000}; REPS=${REPS:-3}; RATES=${RATES:-"200 500 1000"}; DUR=${DUR:-8}; REFRESH=1; FO_CALLS=5; MAX_REPS=$REPS; MAX_DUR=5; MAX_START=1000; MAX_STEP=250
+fi
+if [ "$N" -gt 20000 ]; then
+  export REGISTRARS=${REGISTRARS:-4} EXPIRES=${EXPIRES:-300} RATE=${RATE:-2000} WAIT_S=${WAIT_S:-600}
 fi
 SKIP=${SKIP:-}
 export STAMP; STAMP=$(date -u +%Y%m%dT%H%M%SZ)
