@@ -9,7 +9,7 @@
 #   default  N=10000 accounts with one refresh cycle, 3 reps; calls at 200,
 #            500, 1000 calls/s for 8 s, 3 reps; max clean rate from 1000 in
 #            250-cps steps of 5 s, 3 reps; failover 5 calls per case
-#            (~14 min on 2 cores)
+#            (about 14 min on 2 cores)
 #   --quick  N=1000 without the refresh cycle, 1 rep; calls at 1000 calls/s
 #            for 5 s, 1 rep; max clean rate 1 rep in 1000-cps steps of 3 s;
 #            failover 2 calls per case
