@@ -33,8 +33,12 @@ need sipp curl kamailio kamcmd
 MODE=${1:-rates}
 if [ "$MODE" = max ]; then
   START=${2:-1000}; STEP=${3:-250}; DUR=${4:-5}; REPS=${5:-3}; TAIL_S=${TAIL_S:-2}
+  # a clean run ends about DUR s after it starts; one past the rate would
+  # wait out its lost calls' timers (32 s) only to be called unclean anyway
+  RUN_TIMEOUT=$((DUR + 8))
 else
   RATES=${2:-"200 500 1000"}; DUR=${3:-10}; REPS=${4:-3}; TAIL_S=${TAIL_S:-5}
+  RUN_TIMEOUT=$((DUR * 3 + 30))
 fi
 MAX_RATE=${MAX_RATE:-6000}
 MEM=${MEM:-fm}
@@ -117,7 +121,7 @@ run_once() {
   (cd "$rd" && exec sipp -sf "$SIPP_DIR/uac-rr.xml" -key domain "$TARGET_DOMAIN" "$TARGET_DOMAIN" \
     -s "$TARGET_USER" -i "$CALLER_IP" -p "$CALLER_PORT" \
     -r "$rate" -m "$calls" -nostdin -buff_size 4194304 \
-    -timeout $((DUR * 3 + 30)) -timeout_error \
+    -timeout "$RUN_TIMEOUT" -timeout_error \
     -trace_stat -stf stat.csv -fd 1 -trace_rtt -rtt_freq 50 -trace_err \
     >"$rd/uac.out" 2>&1)
   rc=$?
