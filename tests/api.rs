@@ -263,6 +263,15 @@ username = "f"
             "/external_uac_settings/extra",
         ),
         (
+            // The API wants the scheme (the config file takes a bare host).
+            json!({"external_uac_settings": {"outbound_proxy": "G"}}),
+            "/external_uac_settings/outbound_proxy",
+        ),
+        (
+            json!({"external_uac_settings": {"proxy": "127.0.0.81:5060", "username": "u"}}),
+            "/external_uac_settings/proxy",
+        ),
+        (
             // Rejected before anything is sent: nothing listens there.
             json!({"external_uac_settings": {
                 "proxy": "sips:127.0.0.81:5061", "username": "u", "transport": "TCP"}}),
@@ -324,6 +333,12 @@ username = "f"
         data(expect(&a.patch(&path, &integral), 200))["external_uac_settings"]["expiration_sec"],
         600,
         "600.0 is the integer 600"
+    );
+    // A merge patch's null removes the member: transport back to its default.
+    let reset = json!({"external_uac_settings": {"transport": null}});
+    assert_eq!(
+        data(expect(&a.patch(&path, &reset), 200))["external_uac_settings"]["transport"],
+        "UDP"
     );
 
     // File-owned: readable, not changeable.

@@ -91,6 +91,29 @@ fn integral_floats(v: &mut Value) {
     }
 }
 
+/// Through the API `proxy` and `outbound_proxy` are SIP URIs with their
+/// scheme, as the OpenAPI document says. (The config file also takes a bare
+/// `host[:port]`.)
+pub fn check_uri_schemes(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(Value::Object(ext)) = body.get("external_uac_settings") else {
+        return Ok(());
+    };
+    for key in ["proxy", "outbound_proxy"] {
+        if let Some(Value::String(uri)) = ext.get(key) {
+            let scheme = uri.split_once(':').map(|(s, _)| s);
+            if !scheme
+                .is_some_and(|s| s.eq_ignore_ascii_case("sip") || s.eq_ignore_ascii_case("sips"))
+            {
+                return Err(ApiError::invalid(
+                    format!("/external_uac_settings/{key}"),
+                    "must be a SIP URI starting with sip: or sips:",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rejects server-set fields, `user_id` included (the token's user owns
 /// what it creates).
 pub fn check_writable(body: &Map<String, Value>, caller: &str) -> Result<(), ApiError> {

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::body::{
-    self, check_known, check_writable, infer_transport, merge_patch, to_connection, to_document,
+    self, check_known, check_uri_schemes, check_writable, infer_transport, merge_patch,
+    to_connection, to_document,
 };
 use super::error::ApiError;
 use super::query::{self, CredentialType};
@@ -68,6 +69,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let input = body::read_object(&headers, request).await?;
     check_writable(&input, &caller.user_id)?;
+    check_uri_schemes(&input)?;
     let patch_ext = input.get("external_uac_settings").cloned();
     let mut doc = Value::Object(input);
     doc["id"] = Value::String(new_id());
@@ -140,6 +142,7 @@ pub async fn update(
     }
     check_writable(&patch, &caller.user_id)?;
     check_known(&patch)?;
+    check_uri_schemes(&patch)?;
     let patch_ext = patch.get("external_uac_settings").cloned();
     let patch = Value::Object(patch);
     let mut doc = to_document(&row.connection);
