@@ -75,7 +75,6 @@ fn start_uacd(dir: &Path, config_text: &str, notify: &Path) -> Child {
     Child::spawn("uacd", cmd, dir)
 }
 
-/// Reads notify datagrams until one satisfies `want` (all are kept).
 /// `uacd status` against the daemon's API on `ip:api`.
 fn uacd_status(ip: impl std::fmt::Display, api: u16, token: &str) -> std::process::Output {
     Command::new(uacd_bin())
@@ -90,6 +89,7 @@ fn uacd_status(ip: impl std::fmt::Display, api: u16, token: &str) -> std::proces
         .unwrap()
 }
 
+/// Reads notify datagrams until one satisfies `want` (all are kept).
 fn expect_notify(
     sock: &UnixDatagram,
     seen: &mut Vec<String>,
