@@ -35,8 +35,9 @@
 # Env:   REFRESH=1 (0: skip the refresh cycle) DAEMONS="uacd kamailio"
 #        EXPIRES=60 IDLE_S=5 RATE=20000 (uacd max_register_rate_per_sec)
 #        REGISTRARS=1 WAIT_S=300 (deadline for all N registered)
-#        MEM=fm (Kamailio allocator) FIGS=<file> (summary rows for run.sh)
-# 100k: REGISTRARS=4 EXPIRES=600 RATE=2000 WAIT_S=600 bench/register.sh 100000 1
+#        MEM=fm (Kamailio allocator) SHM_MB=1024 PKG_MB=256 (its shared and
+#        per-process memory) FIGS=<file> (summary rows for run.sh)
+# 100k: REGISTRARS=4 EXPIRES=300 RATE=2000 WAIT_S=600 SHM_MB=4096 bench/register.sh 100000 1
 # Bounded: each wait has a deadline; ~40 s (uacd) + ~70 s (Kamailio) per rep
 # at the defaults.
 set -u

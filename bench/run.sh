@@ -15,9 +15,10 @@
 #            failover 2 calls per case
 #            (< 2 min)
 #   --n N    number of accounts. Above 20000 the registration part uses
-#            4 SIPp registrars, EXPIRES=300, RATE=2000 and WAIT_S=600 unless
-#            set (one registrar saturates, and a 60 s expiry would ask for
-#            N/30 refreshes a second): allow ~6 min per rep and daemon
+#            4 SIPp registrars, EXPIRES=300, RATE=2000, WAIT_S=600 and
+#            Kamailio SHM_MB=4096 unless set (one registrar saturates, and a
+#            60 s expiry would ask for N/30 refreshes a second): allow ~6 min
+#            per rep and daemon
 # Env: REPS, RATES, DUR, SKIP="register proxy max failover" (any of them)
 set -u
 cd "$(dirname "$0")"
@@ -38,7 +39,8 @@ else
   N=${N:-10000}; REPS=${REPS:-3}; RATES=${RATES:-"200 500 1000"}; DUR=${DUR:-8}; REFRESH=1; FO_CALLS=5; MAX_REPS=$REPS; MAX_DUR=5; MAX_START=1000; MAX_STEP=250
 fi
 if [ "$N" -gt 20000 ]; then
-  export REGISTRARS=${REGISTRARS:-4} EXPIRES=${EXPIRES:-300} RATE=${RATE:-2000} WAIT_S=${WAIT_S:-600}
+  export REGISTRARS=${REGISTRARS:-4} EXPIRES=${EXPIRES:-300} RATE=${RATE:-2000} WAIT_S=${WAIT_S:-600} \
+    SHM_MB=${SHM_MB:-4096}
 fi
 SKIP=${SKIP:-}
 export STAMP; STAMP=$(date -u +%Y%m%dT%H%M%SZ)
