@@ -99,7 +99,12 @@ impl Inbound {
     pub fn reply_to(&self) -> ReplyTo {
         ReplyTo {
             flow: self.flow.clone(),
-            dest: self.reply_dest(),
+            // Over a flow the destination is never used: no Via to read.
+            dest: if self.flow.is_some() {
+                self.source
+            } else {
+                self.reply_dest()
+            },
             local: self.local,
         }
     }
