@@ -9,7 +9,8 @@
 #   1b. installs schemathesis (PyPI, pinned) into .venv-test/ for the API contract test
 #   2. installs Rust with rustup when there is no cargo (Debian's rustc is too
 #      old for edition 2024), and rustfmt and clippy
-#   3. cargo fmt --check, cargo clippy -D warnings, cargo test --all-targets,
+#   3. cargo fmt --check, scripts/check-layout.py (module imports and file
+#      sizes), cargo clippy -D warnings, cargo test --all-targets,
 #      cargo test --doc (there is a lib); fails on the first failure.
 # Interop tests fail (never skip) when a peer is missing.
 # Usage: scripts/test.sh [extra cargo test args, e.g. a test name filter]
@@ -88,6 +89,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 log "cargo fmt --all -- --check"
 cargo fmt --all -- --check
+
+log "scripts/check-layout.py (no import cycle among src/ modules, no file over 800 lines)"
+python3 scripts/check-layout.py
 
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
