@@ -15,12 +15,39 @@ use crate::registration::Applied;
 use crate::store::{Owner, SqliteStore, StoreError, StoreHandle, now_ms};
 
 use crate::config::{Config, Transport};
+use crate::context::Context;
 use crate::dns::Dns;
-use crate::registration::{Context, Supervisor};
-use crate::routing::proxy::Router;
+use crate::registration::{ConnectionStatus, Supervisor};
+use crate::routing::{ConnectionEntry, Directory, Router};
 use crate::transaction::Layer;
 use crate::transaction::client::Timers;
 use crate::transport::{self, Transports};
+
+/// Routing's directory over the live registrations: the connection a
+/// request names, with the state of its registration.
+struct Registrations(Supervisor);
+
+impl Directory for Registrations {
+    type Entry = ConnectionEntry;
+    fn by_user(&self, user: &str) -> Option<ConnectionEntry> {
+        self.0.by_user(user).map(entry)
+    }
+    fn by_line(&self, line: &str) -> Option<ConnectionEntry> {
+        self.0.get(line).map(entry)
+    }
+    fn by_flow(&self, flow: u64) -> Option<ConnectionEntry> {
+        self.0.by_flow(flow).map(entry)
+    }
+}
+
+fn entry(s: ConnectionStatus) -> ConnectionEntry {
+    ConnectionEntry {
+        registered: s.snapshot.status == crate::registration::RegStatus::Success,
+        flow: s.snapshot.flow,
+        registrar: s.snapshot.last_registered_ip,
+        connection: s.connection,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -170,9 +197,7 @@ impl App {
             let uri = ext.outbound_proxy.as_ref().or(ext.proxy.as_ref());
             c.active
                 && !has_udp
-                && uri.is_some_and(|u| {
-                    crate::registration::transport_for(u, ext.transport) == Transport::Udp
-                })
+                && uri.is_some_and(|u| u.transport_or(ext.transport) == Transport::Udp)
         }) {
             return Err(AppError::NoUdpListener { id: c.id.clone() });
         }
@@ -216,7 +241,11 @@ impl App {
         let ctx = Arc::new(ctx);
         let supervisor = Supervisor::new(ctx.clone());
         // Calls may come as soon as the first registration succeeds.
-        let router = Router::new(&ctx, Arc::new(supervisor.clone()), dialog_secret);
+        let router = Router::new(
+            ctx.clone(),
+            Arc::new(Registrations(supervisor.clone())),
+            dialog_secret,
+        );
         ctx.layer.set_router(Arc::new(router));
         for row in rows {
             supervisor.start(row.connection);

@@ -168,7 +168,13 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match uacd::metrics::install() {
+        let statuses = uacd::registration::RegStatus::ALL.map(|s| s.label());
+        let transports = uacd::config::Transport::ALL.map(|t| t.uri_param());
+        let labels = uacd::metrics::Labels {
+            registration_statuses: &statuses,
+            transports: &transports,
+        };
+        match uacd::metrics::install(&labels) {
             Ok(()) => {
                 tokio::spawn(uacd::metrics::upkeep());
             }

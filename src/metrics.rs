@@ -12,9 +12,6 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::Transport;
-use crate::registration::RegStatus;
-
 pub const BUILD_INFO: &str = "uacd_build_info";
 pub const REGISTRATIONS: &str = "uacd_registrations";
 pub const REGISTER_REQUESTS: &str = "uacd_register_requests_total";
@@ -72,22 +69,31 @@ pub async fn upkeep() {
     }
 }
 
+/// The values of the labels whose series are exported at 0 from the start
+/// (the enums they come from live above this module).
+pub struct Labels<'a> {
+    /// Every `status` of `uacd_registrations`.
+    pub registration_statuses: &'a [&'static str],
+    /// Every `transport` of `uacd_transport_errors_total`.
+    pub transports: &'a [&'static str],
+}
+
 /// Installs the global Prometheus recorder (once, in `main`); spawn
 /// [`upkeep`] on the runtime afterwards.
-pub fn install() -> Result<(), BuildError> {
+pub fn install(labels: &Labels<'_>) -> Result<(), BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REGISTER_DURATION.into()), &REGISTER_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(CALL_SETUP.into()), &SETUP_BUCKETS)?
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    for status in RegStatus::ALL {
-        gauge!(REGISTRATIONS, "status" => status.label()).set(0.0);
+    for status in labels.registration_statuses {
+        gauge!(REGISTRATIONS, "status" => *status).set(0.0);
     }
     gauge!(DIALOGS_ACTIVE).set(0.0);
     counter!(FAILOVERS).absolute(0);
-    for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
-        counter!(TRANSPORT_ERRORS, "transport" => t.uri_param()).absolute(0);
+    for t in labels.transports {
+        counter!(TRANSPORT_ERRORS, "transport" => *t).absolute(0);
     }
     let _ = HANDLE.set(handle);
     let _ = HOT.set(Hot::new());
@@ -96,7 +102,7 @@ pub fn install() -> Result<(), BuildError> {
 
 /// Handles of the series touched per message, per REGISTER and per call,
 /// looked up once: the macros hash the name and labels and search the
-/// registry on every call, which showed up at 2-3% of the proxy's CPU. Set
+/// registry on every call, a cost per message. Set
 /// by [`install`] only, so no handle is ever taken before the recorder
 /// exists.
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -216,15 +222,12 @@ fn describe() {
     );
 }
 
-/// Sets `uacd_registrations{status}` from a count per status (computed
-/// from the live snapshots when `/metrics` is scraped).
-pub fn set_registrations(counts: impl IntoIterator<Item = (RegStatus, usize)>) {
-    let mut per = [0usize; 6];
+/// Sets `uacd_registrations{status}` from a count per status label
+/// (computed from the live snapshots when `/metrics` is scraped; every
+/// status, zeros included).
+pub fn set_registrations(counts: impl IntoIterator<Item = (&'static str, usize)>) {
     for (status, n) in counts {
-        per[status.code() as usize] += n;
-    }
-    for status in RegStatus::ALL {
-        gauge!(REGISTRATIONS, "status" => status.label()).set(per[status.code() as usize] as f64);
+        gauge!(REGISTRATIONS, "status" => status).set(n as f64);
     }
 }
 
@@ -257,11 +260,36 @@ pub fn failover() {
     }
 }
 
-/// An inbound call ended its setup: `result` is `answered`, a final code
-/// (`486`...), `rejected_source` or `no_route`.
-pub fn call_result(result: &'static str, setup: Option<Duration>) {
+/// How an inbound call's setup ended, as `uacd_calls_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    /// A 2xx was relayed.
+    Answered,
+    /// Refused before routing: not from the connection's PBX, or not for us.
+    RejectedSource,
+    /// No connection or no usable destination for it.
+    NoRoute,
+    /// Any other final status sent upstream.
+    Status(u16),
+}
+
+impl CallResult {
+    /// The `result` label: `answered`, `rejected_source`, `no_route` or the
+    /// final code (`486`, or its class).
+    pub fn label(self) -> &'static str {
+        match self {
+            CallResult::Answered => "answered",
+            CallResult::RejectedSource => "rejected_source",
+            CallResult::NoRoute => "no_route",
+            CallResult::Status(code) => code_label(code),
+        }
+    }
+}
+
+/// An inbound call ended its setup.
+pub fn call_result(result: CallResult, setup: Option<Duration>) {
     if let Some(hot) = HOT.get() {
-        hot.calls.increment(result);
+        hot.calls.increment(result.label());
         if let Some(d) = setup {
             hot.call_setup.record(d.as_secs_f64());
         }
@@ -274,8 +302,9 @@ pub fn dialogs_active(delta: f64) {
     }
 }
 
-pub fn transport_error(transport: Transport) {
-    counter!(TRANSPORT_ERRORS, "transport" => transport.uri_param()).increment(1);
+/// A send, connect or TLS failure; `transport` is `udp`, `tcp` or `tls`.
+pub fn transport_error(transport: &'static str) {
+    counter!(TRANSPORT_ERRORS, "transport" => transport).increment(1);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,12 +325,13 @@ pub fn sip_message(direction: Direction, bytes: &[u8]) {
     }
 }
 
-/// Counts one received (parsed) SIP message.
-pub fn sip_received(msg: &crate::sip::Message) {
+/// Counts one received (parsed) SIP message: a response's status code,
+/// else a request's method.
+pub fn sip_received(status: Option<u16>, method: &str) {
     if let Some(hot) = HOT.get() {
-        let i = match msg.status() {
+        let i = match status {
             Some(code) => class_index(code),
-            None => kind_index(msg.method().map(|m| m.as_str()).unwrap_or("").as_bytes()),
+            None => kind_index(method.as_bytes()),
         };
         hot.sip_in.increment_at(i);
     }
@@ -402,11 +432,6 @@ fn code_label(code: u16) -> &'static str {
         Some((_, l)) => l,
         None => class_label(code),
     }
-}
-
-/// Public so routing can label calls by final code with a static string.
-pub fn call_code_label(code: u16) -> &'static str {
-    code_label(code)
 }
 
 #[cfg(test)]

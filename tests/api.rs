@@ -1,7 +1,7 @@
 //! The REST API against the real `uacd` binary with a temp store, on
 //! 127.0.0.80..=85 (one address per test): CRUD, PATCH merge semantics, every
-//! error code, tenant isolation in every verb, pagination/filter/sort, seed
-//! 002's endpoint, and live apply end to end with SIPp registrars. Each test
+//! error code, tenant isolation in every verb, pagination/filter/sort,
+//! `/v2/sip_registration_status`, and live apply end to end with SIPp registrars. Each test
 //! ends by grepping the daemon's log and every API response for the passwords
 //! it used.
 
@@ -415,7 +415,7 @@ fn another_tenants_connection_is_invisible_in_every_verb() {
         422,
         "/user_id",
     );
-    // Seed 002: the connection exists but is not B's.
+    // The connection exists but is not B's: 403, not 404.
     let q = |conn: &str, user: &str| {
         format!(
             "/v2/sip_registration_status?credential_type=uac_third-party_credential&connection_id={conn}&user_id={user}"

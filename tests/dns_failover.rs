@@ -86,8 +86,8 @@ async fn wait_for(app: &App, id: &str, what: &str, pred: impl Fn(&Snapshot) -> b
 }
 
 fn registered_on(ip: Ipv4Addr) -> impl Fn(&Snapshot) -> bool {
-    let want = format!("{ip}:5060");
-    move |s| s.status == RegStatus::Success && s.last_registered_ip.as_deref() == Some(&want)
+    let want = std::net::SocketAddr::from((ip, 5060));
+    move |s| s.status == RegStatus::Success && s.last_registered_ip == Some(want)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

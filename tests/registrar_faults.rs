@@ -135,7 +135,7 @@ async fn garbage_reply_times_out_then_recovers() {
     reg.send(from, &ok_with_contact(&req, &our_contact(&req)))
         .await;
     let snap = wait_status(&app, "c1", RegStatus::Success).await;
-    assert_eq!(snap.last_registered_ip, Some(reg.addr.to_string()));
+    assert_eq!(snap.last_registered_ip, Some(reg.addr));
     app.stop().await;
 }
 

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, header};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::config::{Connection, EXTERNAL_KEYS, INTERNAL_KEYS, ProxyUri, Transport};
+use crate::config::{Connection, EXTERNAL_KEYS, INTERNAL_KEYS, ProxyUri};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -228,10 +228,8 @@ pub fn infer_transport(doc: &mut Value, patch_ext: Option<&Value>) {
     let Ok(uri) = proxy.parse::<ProxyUri>() else {
         return;
     };
-    let t = match (uri.transport, uri.tls) {
-        (Some(t), _) => t,
-        (None, true) => Transport::Tls,
-        (None, false) => return,
+    let Some(t) = uri.named_transport() else {
+        return;
     };
     if let Some(ext) = doc
         .get_mut("external_uac_settings")

@@ -19,7 +19,6 @@ use super::query::{self, CredentialType};
 use super::view;
 use super::{ApiState, Caller};
 use crate::config::{Connection, Transport};
-use crate::registration::transport_for;
 use crate::store::{ListQuery, Owner, Row, now_ms};
 
 fn data(status: StatusCode, v: Value) -> Response {
@@ -45,7 +44,7 @@ impl ApiState {
         let ext = &c.external_uac_settings;
         let uri = ext.outbound_proxy.as_ref().or(ext.proxy.as_ref());
         if !self.inner.has_udp
-            && uri.is_some_and(|u| transport_for(u, ext.transport) == Transport::Udp)
+            && uri.is_some_and(|u| u.transport_or(ext.transport) == Transport::Udp)
         {
             return Err(ApiError::invalid(
                 "/external_uac_settings/transport",
@@ -206,7 +205,7 @@ pub async fn registration_status(
     ))
 }
 
-/// Seed 002. 403 when the connection exists but `user_id` (or the caller) does
+/// `GET /v2/sip_registration_status`. 403 when the connection exists but `user_id` (or the caller) does
 /// not own it; other credential types have no credentials here (404).
 pub async fn sip_registration_status(
     State(state): State<ApiState>,

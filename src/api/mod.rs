@@ -1,5 +1,5 @@
 //! The REST API (design.md Part 2, Telnyx v2 shapes) on `api.listen`:
-//! `/v2/uac_connections` CRUD with live apply, registration status, seed 002's
+//! `/v2/uac_connections` CRUD with live apply, registration status, the product's
 //! `/v2/sip_registration_status`, `/healthz` and the OpenAPI document at
 //! `/v2/openapi.json` (kept in `openapi/uacd.json`).
 
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ApiError, ErrorObject, Source};
 
 use crate::config::Config;
-use crate::registration::Supervisor;
+use crate::registration::{RegStatus, Supervisor};
 use crate::store::StoreHandle;
 
 /// The OpenAPI 3.1 document served at `GET /v2/openapi.json`.
@@ -100,15 +100,8 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 
 /// `sip.public_address`'s host, else the first SIP listener's IP, else the host name.
 fn fqdn(config: &Config) -> String {
-    if let Some(p) = config.sip.public_address.as_deref() {
-        let host = p.rsplit_once(':').map_or(p, |(h, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') {
-                h
-            } else {
-                p
-            }
-        });
-        return host.trim_matches(['[', ']']).to_owned();
+    if let Some(p) = &config.sip.public_address {
+        return p.host.bare();
     }
     match config.sip.listen.first() {
         Some(l) if !l.addr.ip().is_unspecified() => l.addr.ip().to_string(),
@@ -195,7 +188,13 @@ async fn metrics(_caller: Caller, State(state): State<ApiState>) -> Response {
 pub fn metrics_response(supervisor: &Supervisor) -> Response {
     let body = crate::metrics::render(|| {
         let statuses = supervisor.statuses();
-        crate::metrics::set_registrations(statuses.iter().map(|s| (s.snapshot.status, 1)));
+        let mut per = [0usize; RegStatus::ALL.len()];
+        for s in &statuses {
+            per[usize::from(s.snapshot.status.code())] += 1;
+        }
+        crate::metrics::set_registrations(
+            RegStatus::ALL.map(|st| (st.label(), per[usize::from(st.code())])),
+        );
     });
     match body {
         Some(text) => {

@@ -1,5 +1,5 @@
 //! Query strings: the list's `page[number]`, `page[size]`,
-//! `filter[connection_name][contains]` and `sort`, and seed 002's
+//! `filter[connection_name][contains]` and `sort`, and the product's
 //! `credential_type`, `connection_id`, `user_id`. Unknown or repeated
 //! parameters are a 400 naming the parameter.
 
@@ -59,7 +59,7 @@ fn int_in(
 }
 
 /// `created_at`, `-created_at`, `updated_at`, `connection_name` (each with an
-/// optional `-` for descending). Absent: newest first, as seed 004 documents.
+/// optional `-` for descending). Absent: newest first, as the product documents.
 pub fn parse_sort(v: Option<&str>) -> Result<Sort, ApiError> {
     let Some(v) = v else {
         return Ok(Sort {
@@ -98,7 +98,7 @@ pub fn parse_list(raw: Option<&str>) -> Result<ListParams, ApiError> {
     })
 }
 
-/// Seed 002's `credential_type` values.
+/// The product's `credential_type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialType {
     UacThirdParty,

@@ -1,5 +1,5 @@
 //! What the API returns: the connection object (design.md Part 2; passwords
-//! never included), its registration status, seed 002's flat status object,
+//! never included), its registration status, the product's flat status object,
 //! and RFC 3339 timestamps.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -80,14 +80,14 @@ pub fn registration_status(id: &str, snap: Option<&Snapshot>) -> Value {
         "registration_status": status.code(),
         "registration_status_name": status.name(),
         "registration_status_updated_at": updated,
-        "last_registered_ip": snap.and_then(|s| s.last_registered_ip.clone()),
+        "last_registered_ip": snap.and_then(|s| s.last_registered_ip).map(|a| a.to_string()),
         "last_registration_response": snap.and_then(|s| s.last_response.clone()),
         "registered": status == RegStatus::Success,
         "expires_at": snap.and_then(|s| s.expires_at).map(rfc3339),
     })
 }
 
-/// Seed 002's flat object (no `data` wrapper); the password is always `"***"`.
+/// The product's flat status object (no `data` wrapper); the password is always `"***"`.
 pub fn sip_registration_status(c: &Connection, snap: Option<&Snapshot>) -> Value {
     let ext = &c.external_uac_settings;
     let (status, _) = status_of(snap);

@@ -19,7 +19,9 @@ pub use connection::{
     Connection, ExternalUacSettings, FieldIssue, InternalUacSettings, generated_id,
     generated_user_name,
 };
-pub use types::{ListenAddr, ProxyUri, Secret, Transport, UnknownTransport};
+pub use types::{
+    ListenAddr, ProxyUri, PublicAddress, PublicHost, Secret, Transport, UnknownTransport,
+};
 
 use reader::{Ctx, TableView};
 
@@ -44,8 +46,8 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SipConfig {
     pub listen: Vec<ListenAddr>,
-    /// `host[:port]` put in Contact/Via/Record-Route when behind NAT.
-    pub public_address: Option<String>,
+    /// Put in Contact, Via and Record-Route when behind NAT.
+    pub public_address: Option<PublicAddress>,
     pub user_agent: String,
 }
 

@@ -10,7 +10,7 @@ use toml::de::DeTable;
 
 use super::connection::{self, Connection, ExternalUacSettings, InternalUacSettings};
 use super::reader::{At, Ctx, TableView, empty_view};
-use super::types::{ListenAddr, ProxyUri, Secret, Transport};
+use super::types::{ListenAddr, ProxyUri, PublicAddress, Secret, Transport};
 use super::{
     ApiConfig, ApiToken, Config, DnsConfig, MetricsConfig, RegistrationConfig, RoutingConfig, Seen,
     SipConfig, StoreConfig, TlsConfig, parse_nameserver,
@@ -168,10 +168,7 @@ fn read_sip(ctx: &mut Ctx, t: &TableView<'_, '_>, tls: &TlsConfig) -> SipConfig 
     }
     if let Some(v) = t.str(ctx, "public_address") {
         cfg.public_address = parsed(ctx, &v, &t.key("public_address"), |s| {
-            if s.chars().any(char::is_whitespace) {
-                return Err("must not contain spaces".into());
-            }
-            super::types::parse_hostport(s).map(|_| s.to_owned())
+            s.parse::<PublicAddress>()
         });
     }
     if let Some(v) = t.str(ctx, "user_agent") {
@@ -458,13 +455,12 @@ fn read_connection(
             s.parse::<Transport>().map_err(|e| e.to_string())
         }),
         // Absent: follow the proxy URI (;transport= or sips:), else UDP.
-        None => Some(proxy_uri.as_ref().map_or(Transport::Udp, |p| {
-            p.transport.unwrap_or(if p.tls {
-                Transport::Tls
-            } else {
-                Transport::Udp
-            })
-        })),
+        None => Some(
+            proxy_uri
+                .as_ref()
+                .and_then(ProxyUri::named_transport)
+                .unwrap_or(Transport::Udp),
+        ),
     };
     let expiration = ext_view.uint(ctx, "expiration_sec", 0..=u64::from(u32::MAX));
     let mut conn = Connection {

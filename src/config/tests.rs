@@ -377,7 +377,14 @@ fn tls_listener_with_certificate_and_types() {
     )
     .unwrap();
     assert_eq!(c.sip.listen[0].transport, Transport::Tls);
-    assert_eq!(c.sip.public_address.as_deref(), Some("[2001:db8::5]:5070"));
+    assert_eq!(
+        c.sip
+            .public_address
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("[2001:db8::5]:5070")
+    );
     assert!(!c.tls.verify_server);
     assert!(c.metrics.per_connection_labels);
     assert_one(
@@ -559,4 +566,41 @@ fn proxy_with_numeric_host_and_scheme() {
     assert_eq!((p.host.as_str(), p.port), ("2001:db8::1", Some(5070)));
     let p: ProxyUri = "10.0.0.1:5070".parse().unwrap();
     assert_eq!((p.host.as_str(), p.port), ("10.0.0.1", Some(5070)));
+}
+
+#[test]
+fn public_address_forms() {
+    use std::net::IpAddr;
+    let ip = |s: &str| PublicHost::Ip(s.parse::<IpAddr>().unwrap());
+    let ok = |s: &str, host: PublicHost, port: Option<u16>| {
+        let p: PublicAddress = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(p, PublicAddress { host, port }, "{s}");
+        assert_eq!(p.to_string(), s, "{s} prints as written");
+    };
+    ok("203.0.113.10", ip("203.0.113.10"), None);
+    ok("203.0.113.10:5070", ip("203.0.113.10"), Some(5070));
+    ok("[2001:db8::1]:5060", ip("2001:db8::1"), Some(5060));
+    ok("[2001:db8::1]", ip("2001:db8::1"), None);
+    ok(
+        "edge.example.com",
+        PublicHost::Name("edge.example.com".into()),
+        None,
+    );
+    ok(
+        "edge.example.com:5070",
+        PublicHost::Name("edge.example.com".into()),
+        Some(5070),
+    );
+    assert_eq!(
+        "[2001:db8::1]:5060"
+            .parse::<PublicAddress>()
+            .unwrap()
+            .host
+            .bare(),
+        "2001:db8::1"
+    );
+    let err = |s: &str| s.parse::<PublicAddress>().unwrap_err();
+    assert!(err("2001:db8::1").contains("in brackets"));
+    assert!(err("edge.example.com:x").contains("invalid port"));
+    assert!(err("edge .example.com").contains("spaces"));
 }

@@ -2,7 +2,7 @@
 //! proxy URIs (RFC 3261 §19.1 `sip:`/`sips:` host[:port];transport=) and secrets.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use rand::Rng as _;
@@ -18,6 +18,8 @@ pub enum Transport {
 }
 
 impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
     /// The token in a Via header (`SIP/2.0/UDP`).
     pub fn via_token(&self) -> &'static str {
         match self {
@@ -47,6 +49,15 @@ impl Transport {
     pub fn is_stream(&self) -> bool {
         !matches!(self, Transport::Udp)
     }
+
+    /// The transport a SIP URI names by itself (RFC 3263 §4.1): `sips:`
+    /// means TLS whatever its `transport=` says (RFC 5630 §3.1.3: `sips:`
+    /// with `transport=tcp` is TLS over TCP); else the `transport=`
+    /// parameter; else none, and the caller's setting or DNS decides. The
+    /// one rule for config, API, registration, DNS and routing.
+    pub fn named_by(sips: bool, param: Option<Transport>) -> Option<Transport> {
+        if sips { Some(Transport::Tls) } else { param }
+    }
 }
 
 /// A transport name that is none of UDP, TCP, TLS.
@@ -57,7 +68,7 @@ pub struct UnknownTransport(pub String);
 impl FromStr for Transport {
     type Err = UnknownTransport;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Transport::Udp, Transport::Tcp, Transport::Tls]
+        Transport::ALL
             .into_iter()
             .find(|t| t.via_token().eq_ignore_ascii_case(s))
             .ok_or_else(|| UnknownTransport(s.to_owned()))
@@ -80,6 +91,69 @@ impl<'de> Deserialize<'de> for Transport {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `sip.public_address`: the address PBXes reach us at behind NAT, put in
+/// Via, Contact and Record-Route instead of the listener's:
+/// `203.0.113.10`, `203.0.113.10:5070`, `[2001:db8::1]:5060`,
+/// `edge.example.com[:5060]`. Without a port, the listener's port is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicAddress {
+    pub host: PublicHost,
+    pub port: Option<u16>,
+}
+
+/// The host of [`PublicAddress`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublicHost {
+    Ip(IpAddr),
+    /// A domain name, lower-cased.
+    Name(String),
+}
+
+impl PublicHost {
+    /// The host without brackets (an IPv6 address bare).
+    pub fn bare(&self) -> String {
+        match self {
+            PublicHost::Ip(ip) => ip.to_string(),
+            PublicHost::Name(n) => n.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PublicHost {
+    /// As in a URI or Via: IPv6 in brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublicHost::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+            PublicHost::Ip(ip) => write!(f, "{ip}"),
+            PublicHost::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl fmt::Display for PublicAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
+impl FromStr for PublicAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.chars().any(char::is_whitespace) {
+            return Err("must not contain spaces".into());
+        }
+        let (host, port) = parse_hostport(s)?;
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => PublicHost::Ip(ip),
+            Err(_) => PublicHost::Name(host),
+        };
+        Ok(PublicAddress { host, port })
     }
 }
 
@@ -123,6 +197,17 @@ pub struct ProxyUri {
 }
 
 impl ProxyUri {
+    /// The transport the URI names by itself ([`Transport::named_by`]).
+    pub fn named_transport(&self) -> Option<Transport> {
+        Transport::named_by(self.tls, self.transport)
+    }
+
+    /// The transport to reach this URI with: the one it names, else the
+    /// connection's `transport`.
+    pub fn transport_or(&self, configured: Transport) -> Transport {
+        self.named_transport().unwrap_or(configured)
+    }
+
     fn scheme(&self) -> &'static str {
         if self.tls { "sips" } else { "sip" }
     }

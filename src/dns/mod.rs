@@ -46,6 +46,29 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Why a target is greylisted: the failures that mean "try the next
+/// target" without a response from it (RFC 3263 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No response before the transaction timed out (Timer B or F).
+    Timeout,
+    /// No provisional response to an INVITE within `timeout_1xx_sec`.
+    NoProvisional,
+    /// Connect, send or TLS failure, or ICMP unreachable.
+    TransportError,
+}
+
+impl Failure {
+    /// A bounded label for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::NoProvisional => "no provisional response",
+            Failure::TransportError => "transport error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("{host}: no SIP server found (no NAPTR, SRV or A/AAAA record)")]
@@ -200,13 +223,13 @@ impl Dns {
     }
 
     /// `t` timed out or failed at the transport: try it last for a while.
-    pub fn failed(&self, t: &Target, why: &str) {
+    pub fn failed(&self, t: &Target, why: Failure) {
         let newly = self.grey[self.shard(&t.key())]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .fail(t.key(), Instant::now());
         if newly {
-            tracing::warn!(target_addr = %t, reason = why, "target greylisted");
+            tracing::warn!(target_addr = %t, reason = why.label(), "target greylisted");
         }
     }
 

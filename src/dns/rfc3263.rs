@@ -33,13 +33,8 @@ impl Query {
     /// connection's configured transport); `transport=` and `sips:` in the
     /// URI still win.
     pub fn with_transport(uri: &ProxyUri, configured: Transport) -> Query {
-        let transport = if uri.tls {
-            Transport::Tls
-        } else {
-            uri.transport.unwrap_or(configured)
-        };
         Query {
-            transport: Some(transport),
+            transport: Some(uri.transport_or(configured)),
             ..Query::from_uri(uri)
         }
     }

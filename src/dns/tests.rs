@@ -450,7 +450,7 @@ async fn greylisted_targets_go_last_until_the_period_ends() {
     let d = dns(&f);
     let query = q("pbx.test", None, Some(Transport::Udp));
     let t = d.resolve(&query).await.unwrap();
-    d.failed(&t[0], "timeout");
+    d.failed(&t[0], Failure::Timeout);
     assert_eq!(
         addrs(&d.resolve(&query).await.unwrap()),
         [
@@ -464,7 +464,7 @@ async fn greylisted_targets_go_last_until_the_period_ends() {
         addrs(&d.resolve(&query).await.unwrap())[0],
         "127.0.0.20:5060/UDP"
     );
-    d.failed(&t[0], "timeout");
+    d.failed(&t[0], Failure::Timeout);
     d.answered(&t[0]);
     assert_eq!(
         addrs(&d.resolve(&query).await.unwrap())[0],

@@ -1,7 +1,8 @@
-//! The task that drives one connection's registration machine: it resolves
-//! the registrar, runs REGISTER transactions, computes digest answers,
-//! keeps the refresh/retry/expiry timers and publishes status snapshots.
-//! One tokio task per connection; no thread, no lock on the message path.
+//! Drives `state.rs`: one task per connection carries out its registration
+//! machine's actions. It resolves the registrar, runs REGISTER
+//! transactions, computes digest answers, keeps the refresh/retry/expiry
+//! timers and publishes status snapshots. No thread, no lock on the message
+//! path.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -14,13 +15,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Context;
+use super::Pacing;
 use super::request::{RegisterRequest, build};
 use super::state::{
     Action, AuthKind, Event, Machine, Published, RegStatus, RegTimer, Register, Reply, Settings,
 };
 use crate::config::{Connection, ProxyUri, Transport};
-use crate::dns::{Query, Target};
+use crate::context::{Context, local_ip_towards};
+use crate::dns::{Failure, Query, Target};
 use crate::metrics::{self, RegisterOutcome};
 use crate::sip::digest::{self, Credentials};
 use crate::sip::{HeaderName, Host, Message, Method};
@@ -33,8 +35,8 @@ pub struct Snapshot {
     pub status: RegStatus,
     /// e.g. "200 OK", "401 Unauthorized", "408 Request Timeout".
     pub last_response: Option<String>,
-    /// `ip:port` of the registrar that accepted us.
-    pub last_registered_ip: Option<String>,
+    /// The registrar that accepted us.
+    pub last_registered_ip: Option<SocketAddr>,
     pub updated_at: SystemTime,
     pub expires_at: Option<SystemTime>,
     /// The TCP/TLS flow the binding lives on (calls from the PBX may come
@@ -93,6 +95,7 @@ struct Outcome {
 
 pub(super) struct Driver {
     ctx: Arc<Context>,
+    pace: Arc<Pacing>,
     conn: Arc<Connection>,
     machine: Machine,
     call_id: Arc<str>,
@@ -118,6 +121,7 @@ pub(super) struct Driver {
 impl Driver {
     pub(super) fn new(
         ctx: Arc<Context>,
+        pace: Arc<Pacing>,
         conn: Arc<Connection>,
         status: watch::Sender<Snapshot>,
         stop: CancellationToken,
@@ -137,6 +141,7 @@ impl Driver {
             from_tag: format!("{:016x}", rand::random::<u64>()).into(),
             cseq: rand::random_range(1..10_000),
             ctx,
+            pace,
             conn,
             status,
             stop,
@@ -221,15 +226,17 @@ impl Driver {
             return event;
         };
         let target = &targets[index];
+        // A timeout or a transport error greylists the target; a 503 only
+        // moves on (the target answered).
         let failure = match &event {
-            Event::Timeout => Some("timeout"),
-            Event::TransportError => Some("transport error"),
-            Event::Reply(r) if r.code == 503 => Some("503"),
+            Event::Timeout => Some(Failover::Down(Failure::Timeout)),
+            Event::TransportError => Some(Failover::Down(Failure::TransportError)),
+            Event::Reply(r) if r.code == 503 => Some(Failover::Unavailable),
             _ => None,
         };
         match failure {
-            Some(why) if why != "503" => self.ctx.dns.failed(target, why),
-            Some(_) => {}
+            Some(Failover::Down(why)) => self.ctx.dns.failed(target, why),
+            Some(Failover::Unavailable) => {}
             None => self.ctx.dns.answered(target),
         }
         if let Event::Reply(r) = &event
@@ -246,7 +253,7 @@ impl Driver {
                 connection_id = %self.conn.id,
                 from = %target,
                 to = %targets[next],
-                reason = why,
+                reason = why.label(),
                 "REGISTER failing over to the next target"
             );
             metrics::failover();
@@ -301,7 +308,7 @@ impl Driver {
                     // Expiry stays exact: it ends a binding.
                     let at = match timer {
                         RegTimer::Refresh | RegTimer::Retry => {
-                            super::coalesce(self.ctx.epoch, at, super::TIMER_TICK)
+                            super::coalesce(self.pace.epoch, at, super::TIMER_TICK)
                         }
                         RegTimer::Expiry => at,
                     };
@@ -328,7 +335,7 @@ impl Driver {
         let snap = Snapshot {
             status: p.status,
             last_response: p.last_response,
-            last_registered_ip: p.registered_target.or(old.last_registered_ip.clone()),
+            last_registered_ip: p.registered_target.or(old.last_registered_ip),
             updated_at: now,
             expires_at: p.expires_in.map(|d| now + d),
             flow: match (&self.hop, p.status) {
@@ -343,7 +350,7 @@ impl Driver {
                 status = %snap.status.label(),
                 code = snap.status.code(),
                 last_response = %snap.last_response.as_deref().unwrap_or(""),
-                registrar = %snap.last_registered_ip.as_deref().unwrap_or(""),
+                registrar = %snap.last_registered_ip.map(|a| a.to_string()).unwrap_or_default(),
                 "registration status changed"
             );
         } else {
@@ -362,6 +369,7 @@ impl Driver {
         self.cseq = self.cseq.wrapping_add(1);
         let job = Job {
             ctx: self.ctx.clone(),
+            pace: self.pace.clone(),
             conn: self.conn.clone(),
             call_id: self.call_id.clone(),
             from_tag: self.from_tag.clone(),
@@ -384,6 +392,7 @@ impl Driver {
 /// One REGISTER transaction with everything it needs, owned.
 struct Job {
     ctx: Arc<Context>,
+    pace: Arc<Pacing>,
     conn: Arc<Connection>,
     call_id: Arc<str>,
     from_tag: Arc<str>,
@@ -404,7 +413,7 @@ impl Job {
             // not be followed by a REGISTER that creates a binding.
             tokio::select! {
                 _ = self.stop.cancelled() => return Outcome::event(Event::TransportError),
-                _ = self.ctx.pacer.wait() => {}
+                _ = self.pace.pacer.wait() => {}
             }
         }
         let ext = &self.conn.external_uac_settings;
@@ -515,7 +524,7 @@ impl Job {
         );
         let event = match result {
             Ok(msg) => {
-                let seen_as = (transport == Transport::Udp && self.ctx.public.is_none())
+                let seen_as = (transport == Transport::Udp && self.ctx.public().is_none())
                     .then(|| seen_as(&msg))
                     .flatten();
                 let reply = to_reply(&msg, &self.conn.user_name, hop.remote());
@@ -585,32 +594,44 @@ impl Job {
 
     /// The `host:port` we put in Via and Contact, and the socket address it
     /// is when we chose it ourselves (None for a configured public address,
-    /// which is never replaced by what the registrar reports).
+    /// which is never replaced by what the registrar reports). Over UDP an
+    /// address the registrar reported (RFC 3581) wins over our own.
     fn advertised(
         &self,
         hop: &Hop,
         transport: Transport,
         route: Option<(SocketAddr, IpAddr)>,
     ) -> (String, Option<SocketAddr>) {
-        let listen_port = self.ctx.transports.listen_addr(transport).map(|a| a.port());
-        if let Some(public) = &self.ctx.public {
-            let port = public
-                .port
-                .or(listen_port)
-                .unwrap_or(transport.default_port());
-            return (format!("{}:{port}", public.host), None);
-        }
-        if let Some(learned) = self.learned.filter(|_| transport == Transport::Udp) {
+        let public = self.ctx.public().is_some();
+        if !public && let Some(learned) = self.learned.filter(|_| transport == Transport::Udp) {
             return (learned.to_string(), Some(learned));
         }
-        let local = hop.local();
-        let ip = route.map(|(_, ip)| ip).unwrap_or(local.ip());
-        let port = match transport {
-            Transport::Udp => local.port(),
-            _ => listen_port.unwrap_or(local.port()),
-        };
-        let addr = SocketAddr::new(ip, port);
-        (addr.to_string(), Some(addr))
+        let iface = self.ctx.interface(
+            transport,
+            Some(hop.local()),
+            hop.remote(),
+            route.map(|(_, ip)| ip),
+        );
+        let addr = if public { None } else { iface.socket_addr() };
+        (iface.host_port(), addr)
+    }
+}
+
+/// Why a REGISTER moves on to the next target (RFC 3263 §4.3).
+#[derive(Clone, Copy)]
+enum Failover {
+    /// No response: the target is greylisted.
+    Down(Failure),
+    /// 503: it answered, but is not serving.
+    Unavailable,
+}
+
+impl Failover {
+    fn label(self) -> &'static str {
+        match self {
+            Failover::Down(why) => why.label(),
+            Failover::Unavailable => "503",
+        }
     }
 }
 
@@ -625,29 +646,6 @@ impl Outcome {
             route: None,
         }
     }
-}
-
-/// `sips:` means TLS; a `transport=` parameter wins over the connection's
-/// transport field (RFC 3263 §4.1).
-pub fn transport_for(uri: &ProxyUri, configured: Transport) -> Transport {
-    if uri.tls {
-        Transport::Tls
-    } else {
-        uri.transport.unwrap_or(configured)
-    }
-}
-
-/// The local address the kernel would use towards `remote` (no packet is
-/// sent: connecting a UDP socket only picks a route).
-pub(crate) fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = if remote.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let s = std::net::UdpSocket::bind(bind).ok()?;
-    s.connect(remote).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// Our address per the top Via's `received` and `rport` (RFC 3581 §4).
@@ -705,7 +703,7 @@ pub(super) fn to_reply(msg: &Message, contact_user: &str, source: SocketAddr) ->
         binding_missing,
         min_expires: msg.min_expires(),
         retry_after: msg.retry_after(),
-        source: source.to_string(),
+        source,
     }
 }
 

@@ -97,10 +97,14 @@ mod tests {
         assert_eq!(m.request_uri().unwrap().to_string(), "sip:pbx.test");
         assert!(
             m.to_header().unwrap().tag().is_none(),
-            "no To tag (seed 003 P04)"
+            "no To tag on a new REGISTER (RFC 3261 §8.1.1.2)"
         );
         assert_eq!(m.from_header().unwrap().tag(), Some("ft1"));
-        assert_eq!(m.contacts().unwrap().len(), 1, "one Contact (R47)");
+        assert_eq!(
+            m.contacts().unwrap().len(),
+            1,
+            "one Contact: our binding only"
+        );
         assert_eq!(m.expires(), Some(3600));
         let cseq = m.cseq().unwrap();
         assert_eq!(cseq.seq, 7);

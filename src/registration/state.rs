@@ -5,12 +5,14 @@
 //! backoff after failures, `Expires: 0` on stop). The driver in `driver.rs`
 //! performs the I/O and turns responses and timers into [`Event`]s.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::sip::digest::{Challenge, NonceCounts};
 use crate::sip::reason::canonical_reason;
 
-/// Seed 004's `registration_status` enum.
+/// The product's `registration_status` values, as the status endpoint
+/// reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RegStatus {
     NotApplicable = 0,
@@ -102,7 +104,7 @@ pub struct Published {
     /// e.g. "200 OK", "408 Request Timeout".
     pub last_response: Option<String>,
     /// The target that accepted the registration.
-    pub registered_target: Option<String>,
+    pub registered_target: Option<SocketAddr>,
     /// Time left on the binding, when registered.
     pub expires_in: Option<Duration>,
 }
@@ -118,7 +120,7 @@ pub enum Action {
 }
 
 /// What the driver learnt from a final response to our REGISTER.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub code: u16,
     /// Challenges from WWW-/Proxy-Authenticate that we can answer, already
@@ -130,8 +132,8 @@ pub struct Reply {
     pub binding_missing: bool,
     pub min_expires: Option<u32>,
     pub retry_after: Option<u32>,
-    /// "ip:port" of the peer that answered.
-    pub source: String,
+    /// The peer that answered.
+    pub source: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,7 +199,7 @@ pub struct Machine {
     bound: bool,
     status: RegStatus,
     last_response: Option<String>,
-    registered_target: Option<String>,
+    registered_target: Option<SocketAddr>,
     /// Last challenges, answered pre-emptively on refresh.
     challenges: Vec<(AuthKind, Challenge)>,
     nonces: NonceCounts,
@@ -542,7 +544,7 @@ impl Machine {
         Published {
             status: self.status,
             last_response: self.last_response.clone(),
-            registered_target: self.registered_target.clone(),
+            registered_target: self.registered_target,
             expires_in,
         }
     }

@@ -16,8 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Driver, Snapshot};
-use super::{Context, RegStatus};
+use super::{Pacer, Pacing, RegStatus};
 use crate::config::Connection;
+use crate::context::Context;
 
 /// A connection and the live status of its registration.
 #[derive(Debug, Clone)]
@@ -50,6 +51,15 @@ struct Entry {
     seq: u64,
 }
 
+impl Entry {
+    fn status(&self) -> ConnectionStatus {
+        ConnectionStatus {
+            connection: self.connection.clone(),
+            snapshot: self.status.borrow().clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     entries: HashMap<String, Entry>,
@@ -63,6 +73,7 @@ struct State {
 
 struct Inner {
     ctx: Arc<Context>,
+    pace: Arc<Pacing>,
     state: Mutex<State>,
 }
 
@@ -95,6 +106,10 @@ impl Supervisor {
     pub fn new(ctx: Arc<Context>) -> Supervisor {
         Supervisor {
             inner: Arc::new(Inner {
+                pace: Arc::new(Pacing {
+                    pacer: Pacer::new(ctx.config.registration.max_register_rate_per_sec),
+                    epoch: tokio::time::Instant::now(),
+                }),
                 ctx,
                 state: Mutex::new(State::default()),
             }),
@@ -127,7 +142,13 @@ impl Supervisor {
         let (tx, rx) = watch::channel(Snapshot::new(initial));
         let stop = CancellationToken::new();
         let task = if applicable {
-            let driver = Driver::new(self.inner.ctx.clone(), conn.clone(), tx, stop.clone());
+            let driver = Driver::new(
+                self.inner.ctx.clone(),
+                self.inner.pace.clone(),
+                conn.clone(),
+                tx,
+                stop.clone(),
+            );
             Some(tokio::spawn(Box::new(driver).run()))
         } else {
             tracing::info!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
@@ -261,10 +282,25 @@ impl Supervisor {
 
     /// One connection with its current snapshot.
     pub fn get(&self, id: &str) -> Option<ConnectionStatus> {
-        self.state().entries.get(id).map(|e| ConnectionStatus {
-            connection: e.connection.clone(),
-            snapshot: e.status.borrow().clone(),
-        })
+        self.state().entries.get(id).map(Entry::status)
+    }
+
+    /// The connection whose Contact user is `user`, with its status.
+    pub fn by_user(&self, user: &str) -> Option<ConnectionStatus> {
+        let st = self.state();
+        let id = st.by_user.get(user)?;
+        st.entries.get(id).map(Entry::status)
+    }
+
+    /// The connection whose registration lives on TCP/TLS flow `flow`.
+    /// Linear in the number of connections: routing asks only when neither
+    /// the Request-URI user nor its `line` parameter names a connection.
+    pub fn by_flow(&self, flow: u64) -> Option<ConnectionStatus> {
+        let st = self.state();
+        st.entries
+            .values()
+            .find(|e| e.status.borrow().flow == Some(flow))
+            .map(Entry::status)
     }
 
     /// The current snapshot of one connection.
@@ -286,19 +322,8 @@ impl Supervisor {
     /// Every connection with its current snapshot, in start order.
     pub fn statuses(&self) -> Vec<ConnectionStatus> {
         let st = self.state();
-        let mut v: Vec<(u64, ConnectionStatus)> = st
-            .entries
-            .values()
-            .map(|e| {
-                (
-                    e.seq,
-                    ConnectionStatus {
-                        connection: e.connection.clone(),
-                        snapshot: e.status.borrow().clone(),
-                    },
-                )
-            })
-            .collect();
+        let mut v: Vec<(u64, ConnectionStatus)> =
+            st.entries.values().map(|e| (e.seq, e.status())).collect();
         drop(st);
         v.sort_by_key(|(seq, _)| *seq);
         v.into_iter().map(|(_, s)| s).collect()
@@ -351,33 +376,5 @@ impl Supervisor {
             .filter(|s| s.borrow().status == RegStatus::Success)
             .count();
         tracing::info!(still_registered = registered, "registrations stopped");
-    }
-}
-
-impl crate::routing::proxy::Connections for Supervisor {
-    fn by_user(&self, user: &str) -> Option<ConnectionStatus> {
-        let st = self.state();
-        let id = st.by_user.get(user)?;
-        st.entries.get(id).map(|e| ConnectionStatus {
-            connection: e.connection.clone(),
-            snapshot: e.status.borrow().clone(),
-        })
-    }
-
-    fn by_id(&self, id: &str) -> Option<ConnectionStatus> {
-        self.get(id)
-    }
-
-    /// Linear in the number of connections: used only when neither the
-    /// Request-URI user nor its `line` parameter names a connection.
-    fn by_flow(&self, flow: u64) -> Option<ConnectionStatus> {
-        let st = self.state();
-        st.entries
-            .values()
-            .find(|e| e.status.borrow().flow == Some(flow))
-            .map(|e| ConnectionStatus {
-                connection: e.connection.clone(),
-                snapshot: e.status.borrow().clone(),
-            })
     }
 }

@@ -5,7 +5,7 @@
 //! [`super::failover`], CANCEL handling (§9, §16.10) and the response
 //! context (§16.7).
 //!
-//! `step(event, now)` returns actions; the proxy task sends bytes, runs the
+//! `step(event, now)` returns actions; the executor sends bytes, runs the
 //! CANCEL client transactions, arms timers and reports failed targets to the
 //! DNS greylist. Nothing here sleeps or touches a socket.
 
@@ -15,23 +15,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::config::Transport;
+use crate::context::Interface;
+use crate::dns::Target;
 use crate::sip::reason::canonical_reason;
 use crate::sip::{Message, Uri, response_to};
 use crate::transaction::client::Timers;
 use crate::transaction::invite_client::{self, InviteClient, ack_for, cancel_for};
 use crate::transaction::invite_server::{self, InviteServer};
 
-use super::Interface;
 use super::failover::{Best, BestResponse, Outcome, Policy, Verdict, decide};
 use super::forward::{Forward, ForwardError, branch, forward_request, loop_hash, relay_response};
 
-/// One place the call may be sent to, in DNS order (RFC 3263, RFC 2782).
+/// Where one attempt may go, in DNS order (RFC 3263, RFC 2782): the
+/// target and our interface toward it (Via, Record-Route).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub transport: Transport,
-    /// Our interface toward this target (Via, Record-Route).
+pub struct Outbound {
+    pub target: Target,
     pub local: Interface,
 }
 
@@ -71,15 +70,8 @@ pub enum CallTimer {
     CancelGuard(usize),
 }
 
-/// Why a target failed (for the DNS greylist and metrics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailReason {
-    Status(u16),
-    NoProvisional,
-    TransportError,
-}
-
-/// The outcome of a call, once known (issue 5 item 8).
+/// The outcome of a call, once known: what `uacd_calls_total`,
+/// `uacd_call_setup_seconds` and `uacd_failovers_total` count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallOutcome {
     /// The final status sent upstream.
@@ -117,8 +109,8 @@ pub enum CallAction {
     SendCancel(usize, Bytes),
     Arm(CallTimer, Duration),
     Disarm(CallTimer),
-    /// Report the target to the DNS greylist.
-    TargetFailed(usize, FailReason),
+    /// Target `n` failed over: report it to the DNS greylist.
+    TargetFailed(usize, Outcome),
     /// The final answer went upstream.
     Finished(CallOutcome),
     /// Every transaction is over: forget the call.
@@ -188,7 +180,7 @@ pub struct Call {
     /// The INVITE as received; `None` once answered (see [`Call::shed`]).
     invite: Option<Message>,
     params: CallParams,
-    targets: Vec<Target>,
+    targets: Vec<Outbound>,
     server: InviteServer,
     last_upstream: Option<Bytes>,
     attempts: Vec<Attempt>,
@@ -207,7 +199,7 @@ impl Call {
     pub fn start(
         invite: Message,
         params: CallParams,
-        targets: Vec<Target>,
+        targets: Vec<Outbound>,
         reliable_upstream: bool,
         now: Instant,
     ) -> Result<(Call, Vec<CallAction>), ForwardError> {
@@ -237,6 +229,16 @@ impl Call {
             call.try_next(&mut out)?;
         }
         Ok((call, out))
+    }
+
+    /// Target `t` of this call, in DNS order.
+    pub fn target(&self, t: usize) -> &Target {
+        &self.targets[t].target
+    }
+
+    /// The targets of this call, in DNS order.
+    pub fn targets(&self) -> impl ExactSizeIterator<Item = &Target> {
+        self.targets.iter().map(|o| &o.target)
     }
 
     /// The branch of our Via toward target `t`, once it was tried.
@@ -361,7 +363,7 @@ impl Call {
                 self.client_actions(n, acts, None, now, out);
             }
             CallTimer::NoProvisional(n) if self.is_current(n) && !self.attempts[n].provisional => {
-                // Seed 003: a silent target is abandoned. It cannot be
+                // No provisional within timeout_1xx: the target is abandoned. It cannot be
                 // CANCELled before a provisional (§9.1), so the CANCEL waits.
                 let a = &mut self.attempts[n];
                 a.cancel_pending = true;
@@ -369,14 +371,11 @@ impl Call {
                     n,
                     invite_client::Timer::A,
                 )));
-                out.push(CallAction::TargetFailed(
-                    a.target,
-                    FailReason::NoProvisional,
-                ));
+                out.push(CallAction::TargetFailed(a.target, Outcome::NoProvisional));
                 self.attempt_failed(Outcome::NoProvisional, now, out);
             }
             CallTimer::NoAnswer(n) if self.is_current(n) => {
-                // Issue 5: ringing too long: CANCEL and 408, no failover.
+                // Ringing past timeout_2xx: CANCEL and 408, no failover.
                 self.cancel_attempt(n, out);
                 self.finish_generated(408, now, out);
             }
@@ -470,17 +469,17 @@ impl Call {
                     }
                 }
                 A::ReportTimeout | A::ReportTransportError => {
-                    let (outcome, reason) = if act == A::ReportTimeout {
-                        (Outcome::NoProvisional, FailReason::NoProvisional)
+                    let outcome = if act == A::ReportTimeout {
+                        Outcome::NoProvisional
                     } else {
-                        (Outcome::TransportError, FailReason::TransportError)
+                        Outcome::TransportError
                     };
                     out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
                     out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
                     let current = self.is_current(n);
                     self.attempts[n].concluded = true;
                     if current {
-                        out.push(CallAction::TargetFailed(target, reason));
+                        out.push(CallAction::TargetFailed(target, outcome));
                         self.attempt_failed(outcome, now, out);
                     } else if self.upstream_cancelled && self.phase == Phase::Trying {
                         self.finish_generated(487, now, out);
@@ -564,7 +563,7 @@ impl Call {
         ) {
             Verdict::Relay => self.finish_relayed(resp, now, out),
             Verdict::NextTarget | Verdict::GiveUp => {
-                out.push(CallAction::TargetFailed(target, FailReason::Status(code)));
+                out.push(CallAction::TargetFailed(target, Outcome::Status(code)));
                 if let Some(r) = relay_response(resp) {
                     self.best.add_response(r);
                 }
@@ -593,7 +592,7 @@ impl Call {
         let t = self.next_target;
         self.next_target += 1;
         let n = self.attempts.len();
-        let target = &self.targets[t];
+        let Outbound { target, local } = &self.targets[t];
         let branch = branch(self.loop_hash, &format!("{:x}.{n}", self.params.nonce));
         // Only reached while Trying: the INVITE is shed once answered.
         let Some(invite) = &self.invite else {
@@ -606,7 +605,7 @@ impl Call {
             &Forward {
                 source: self.params.source,
                 inbound: &self.params.inbound,
-                outbound: &target.local,
+                outbound: local,
                 branch: &branch,
                 record_route: Some(&self.params.token),
             },

@@ -1,4 +1,5 @@
-//! The per-call machine: seed 003 failover, RFC 3261 §16.7 response context,
+//! The per-call machine: failover on the configured codes, timeouts and
+//! transport errors, RFC 3261 §16.7 response context,
 //! §9 / §16.10 CANCEL, RFC 6026 2xx handling, §17 transaction timers. Time is
 //! an input: timers are fired by hand.
 
@@ -13,14 +14,19 @@ use crate::transaction::client::Timers;
 use crate::transaction::{invite_client, invite_server};
 
 use super::call::*;
-use super::failover::Policy;
+use super::failover::{Outcome, Policy};
 use super::forward::destination_uri;
 use super::testdata::*;
+use crate::dns::Target;
 
-fn target(last: u8) -> Target {
-    Target {
-        addr: SocketAddr::from(([10, 0, 0, last], 5060)),
-        transport: Transport::Udp,
+fn target(last: u8) -> Outbound {
+    let addr = SocketAddr::from(([10, 0, 0, last], 5060));
+    Outbound {
+        target: Target {
+            addr,
+            transport: Transport::Udp,
+            server_name: addr.ip().to_string().into(),
+        },
         local: iface(Transport::Udp),
     }
 }
@@ -95,7 +101,7 @@ fn finished(acts: &[CallAction]) -> Option<CallOutcome> {
     })
 }
 
-fn failed(acts: &[CallAction]) -> Vec<(usize, FailReason)> {
+fn failed(acts: &[CallAction]) -> Vec<(usize, Outcome)> {
     acts.iter()
         .filter_map(|a| match a {
             CallAction::TargetFailed(t, r) => Some((*t, *r)),
@@ -158,10 +164,10 @@ fn answered_call_relays_180_and_200_with_our_via_popped() {
 }
 
 #[test]
-fn seed003_503_fails_over_to_next_target_which_answers() {
+fn failover_code_503_fails_over_to_next_target_which_answers() {
     let (mut call, _, now) = start(2);
     let acts = call.step(resp(&call, 0, 503), now);
-    assert_eq!(failed(&acts), vec![(0, FailReason::Status(503))]);
+    assert_eq!(failed(&acts), vec![(0, Outcome::Status(503))]);
     let to0 = sent_to(&acts, 0);
     assert_eq!(to0.len(), 1, "§17.1.1.3 ACK for the 503");
     assert_eq!(to0[0].method().map(|m| m.as_str()), Some("ACK"));
@@ -175,7 +181,7 @@ fn seed003_503_fails_over_to_next_target_which_answers() {
 }
 
 #[test]
-fn seed003_486_is_relayed_without_failover() {
+fn non_failover_code_486_is_relayed_without_failover() {
     let (mut call, _, now) = start(2);
     call.step(resp(&call, 0, 180), now);
     let acts = call.step(resp(&call, 0, 486), now);
@@ -192,10 +198,10 @@ fn seed003_486_is_relayed_without_failover() {
 }
 
 #[test]
-fn seed003_silent_target_fails_over_after_timeout_1xx_and_is_cancelled_on_late_1xx() {
+fn silent_target_fails_over_after_timeout_1xx_and_is_cancelled_on_late_1xx() {
     let (mut call, _, now) = start(2);
     let acts = call.step(CallEvent::Timer(CallTimer::NoProvisional(0)), now);
-    assert_eq!(failed(&acts), vec![(0, FailReason::NoProvisional)]);
+    assert_eq!(failed(&acts), vec![(0, Outcome::NoProvisional)]);
     assert!(acts.contains(&CallAction::Disarm(CallTimer::Client(
         0,
         invite_client::Timer::A
@@ -216,10 +222,10 @@ fn seed003_silent_target_fails_over_after_timeout_1xx_and_is_cancelled_on_late_1
 }
 
 #[test]
-fn seed003_transport_error_fails_over_at_once() {
+fn transport_error_fails_over_at_once() {
     let (mut call, _, now) = start(2);
     let acts = call.step(CallEvent::TransportError(0), now);
-    assert_eq!(failed(&acts), vec![(0, FailReason::TransportError)]);
+    assert_eq!(failed(&acts), vec![(0, Outcome::TransportError)]);
     assert_eq!(sent_to(&acts, 1).len(), 1);
 }
 
@@ -259,7 +265,7 @@ fn no_target_at_all_is_503() {
 }
 
 #[test]
-fn issue5_timeout_2xx_cancels_and_answers_408() {
+fn timeout_2xx_cancels_and_answers_408() {
     let (mut call, _, now) = start(2);
     call.step(resp(&call, 0, 180), now);
     let acts = call.step(CallEvent::Timer(CallTimer::NoAnswer(0)), now);

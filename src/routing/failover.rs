@@ -1,4 +1,4 @@
-//! The failover rules of seed 003 / design.md (next target on the
+//! The failover rules of design.md (next target on the
 //! configured codes, on no provisional within `timeout_1xx_sec` and on
 //! transport errors; any other final response is relayed as is) and the
 //! choice of the best final response when every target failed (RFC 3261
@@ -211,7 +211,7 @@ From: <sip:a@pbx>;tag=1\r\nTo: <sip:b@us>;tag=d{code}\r\nCall-ID: c1\r\nCSeq: 1 
     }
 
     #[test]
-    fn seed003_failover_codes_and_timeouts_move_on() {
+    fn failover_codes_and_timeouts_move_on() {
         let p = Policy::default();
         for code in [408, 480, 503, 504] {
             assert_eq!(
@@ -228,7 +228,7 @@ From: <sip:a@pbx>;tag=1\r\nTo: <sip:b@us>;tag=d{code}\r\nCall-ID: c1\r\nCSeq: 1 
     }
 
     #[test]
-    fn seed003_other_finals_are_relayed_without_failover() {
+    fn other_finals_are_relayed_without_failover() {
         let p = Policy::default();
         for code in [
             200, 202, 302, 400, 401, 403, 404, 486, 487, 500, 502, 600, 603,

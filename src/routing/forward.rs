@@ -8,9 +8,12 @@
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::sip::{HeaderName, Host, Message, ParseError, Uri, Via};
+use crate::config::Transport;
+use crate::context::Interface;
+use crate::dns::Query;
+use crate::sip::{HeaderName, Host, Message, ParseError, Scheme, Uri, Via};
 
-use super::Interface;
+use super::route::TOKEN_PARAM;
 
 /// Prefix of the branches we generate: the magic cookie (§8.1.1.7) then a
 /// marker so that our own Via can be recognised in a looping request.
@@ -35,7 +38,7 @@ pub enum ForwardError {
 }
 
 /// `destination_uri` from a connection as a URI: `sip:` is added when the
-/// value has no scheme; its parameters are kept (design.md, issue 5).
+/// value has no scheme; its parameters are kept (design.md).
 pub fn destination_uri(value: &str) -> Result<Uri, ForwardError> {
     let v = value.trim();
     let has_scheme = v.split_once(':').is_some_and(|(s, _)| {
@@ -277,13 +280,43 @@ pub fn forward_request(
     if let Some(token) = f.record_route {
         // Prepending puts the last one on top: inbound first, then outbound,
         // so the UAS sees [outbound, inbound, ...] (RFC 5658 §4).
-        out.prepend_header("Record-Route", &f.inbound.record_route_value(token));
+        out.prepend_header("Record-Route", &record_route_value(f.inbound, token));
         if f.inbound != f.outbound {
-            out.prepend_header("Record-Route", &f.outbound.record_route_value(token));
+            out.prepend_header("Record-Route", &record_route_value(f.outbound, token));
         }
     }
     out.prepend_header("Via", &f.outbound.via_value(f.branch));
     Ok(out)
+}
+
+/// The DNS query for a next-hop URI (RFC 3263 §4.1): the transport the
+/// URI names ([`Transport::named_by`]); without one the transport is left
+/// to DNS (NAPTR, then SRV per transport we support, then UDP on 5060 for a
+/// name or a numeric address).
+pub fn query_for(uri: &Uri) -> Query {
+    let sips = uri.scheme == Scheme::Sips;
+    let param = uri
+        .params
+        .value("transport")
+        .and_then(|t| t.parse::<Transport>().ok());
+    Query {
+        host: uri.host.to_string(),
+        port: uri.port,
+        transport: Transport::named_by(sips, param),
+        sips,
+    }
+}
+
+/// Our Record-Route value on `iface`: `<sip:host:port;transport=x;lr>`,
+/// plus the dialog token that lets in-dialog requests prove they follow a
+/// route set we created ([`super::route::dialog_token`]).
+pub fn record_route_value(iface: &Interface, token: &str) -> String {
+    format!(
+        "<sip:{}:{};transport={};lr;{TOKEN_PARAM}={token}>",
+        iface.host,
+        iface.port,
+        iface.transport.uri_param(),
+    )
 }
 
 /// The URI a forwarded request is sent to (§16.6 item 7, §16.12): the first

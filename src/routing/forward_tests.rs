@@ -9,8 +9,8 @@ use super::route::dialog_token;
 use super::testdata::*;
 
 fn fwd<'a>(
-    inb: &'a super::Interface,
-    out: &'a super::Interface,
+    inb: &'a crate::context::Interface,
+    out: &'a crate::context::Interface,
     token: Option<&'a str>,
 ) -> Forward<'a> {
     Forward {

@@ -4,29 +4,31 @@
 //! answers itself, or a rejection. Enforces the source check and the "never
 //! an open relay" rules of design.md Part 2.
 //!
-//! Pure: the connections, the registration flows and the PBX addresses are
-//! inputs ([`Directory`], [`Source`]); the proxy task resolves them.
+//! Pure: the connection a request is for ([`find_connection`] over a
+//! [`Directory`]) and the PBX addresses are inputs; the router resolves them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use crate::config::Connection;
+use crate::context::Local;
 use crate::sip::{Message, Method, Uri};
 
-use super::Local;
 use super::forward::{branch_loop_hash, destination_uri, loop_hash};
 
 /// The Record-Route URI parameter carrying the dialog token.
 pub const TOKEN_PARAM: &str = "uacd";
 
 /// The token we put in our Record-Route for the dialog `call_id`: a keyed
-/// hash (SipHash over a secret and the Call-ID), so an in-dialog request whose
+/// hash (HMAC-SHA256 over a secret and the Call-ID), so an in-dialog request whose
 /// Route carries it follows a route set we created. This is what keeps a
 /// forged `Route: <sip:us;lr>, <sip:victim>` from turning us into a relay.
 pub fn dialog_token(secret: &[u8; 16], call_id: &str) -> String {
     super::tag(secret, &[b"rr\0", call_id.as_bytes()])
 }
 
-/// What the router knows about one connection, filled by the proxy task
-/// from the store and the registration status.
+/// What the router knows about one connection for [`classify`]: the
+/// directory's [`ConnectionEntry`] with its PBX's addresses resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionView {
     pub id: String,
@@ -43,14 +45,44 @@ pub struct ConnectionView {
     pub destination_uri: Option<String>,
 }
 
-/// Connection lookups (issue 5 item 2).
+/// One connection as the directory holds it: its settings and the live
+/// state of its registration.
+#[derive(Clone, Debug)]
+pub struct ConnectionEntry {
+    pub connection: Arc<Connection>,
+    /// The registration is currently successful.
+    pub registered: bool,
+    /// The TCP/TLS flow the current registration uses.
+    pub flow: Option<u64>,
+    /// The registrar that accepted the registration.
+    pub registrar: Option<SocketAddr>,
+}
+
+/// Where routing finds the connection a request is for; the daemon
+/// implements it over its registrations, tests over a table.
 pub trait Directory {
+    type Entry;
     /// By our Contact user (`user_name`).
-    fn by_user(&self, user: &str) -> Option<&ConnectionView>;
-    /// By the `line` parameter we put in our Contact.
-    fn by_line(&self, line: &str) -> Option<&ConnectionView>;
+    fn by_user(&self, user: &str) -> Option<Self::Entry>;
+    /// By the `line` parameter (the connection id) of a Request-URI.
+    fn by_line(&self, line: &str) -> Option<Self::Entry>;
     /// By the TCP/TLS flow a registration uses.
-    fn by_flow(&self, flow: u64) -> Option<&ConnectionView>;
+    fn by_flow(&self, flow: u64) -> Option<Self::Entry>;
+}
+
+/// The connection a request names: the user part of the Request-URI, then
+/// its `line` parameter, then the flow it came over (`flow`: only a flow a
+/// registration can live on).
+pub fn find_connection<D: Directory + ?Sized>(
+    dir: &D,
+    ruri: &Uri,
+    flow: Option<u64>,
+) -> Option<D::Entry> {
+    ruri.user
+        .as_deref()
+        .and_then(|u| dir.by_user(u))
+        .or_else(|| ruri.params.value("line").and_then(|l| dir.by_line(l)))
+        .or_else(|| flow.and_then(|f| dir.by_flow(f)))
 }
 
 /// Where a request came from.
@@ -120,9 +152,9 @@ impl Reject {
     }
 }
 
-/// What to do with an inbound request. The proxy task offers ACK, CANCEL
-/// and INVITE retransmissions to its server transactions first (§17.2.3);
-/// only unmatched requests come here.
+/// What to do with an inbound request. The transaction layer offers ACK,
+/// CANCEL and INVITE retransmissions to its server transactions first
+/// (§17.2.3); only unmatched requests come here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision<'c> {
     /// An initial INVITE for `connection`: forward to `destination` (§16.6)
@@ -147,19 +179,6 @@ pub enum Decision<'c> {
     Drop,
 }
 
-/// The user part and `line` parameter of the Request-URI, then the flow.
-fn find_connection<'c, D: Directory>(
-    dir: &'c D,
-    ruri: &Uri,
-    source: Source,
-) -> Option<&'c ConnectionView> {
-    ruri.user
-        .as_deref()
-        .and_then(|u| dir.by_user(u))
-        .or_else(|| ruri.params.value("line").and_then(|l| dir.by_line(l)))
-        .or_else(|| source.flow.and_then(|f| dir.by_flow(f)))
-}
-
 /// §16.3 item 4: one of our Vias whose branch carries the hash of this very
 /// request (a spiral, where the Request-URI changed, has another hash).
 fn is_loop(msg: &Message, local: &Local) -> Result<bool, crate::sip::ParseError> {
@@ -175,12 +194,14 @@ fn is_loop(msg: &Message, local: &Local) -> Result<bool, crate::sip::ParseError>
     Ok(false)
 }
 
-/// Classifies one inbound request. `secret` keys the dialog tokens.
-pub fn classify<'c, D: Directory>(
+/// Classifies one inbound request. `found`: the connection
+/// [`find_connection`] names for it (looked up for INVITEs only); `secret`
+/// keys the dialog tokens.
+pub fn classify<'c>(
     msg: &Message,
     source: Source,
     local: &Local,
-    dir: &'c D,
+    found: Option<&'c ConnectionView>,
     secret: &[u8; 16],
 ) -> Decision<'c> {
     let Some(method) = msg.method() else {
@@ -262,7 +283,7 @@ pub fn classify<'c, D: Directory>(
         Method::Ack => return Decision::Drop,
         _ => return Decision::Local,
     }
-    let Some(conn) = find_connection(dir, ruri, source) else {
+    let Some(conn) = found else {
         return Decision::Reject(if local.is_us(ruri) || pop > 0 {
             Reject::UnknownUser
         } else {

@@ -1,4 +1,4 @@
-//! Route classification: matching (issue 5 item 2), source check and no open
+//! Route classification: matching by user, `line` and flow, source check and no open
 //! relay (design.md Part 2), RFC 3261 §16.3 validation, §16.4 route
 //! preprocessing, §16.12 in-dialog routing.
 
@@ -12,8 +12,16 @@ use super::route::*;
 use super::testdata::*;
 
 fn classify_from(msg: &Message, src: SocketAddr, flow: Option<u64>) -> Decision<'static> {
-    let d: &'static Dir = Box::leak(Box::new(dir()));
-    classify(msg, Source { addr: src, flow }, &local(), d, &SECRET)
+    classify_in(msg, Source { addr: src, flow }, &dir())
+}
+
+/// `classify` with the connection `dir` names for `msg`, as the router does.
+fn classify_in(msg: &Message, source: Source, dir: &Dir) -> Decision<'static> {
+    let found = msg
+        .request_uri()
+        .and_then(|u| find_connection(dir, u, source.flow))
+        .map(|c| &*Box::leak(Box::new(c)));
+    classify(msg, source, &local(), found, &SECRET)
 }
 
 fn reject_code(d: &Decision<'_>) -> Option<u16> {
@@ -113,7 +121,7 @@ fn inactive_or_unregistered_connection_is_480() {
             addr: pbx(5060),
             flow: None,
         };
-        let out = classify(&asterisk_invite(), src, &local(), &d, &SECRET);
+        let out = classify_in(&asterisk_invite(), src, &d);
         assert_eq!(out, Decision::Reject(why));
         assert_eq!(why.code(), 480);
         // The source check comes first: a stranger learns nothing.
@@ -122,7 +130,7 @@ fn inactive_or_unregistered_connection_is_480() {
             flow: None,
         };
         assert_eq!(
-            classify(&asterisk_invite(), stranger, &local(), &d, &SECRET),
+            classify_in(&asterisk_invite(), stranger, &d),
             Decision::Reject(Reject::ForbiddenSource)
         );
     }
@@ -138,13 +146,13 @@ fn missing_or_bad_destination() {
         flow: None,
     };
     assert_eq!(
-        classify(&asterisk_invite(), src, &local(), &d, &SECRET),
+        classify_in(&asterisk_invite(), src, &d),
         Decision::Reject(Reject::NoDestination)
     );
     c.destination_uri = Some("bad uri with spaces".into());
     let d = Dir(vec![(c, "uacd-office", "x")]);
     assert_eq!(
-        classify(&asterisk_invite(), src, &local(), &d, &SECRET),
+        classify_in(&asterisk_invite(), src, &d),
         Decision::Reject(Reject::BadDestination)
     );
 }

@@ -8,7 +8,7 @@ use crate::config::Transport;
 use crate::sip::{Host, Message};
 
 use super::route::{ConnectionView, Directory};
-use super::{Interface, Local};
+use crate::context::{Interface, Local};
 
 pub const US: [u8; 4] = [192, 0, 2, 10];
 pub const PBX: [u8; 4] = [198, 51, 100, 7];
@@ -104,23 +104,24 @@ pub fn kamailio_invite() -> Message {
 pub struct Dir(pub Vec<(ConnectionView, &'static str, &'static str)>);
 
 impl Directory for Dir {
-    fn by_user(&self, user: &str) -> Option<&ConnectionView> {
+    type Entry = ConnectionView;
+    fn by_user(&self, user: &str) -> Option<ConnectionView> {
         self.0
             .iter()
             .find(|(_, u, _)| *u == user)
-            .map(|(c, _, _)| c)
+            .map(|(c, _, _)| c.clone())
     }
-    fn by_line(&self, line: &str) -> Option<&ConnectionView> {
+    fn by_line(&self, line: &str) -> Option<ConnectionView> {
         self.0
             .iter()
             .find(|(_, _, l)| *l == line)
-            .map(|(c, _, _)| c)
+            .map(|(c, _, _)| c.clone())
     }
-    fn by_flow(&self, flow: u64) -> Option<&ConnectionView> {
+    fn by_flow(&self, flow: u64) -> Option<ConnectionView> {
         self.0
             .iter()
             .find(|(c, _, _)| c.registration_flow == Some(flow))
-            .map(|(c, _, _)| c)
+            .map(|(c, _, _)| c.clone())
     }
 }
 

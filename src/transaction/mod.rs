@@ -366,7 +366,8 @@ impl Layer {
 
 impl InboundHandler for Layer {
     fn handle(&self, inbound: Inbound) {
-        crate::metrics::sip_received(&inbound.msg);
+        let msg = &inbound.msg;
+        crate::metrics::sip_received(msg.status(), msg.method().map_or("", |m| m.as_str()));
         if inbound.msg.is_request() {
             self.on_request(inbound);
         } else {

@@ -188,7 +188,7 @@ impl Hop {
             Hop::Stream(flow) => flow.send(bytes).await,
         };
         if sent.is_err() {
-            metrics::transport_error(self.transport());
+            metrics::transport_error(self.transport().uri_param());
         }
         sent
     }
@@ -400,8 +400,8 @@ impl Transports {
                     return Ok(Hop::Stream(flow.clone()));
                 }
                 // Boxed: the connect future (TCP + TLS handshake state,
-                // ~1.5 KiB) was inlined into every caller's future, UDP ones
-                // included (each proxied request task, each REGISTER job).
+                // ~1.5 KiB) would otherwise be part of every caller's
+                // future, UDP ones included.
                 match Box::pin(stream::connect(self, transport, remote, server_name)).await {
                     Ok(flow) => {
                         *guard = Some(flow.clone());
@@ -409,7 +409,7 @@ impl Transports {
                     }
                     Err(e) => {
                         drop(guard);
-                        metrics::transport_error(transport);
+                        metrics::transport_error(transport.uri_param());
                         let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
                         if flows.get(&(transport, remote)).is_some_and(|s| {
                             Arc::ptr_eq(s, &slot) && s.try_lock().is_ok_and(|g| g.is_none())

@@ -14,19 +14,19 @@
 //! | 10..=19 | `infra_selftest.rs`                         |
 //! | 20..=29 | `interop_sipp.rs`                           |
 //! | 30..=39 | `interop_kamailio.rs`                       |
-//! | 40..=49 | `register.rs`                               |
-//! | 50..=59 | `shutdown.rs`                               |
-//! | 60..=69 | `reload.rs`                                 |
+//! | 50..=59 | `operations.rs`                             |
 //! | 70..=79 | `proxy_invite.rs`                           |
 //! | 80..=85 | `api.rs`                                    |
 //! | 86..=87 | `store.rs`                                  |
 //! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | `dns_failover.rs`                           |
 //!
-//! (127.0.0.5/.6 and .62/.63 are used by the shell selftests.)
-//!
-//! (`registrar_faults.rs` uses 127.0.1.0/24.) Within a file, give each test its
-//! own address of the block, because the tests of one binary run in parallel.
+//! 40..=49 and 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
+//! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
+//! use; the benchmarks in `bench/` use 127.0.0.90/.91 and 100..=124, so they
+//! are not run beside the tests. `registrar_faults.rs` uses 127.0.1.0/24.
+//! Within a file, give each test its own address of the block, because the
+//! tests of one binary run in parallel.
 
 #![allow(dead_code)]
 

@@ -2,6 +2,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::*;
+use crate::config::Transport;
 
 fn pointers(e: &ApiError) -> Vec<String> {
     e.errors

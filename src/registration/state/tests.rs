@@ -29,8 +29,12 @@ fn ch(realm: &str, nonce: &str, stale: bool) -> Challenge {
 fn reply(code: u16) -> Reply {
     Reply {
         code,
-        source: "127.0.0.2:5060".into(),
-        ..Reply::default()
+        challenges: Vec::new(),
+        granted: None,
+        binding_missing: false,
+        min_expires: None,
+        retry_after: None,
+        source: SocketAddr::from(([127, 0, 0, 2], 5060)),
     }
 }
 
@@ -125,7 +129,10 @@ fn ok_publishes_success_and_arms_refresh_and_expiry() {
     let p = published(&a).unwrap();
     assert_eq!(p.status, RegStatus::Success);
     assert_eq!(p.last_response.as_deref(), Some("200 OK"));
-    assert_eq!(p.registered_target.as_deref(), Some("127.0.0.2:5060"));
+    assert_eq!(
+        p.registered_target,
+        Some(SocketAddr::from(([127, 0, 0, 2], 5060)))
+    );
     assert_eq!(p.expires_in, Some(Duration::from_secs(120)));
     assert_eq!(armed(&a, RegTimer::Expiry), Some(Duration::from_secs(120)));
     let refresh = armed(&a, RegTimer::Refresh).unwrap();

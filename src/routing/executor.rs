@@ -1,0 +1,385 @@
+//! Drives `call.rs`: one task per proxied INVITE carries out its
+//! [`Call`]'s actions (RFC 3261 §16.6-16.7): DNS targets (RFC 3263), a client
+//! transaction slot and a hop per target, CANCEL transactions (§9.1),
+//! timers, ICMP and flow-closure events (§18.4, §17.2.4), the dialog table
+//! entry and the call's metrics.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+
+use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, Outbound};
+use super::dialogs::{self, PbxEnd};
+use super::failover::Outcome;
+use super::forward::query_for;
+use super::route;
+use super::router::{Held, Shared};
+use crate::config::Transport;
+use crate::dns::Failure;
+use crate::metrics::{self, CallResult};
+use crate::sip::{Host, Message, Method, Uri};
+use crate::transaction::{ClientGuard, Upstream};
+use crate::transport::{Hop, Inbound, ReplyTo, UnreachableWatch};
+
+/// Added to a call task's longest legitimate life (every target silent, then
+/// ringing to `timeout_2xx`, then the transaction timers) before the task is
+/// abandoned as stuck.
+const LIFETIME_SLACK: Duration = Duration::from_secs(300);
+
+/// What the router decided for a new call.
+pub(super) struct NewCall {
+    pub connection_id: String,
+    /// Where the connection's PBX sends from (registrar, proxy addresses).
+    pub pbx_addrs: Vec<IpAddr>,
+    /// The new Request-URI: the connection's `destination_uri`.
+    pub destination: Uri,
+    /// Our Route entries to remove (§16.4).
+    pub pop_routes: usize,
+}
+
+/// The targets of `uri` (RFC 3263), each with our interface toward it.
+async fn targets(shared: &Shared, uri: &Uri) -> Result<Vec<Outbound>, crate::dns::Error> {
+    let found = shared.ctx.dns.resolve(&query_for(uri)).await?;
+    Ok(found
+        .into_iter()
+        .map(|target| Outbound {
+            local: shared.interface(target.transport, None, target.addr),
+            target,
+        })
+        .collect())
+}
+
+/// Runs one call from the INVITE to the end of its transactions.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    inbound: Inbound,
+    held: Held,
+    permit: OwnedSemaphorePermit,
+    new: NewCall,
+) {
+    let now = Instant::now();
+    // Retransmissions, ACK and CANCEL from the PBX come to this task
+    // (the server transaction was held when the INVITE arrived).
+    let Held {
+        _guard: _server,
+        upstream: mut up_rx,
+    } = held;
+    let outbound = match targets(&shared, &new.destination).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(connection_id = %new.connection_id, destination = %new.destination, error = %e, "destination does not resolve");
+            Vec::new()
+        }
+    };
+    let call_id = inbound.msg.call_id().unwrap_or("").to_owned();
+    let in_iface = shared.interface(inbound.transport, Some(inbound.local), inbound.source);
+    let policy = &shared.policy;
+    let timers = shared.ctx.timers;
+    let params = CallParams {
+        policy: policy.clone(),
+        timers,
+        inbound: in_iface,
+        source: inbound.source,
+        destination: new.destination,
+        pop_routes: new.pop_routes,
+        token: route::dialog_token(&shared.secret, &call_id),
+        nonce: rand::random(),
+        to_tag: format!("{:016x}", rand::random::<u64>()),
+    };
+    let attempts = u32::try_from(outbound.len().max(1)).unwrap_or(u32::MAX);
+    let reliable = inbound.transport.is_stream();
+    let (mut call, actions) =
+        match Call::start(inbound.msg.clone(), params, outbound, reliable, now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "INVITE cannot be forwarded");
+                shared.reply(&inbound, 400);
+                return;
+            }
+        };
+    let (resp_tx, mut resp_rx) = mpsc::channel::<Box<Message>>(32);
+    // The PBX's end of the dialog for the dialog table: where it sends
+    // from (this INVITE's source, its registrar / proxy addresses) and
+    // what it advertised (Contact, Record-Route).
+    let mut pbx = PbxEnd {
+        ips: new.pbx_addrs,
+        hosts: dialogs::advertised_hosts(&inbound.msg),
+    };
+    pbx.ips.push(inbound.source.ip());
+    pbx.hosts.push(Host::from(inbound.source.ip()));
+    let lifetime = (policy.timeout_1xx + policy.timeout_2xx) * attempts
+        + timers.timeout() * 2
+        + LIFETIME_SLACK;
+    let give_up = now + lifetime;
+    let (icmp_tx, mut icmp_rx) = mpsc::channel::<SocketAddr>(8);
+    let upstream = inbound.reply_to();
+    // The call keeps its own copy of the INVITE (shed once answered);
+    // the task needs only where responses go.
+    drop(inbound);
+    let mut task = CallTask {
+        shared: shared.clone(),
+        upstream,
+        hops: HashMap::new(),
+        clients: Vec::new(),
+        held: Vec::new(),
+        resp_tx,
+        timers: HashMap::new(),
+        connection_id: new.connection_id,
+        call_id,
+        queue: Vec::new(),
+        permit: Some(permit),
+        pbx,
+        icmp_tx,
+        icmp_watches: Vec::new(),
+    };
+    task.run_actions(&mut call, actions).await;
+    let upstream_flow = task.upstream.flow.clone();
+    let mut upstream_gone = false;
+    while !call.is_terminated() {
+        let event = tokio::select! {
+            Some(resp) = resp_rx.recv() => {
+                task.learn_dialog(&resp);
+                CallEvent::Response(resp)
+            }
+            // ICMP unreachable for a UDP target (§18.4): fail over now.
+            Some(addr) = icmp_rx.recv() => {
+                match call.targets().position(|t| t.addr == addr && t.transport == Transport::Udp) {
+                    Some(t) => CallEvent::TransportError(t),
+                    None => continue,
+                }
+            }
+            // The PBX's TCP/TLS connection went away: nobody is left to
+            // answer, so the pending branches are cancelled (§17.2.4).
+            _ = async {
+                match &upstream_flow {
+                    Some(f) => f.closed().await,
+                    None => std::future::pending().await,
+                }
+            }, if !upstream_gone => {
+                upstream_gone = true;
+                tracing::info!(call_id = %task.call_id, "the PBX's connection closed during call setup; cancelling");
+                CallEvent::UpstreamTransportError
+            }
+            // A safety net: the machine's timers end every call long
+            // before this; a task still here is stuck, not busy.
+            _ = tokio::time::sleep_until(give_up) => {
+                tracing::warn!(call_id = %task.call_id, lifetime_sec = lifetime.as_secs(), "call task outlived every timer; abandoned");
+                break;
+            }
+            Some(up) = up_rx.recv() => match up {
+                Upstream::Retransmission => CallEvent::UpstreamRetransmission,
+                Upstream::Ack => CallEvent::UpstreamAck,
+                Upstream::Cancel => CallEvent::UpstreamCancel,
+            },
+            key = crate::transaction::sleep_until_first(
+                task.timers.iter().map(|(k, at)| (Some(*at), *k)),
+            ) => {
+                task.timers.remove(&key);
+                CallEvent::Timer(key)
+            }
+        };
+        let actions = call.step(event, Instant::now());
+        task.run_actions(&mut call, actions).await;
+    }
+}
+
+/// The I/O around one [`Call`].
+struct CallTask {
+    shared: Arc<Shared>,
+    /// Where responses to the PBX go.
+    upstream: ReplyTo,
+    hops: HashMap<usize, Hop>,
+    /// Client transaction slots held per branch (responses come to `resp_tx`).
+    clients: Vec<ClientGuard>,
+    held: Vec<String>,
+    resp_tx: mpsc::Sender<Box<Message>>,
+    timers: HashMap<CallTimer, Instant>,
+    connection_id: String,
+    call_id: String,
+    /// Events produced while carrying out actions (send failures).
+    queue: Vec<CallEvent>,
+    /// Counts this call against [`super::MAX_IN_PROGRESS`] until its final response.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The PBX's end of the dialog (see [`dialogs::Dialogs`]).
+    pbx: PbxEnd,
+    /// Told of ICMP errors for the UDP targets we sent to.
+    icmp_tx: mpsc::Sender<SocketAddr>,
+    icmp_watches: Vec<(usize, UnreachableWatch)>,
+}
+
+impl CallTask {
+    /// A provisional with a To tag or a 2xx to our INVITE creates a dialog
+    /// (§12.1): its two ends are where its requests may be relayed.
+    fn learn_dialog(&self, resp: &Message) {
+        let Some(code) = resp.status() else {
+            return;
+        };
+        if !(101..300).contains(&code)
+            || !resp.cseq().is_ok_and(|c| c.method == Method::Invite)
+            || !resp.to_header().is_ok_and(|t| t.tag().is_some())
+        {
+            return;
+        }
+        let delta = self.shared.dialogs.learn(
+            &self.call_id,
+            &self.pbx,
+            dialogs::advertised_hosts(resp),
+            code >= 200,
+            Instant::now(),
+        );
+        if delta != 0 {
+            metrics::dialogs_active(delta as f64);
+        }
+    }
+
+    async fn run_actions(&mut self, call: &mut Call, mut actions: Vec<CallAction>) {
+        loop {
+            self.hold_clients(call);
+            for action in actions.drain(..) {
+                self.act(call, action).await;
+            }
+            let Some(event) = self.queue.pop() else {
+                return;
+            };
+            actions = call.step(event, Instant::now());
+        }
+    }
+
+    /// Responses for every attempt started so far reach this task; held
+    /// before the request is sent, so that a fast answer is never a stray.
+    fn hold_clients(&mut self, call: &Call) {
+        for t in 0..call.targets().len() {
+            if let Some(b) = call.branch_of(t)
+                && !self.held.iter().any(|h| h == b)
+            {
+                self.held.push(b.to_owned());
+                self.clients.push(self.shared.ctx.layer.hold_client(
+                    b,
+                    Method::Invite,
+                    self.resp_tx.clone(),
+                ));
+            }
+        }
+    }
+
+    async fn hop(&mut self, call: &Call, t: usize) -> Result<Hop, crate::transport::Error> {
+        if let Some(h) = self.hops.get(&t).filter(|h| match h {
+            Hop::Stream(f) => !f.is_closed(),
+            Hop::Udp { .. } => true,
+        }) {
+            return Ok(h.clone());
+        }
+        let target = call.target(t);
+        // A connect (TCP, TLS handshake) that hangs is a transport error
+        // after timeout_1xx: the same time a silent target gets.
+        let hop = tokio::time::timeout(
+            self.shared.policy.timeout_1xx,
+            self.shared
+                .ctx
+                .transports
+                .hop(target.transport, target.addr, &target.server_name),
+        )
+        .await
+        .map_err(|_| crate::transport::Error::ConnectTimeout {
+            transport: target.transport,
+            remote: target.addr,
+        })??;
+        self.hops.insert(t, hop.clone());
+        Ok(hop)
+    }
+
+    async fn act(&mut self, call: &Call, action: CallAction) {
+        match action {
+            CallAction::SendUpstream(bytes) => {
+                self.shared.ctx.transports.reply_to(&self.upstream, bytes)
+            }
+            CallAction::SendToTarget(t, bytes) => {
+                let sent = match self.hop(call, t).await {
+                    Ok(hop) => {
+                        if let Hop::Udp { remote, .. } = &hop
+                            && !self.icmp_watches.iter().any(|(w, _)| *w == t)
+                        {
+                            let watch = self
+                                .shared
+                                .ctx
+                                .transports
+                                .watch_unreachable(*remote, self.icmp_tx.clone());
+                            self.icmp_watches.push((t, watch));
+                        }
+                        hop.send(bytes).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(call_id = %self.call_id, target_addr = %call.target(t).addr, error = %e, "send to target failed");
+                    self.queue.push(CallEvent::TransportError(t));
+                }
+            }
+            CallAction::SendCancel(t, bytes) => {
+                let Some(branch) = call.branch_of(t).map(str::to_owned) else {
+                    return;
+                };
+                let Ok(hop) = self.hop(call, t).await else {
+                    return;
+                };
+                let layer = self.shared.ctx.layer.clone();
+                let timers = self.shared.ctx.timers;
+                tokio::spawn(async move {
+                    let _ = layer
+                        .request(&hop, Method::Cancel, &branch, bytes, timers)
+                        .await;
+                });
+            }
+            CallAction::Arm(key, d) => {
+                self.timers.insert(key, Instant::now() + d);
+            }
+            CallAction::Disarm(key) => {
+                self.timers.remove(&key);
+            }
+            CallAction::TargetFailed(t, outcome) => {
+                let target = call.target(t);
+                let failure = match outcome {
+                    Outcome::Status(code) => {
+                        tracing::info!(call_id = %self.call_id, target_addr = %target.addr, code, "call target failed; trying the next");
+                        None
+                    }
+                    Outcome::NoProvisional => Some(Failure::NoProvisional),
+                    Outcome::TransportError => Some(Failure::TransportError),
+                };
+                if let Some(why) = failure {
+                    tracing::info!(call_id = %self.call_id, target_addr = %target.addr, reason = why.label(), "call target failed; trying the next");
+                    self.shared.ctx.dns.failed(target, why);
+                }
+            }
+            CallAction::Finished(outcome) => {
+                let answered = (200..300).contains(&outcome.status);
+                let result = if answered {
+                    CallResult::Answered
+                } else {
+                    CallResult::Status(outcome.status)
+                };
+                metrics::call_result(result, Some(outcome.setup));
+                for _ in 0..outcome.failovers {
+                    metrics::failover();
+                }
+                if !answered {
+                    self.shared.dialogs.forget_early(&self.call_id);
+                }
+                self.permit = None;
+                tracing::info!(
+                    connection_id = %self.connection_id,
+                    call_id = %self.call_id,
+                    status = outcome.status,
+                    setup_ms = outcome.setup.as_millis() as u64,
+                    failovers = outcome.failovers,
+                    "call finished"
+                );
+            }
+            CallAction::Terminate => {}
+        }
+    }
+}

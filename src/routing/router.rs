@@ -1,0 +1,302 @@
+//! Drives `route.rs`: takes the requests no transaction matched, finds
+//! the connection an INVITE is for and its PBX's addresses, classifies the
+//! request with [`route::classify`] and carries out the [`Decision`]:
+//! answers or rejects it here, relays it in-dialog ([`super::relay`]) or
+//! starts a call ([`super::executor`]). Work in progress is bounded by
+//! [`MAX_IN_PROGRESS`].
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::dialogs::Dialogs;
+use super::executor::{self, NewCall};
+use super::failover::Policy;
+use super::relay;
+use super::route::{self, ConnectionEntry, ConnectionView, Decision, Directory, Reject, Source};
+use crate::config::Transport;
+use crate::context::{Context, Interface, Local};
+use crate::dns::Query;
+use crate::metrics::{self, CallResult};
+use crate::sip::{Message, Method, response_to};
+use crate::transaction::{RequestHandler, ServerGuard, Upstream};
+use crate::transport::Inbound;
+
+/// Requests being worked on at once (call setups until their final
+/// response, in-dialog relays, relayed responses). Beyond it new INVITEs get
+/// 503 with Retry-After and other work is dropped: a flood costs a counter,
+/// not memory or DNS queries.
+pub const MAX_IN_PROGRESS: usize = 20_000;
+
+/// The directory routing reads: one entry per connection.
+pub type Connections = dyn Directory<Entry = ConnectionEntry> + Send + Sync;
+
+/// Cheap-clone handle; installed as the transaction layer's router.
+#[derive(Clone)]
+pub struct Router {
+    shared: Arc<Shared>,
+}
+
+/// What the router, the relay and the executor share.
+pub(super) struct Shared {
+    pub(super) ctx: Arc<Context>,
+    connections: Arc<Connections>,
+    pub(super) policy: Policy,
+    /// Keys the dialog tokens and stateless branch tags.
+    pub(super) secret: [u8; 16],
+    /// What is "us" in Route and Request-URI checks; grows when a wildcard
+    /// listener is advertised under a newly seen local address.
+    local: RwLock<Local>,
+    /// The dialogs we record-routed and where their requests may go.
+    pub(super) dialogs: Dialogs,
+    /// Work in progress, bounded by [`MAX_IN_PROGRESS`].
+    permits: Arc<Semaphore>,
+}
+
+impl Router {
+    /// The router of a daemon whose registrations share `ctx`.
+    pub fn new(ctx: Arc<Context>, connections: Arc<Connections>, secret: [u8; 16]) -> Router {
+        Router {
+            shared: Arc::new(Shared {
+                policy: Policy::from_config(&ctx.config.routing),
+                local: RwLock::new(ctx.local()),
+                ctx,
+                connections,
+                secret,
+                dialogs: Dialogs::default(),
+                permits: Arc::new(Semaphore::new(MAX_IN_PROGRESS)),
+            }),
+        }
+    }
+}
+
+/// An INVITE's server transaction, held from the moment the INVITE
+/// arrived: retransmissions, ACK and CANCEL that come while its task is
+/// still deciding reach that task, not the router again.
+pub(super) struct Held {
+    pub(super) _guard: ServerGuard,
+    pub(super) upstream: mpsc::Receiver<Upstream>,
+}
+
+impl RequestHandler for Router {
+    fn on_request(&self, inbound: Inbound) {
+        let held = if inbound.msg.method() == Some(&Method::Invite) {
+            let Some(branch) = inbound
+                .msg
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch().map(str::to_owned))
+            else {
+                // No branch: the classifier answers 400.
+                return self.spawn_request(inbound, None);
+            };
+            let (tx, rx) = mpsc::channel(16);
+            Some(Held {
+                _guard: self.shared.ctx.layer.hold_server(&branch, true, tx),
+                upstream: rx,
+            })
+        } else {
+            None
+        };
+        self.spawn_request(inbound, held);
+    }
+
+    fn on_stray_response(&self, inbound: Inbound) {
+        let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        spawn_boxed(async move {
+            relay::response(&shared, inbound).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Router {
+    fn spawn_request(&self, inbound: Inbound, held: Option<Held>) {
+        let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+            if inbound.msg.method() == Some(&Method::Invite) {
+                metrics::call_result(CallResult::Status(503), None);
+            }
+            if inbound.msg.method() != Some(&Method::Ack) {
+                tracing::debug!(source = %inbound.source, "overloaded: 503");
+                self.shared
+                    .reply_with(&inbound, 503, &[("Retry-After", "5")]);
+            }
+            return;
+        };
+        spawn_boxed(request(self.shared.clone(), inbound, held, permit));
+    }
+}
+
+/// One request the transaction layer did not match, from arrival to the
+/// decision carried out.
+async fn request(
+    shared: Arc<Shared>,
+    inbound: Inbound,
+    held: Option<Held>,
+    permit: OwnedSemaphorePermit,
+) {
+    let is_invite = inbound.msg.method() == Some(&Method::Invite);
+    let source = Source {
+        addr: inbound.source,
+        flow: inbound.flow.as_ref().map(|f| f.id()),
+    };
+    let view = if is_invite {
+        // Only a flow we opened can carry a registration (the flow lookup
+        // is a scan, so flows a stranger opened to us never get one).
+        let own_flow = inbound.flow.as_ref().is_some_and(|f| f.is_outbound());
+        shared.connection(&inbound.msg, source, own_flow).await
+    } else {
+        None
+    };
+    let local = shared.local();
+    match route::classify(&inbound.msg, source, &local, view.as_ref(), &shared.secret) {
+        Decision::Drop => {}
+        Decision::Local => shared.ctx.layer.answer_locally(inbound),
+        Decision::UnmatchedCancel => shared.reply(&inbound, 481),
+        // The daemon's own 400 names the problem in a Warning header.
+        Decision::Reject(Reject::Malformed) => {
+            if is_invite {
+                metrics::call_result(CallResult::Status(400), None);
+            }
+            shared.ctx.layer.answer_locally(inbound)
+        }
+        Decision::Reject(why) => {
+            tracing::debug!(source = %inbound.source, reason = why.label(), code = why.code(), "request rejected");
+            if is_invite {
+                metrics::call_result(call_result(why), None);
+            }
+            shared.reply(&inbound, why.code());
+        }
+        Decision::InDialog { pop_routes } => relay::request(&shared, inbound, pop_routes).await,
+        Decision::NewCall {
+            connection,
+            destination,
+            pop_routes,
+        } => match held {
+            // A task of its own: it lives for the whole call (64·T1 after
+            // the answer), and this task's state need not live beside it.
+            Some(held) => {
+                let call = NewCall {
+                    connection_id: connection.id.clone(),
+                    pbx_addrs: connection.pbx_addrs.clone(),
+                    destination,
+                    pop_routes,
+                };
+                spawn_boxed(executor::run(shared.clone(), inbound, held, permit, call));
+            }
+            None => shared.reply(&inbound, 500),
+        },
+    }
+}
+
+impl Shared {
+    pub(super) fn local(&self) -> Local {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Our interface on `transport` as `peer` sees it
+    /// ([`Context::interface`]), remembered as "us" for Route checks.
+    pub(super) fn interface(
+        &self,
+        transport: Transport,
+        local: Option<std::net::SocketAddr>,
+        peer: std::net::SocketAddr,
+    ) -> Interface {
+        let iface = self.ctx.interface(transport, local, peer, None);
+        let known = self
+            .local
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .interfaces
+            .contains(&iface);
+        if !known {
+            self.local
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .interfaces
+                .push(iface.clone());
+        }
+        iface
+    }
+
+    /// The connection the request names ([`route::find_connection`]) with
+    /// the addresses of its PBX: the registrar that accepted us needs no
+    /// lookup (nor does a flood of INVITEs from elsewhere cause more than
+    /// one cached lookup per TTL); otherwise `proxy` and `outbound_proxy`
+    /// are resolved.
+    async fn connection(
+        &self,
+        msg: &Message,
+        source: Source,
+        own_flow: bool,
+    ) -> Option<ConnectionView> {
+        let flow = source.flow.filter(|_| own_flow);
+        let entry = route::find_connection(&*self.connections, msg.request_uri()?, flow)?;
+        let conn = &entry.connection;
+        let ext = &conn.external_uac_settings;
+        let registrar = entry.registrar.map(|a| a.ip());
+        let known = (source.flow.is_some() && source.flow == entry.flow)
+            || registrar == Some(source.addr.ip());
+        let mut pbx_addrs: Vec<_> = registrar.into_iter().collect();
+        let lookups = if known {
+            [None, None]
+        } else {
+            [ext.proxy.as_ref(), ext.outbound_proxy.as_ref()]
+        };
+        for uri in lookups.into_iter().flatten() {
+            let q = Query::with_transport(uri, ext.transport);
+            match self.ctx.dns.resolve(&q).await {
+                Ok(targets) => pbx_addrs.extend(targets.iter().map(|t| t.addr.ip())),
+                Err(e) => {
+                    tracing::debug!(connection_id = %conn.id, error = %e, "PBX address lookup failed")
+                }
+            }
+        }
+        Some(ConnectionView {
+            id: conn.id.clone(),
+            active: conn.active,
+            registered: entry.registered,
+            registration_flow: entry.flow,
+            pbx_addrs,
+            destination_uri: conn.internal_uac_settings.destination_uri.clone(),
+        })
+    }
+
+    /// Our own final response (canonical reason phrase, a fresh To tag).
+    pub(super) fn reply(&self, inbound: &Inbound, code: u16) {
+        self.reply_with(inbound, code, &[]);
+    }
+
+    pub(super) fn reply_with(&self, inbound: &Inbound, code: u16, headers: &[(&str, &str)]) {
+        let tag = format!("{:016x}", rand::random::<u64>());
+        let reason = crate::sip::reason::canonical_reason(code);
+        let mut b = response_to(&inbound.msg, code, reason, Some(&tag))
+            .header("Server", self.ctx.config.sip.user_agent.as_str());
+        for (name, value) in headers {
+            b = b.header(name, value);
+        }
+        self.ctx.transports.reply(inbound, Bytes::from(b.build()));
+    }
+}
+
+/// Spawns a request or call task boxed: tokio moves a spawned future
+/// several times on its way into the task cell, and these are kilobytes;
+/// a box moves as one pointer.
+pub(super) fn spawn_boxed(task: impl Future<Output = ()> + Send + 'static) {
+    tokio::spawn(Box::pin(task));
+}
+
+/// How a refused INVITE is counted in `uacd_calls_total`.
+fn call_result(why: Reject) -> CallResult {
+    match why {
+        Reject::ForbiddenSource | Reject::ForeignRoute | Reject::ForeignDomain => {
+            CallResult::RejectedSource
+        }
+        Reject::UnknownUser | Reject::NoDestination | Reject::BadDestination => CallResult::NoRoute,
+        other => CallResult::Status(other.code()),
+    }
+}
