@@ -277,6 +277,7 @@ pub fn forward_request(
         },
         None => out.append_header("Max-Forwards", "70"),
     }
+    frame_body(&mut out);
     if let Some(token) = f.record_route {
         // Prepending puts the last one on top: inbound first, then outbound,
         // so the UAS sees [outbound, inbound, ...] (RFC 5658 §4).
@@ -337,7 +338,20 @@ pub fn relay_response(resp: &Message) -> Option<Message> {
     }
     let mut out = resp.clone();
     out.remove_first_value(HeaderName::Via);
+    frame_body(&mut out);
     Some(out)
+}
+
+/// Gives a message from a datagram without Content-Length (allowed over
+/// UDP, RFC 3261 §20.14; its body is the rest of the datagram) the header
+/// before it goes on: the next hop may be a stream, which frames messages
+/// by it (§18.3), and there the body would be read as a second message
+/// coming from us.
+fn frame_body(out: &mut Message) {
+    if out.header(HeaderName::ContentLength).is_none() {
+        let len = out.body().len().to_string();
+        out.append_header("Content-Length", &len);
+    }
 }
 
 /// Where a response goes when it is relayed statelessly (RFC 3261 §18.2.2,

@@ -383,3 +383,58 @@ fn stamped_top_via_is_what_forwarding_writes() {
         stamped.to_string()
     );
 }
+
+/// A datagram without Content-Length carries the rest of the datagram as
+/// its body; forwarded (possibly onto TCP) or relayed, it must say how long
+/// that body is, or a stream peer reads the body as a second request from
+/// us (request smuggling).
+#[test]
+fn rfc3261_18_3_content_length_added_to_what_a_datagram_left_out() {
+    let smuggled = "BYE sip:victim@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP x;branch=z9hG4bKx\r\n\r\n";
+    let head = "INVITE sip:uacd-office@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKPjnocl\r\n\
+From: <sip:601@pbx.example.com>;tag=a\r\n\
+To: <sip:uacd-office@192.0.2.10>\r\n\
+Call-ID: no-cl@198.51.100.7\r\n\
+CSeq: 1 INVITE\r\n\
+Max-Forwards: 70\r\n\
+\r\n";
+    let raw = format!("{head}{smuggled}");
+    let inv = crate::sip::Message::parse_datagram(bytes::Bytes::from(raw)).expect("parses");
+    assert_eq!(
+        inv.body(),
+        smuggled.as_bytes(),
+        "the rest of the datagram is the body"
+    );
+    let (udp, tcp) = (iface(Transport::Udp), iface(Transport::Tcp));
+    let dest = destination_uri("1006@assistant-abc123.sip.telnyx.com").expect("dest");
+    let out = forward_request(&inv, Some(&dest), 0, &fwd(&udp, &tcp, Some("tok"))).expect("fwd");
+    let len = smuggled.len().to_string();
+    assert_eq!(
+        out.header(HeaderName::ContentLength)
+            .map(|h| h.value().into_owned()),
+        Some(len.clone())
+    );
+    // Framed as a stream receiver frames it: one message, the body intact.
+    let framed =
+        crate::sip::Message::parse_stream(bytes::Bytes::from(out.to_bytes())).expect("frame");
+    assert_eq!(framed.body(), smuggled.as_bytes());
+    // Responses relayed from a datagram likewise.
+    let resp = "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-ua-1\r\n\
+Via: SIP/2.0/TCP 198.51.100.7:5060;branch=z9hG4bKPjnocl\r\n\
+From: <sip:601@pbx.example.com>;tag=a\r\n\
+To: <sip:uacd-office@192.0.2.10>;tag=b\r\n\
+Call-ID: no-cl@198.51.100.7\r\n\
+CSeq: 1 INVITE\r\n\
+\r\n";
+    let resp = crate::sip::Message::parse_datagram(bytes::Bytes::from(format!("{resp}{smuggled}")))
+        .expect("parses");
+    let relayed = relay_response(&resp).expect("relayed");
+    assert_eq!(
+        relayed
+            .header(HeaderName::ContentLength)
+            .map(|h| h.value().into_owned()),
+        Some(len)
+    );
+}
