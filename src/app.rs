@@ -230,7 +230,7 @@ impl App {
         // NAPTR/SRV choices are limited to the transports we listen on
         // (a TLS or TCP destination needs our Record-Route on that transport).
         let mut allowed: Vec<Transport> = Vec::new();
-        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+        for t in Transport::ALL {
             if config.sip.listen.iter().any(|l| l.transport == t) {
                 allowed.push(t);
             }

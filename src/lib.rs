@@ -16,9 +16,10 @@
 //! * `transaction`: RFC 3261 §17 client and server transactions and timers.
 //! * `transport`: UDP sockets, TCP/TLS flows, framing, keepalive, ICMP.
 //! * `sip`: wire-faithful message parser and builder, URIs, digest (pure).
-//! * Leaves: `config` (TOML schema, defaults and validation), `dns`
-//!   (RFC 3263/2782 resolution, cache, greylist), `metrics` (every metric
-//!   name), `crypto` (constant-time comparison, hex, HMAC-SHA256).
+//! * Leaves, importing nothing but `config`'s value types: `config` (TOML
+//!   schema, defaults and validation), `dns` (RFC 3263/2782 resolution,
+//!   cache, greylist), `metrics` (every metric name), `crypto`
+//!   (constant-time comparison, hex, HMAC-SHA256).
 
 #![forbid(unsafe_code)]
 

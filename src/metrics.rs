@@ -141,7 +141,7 @@ impl Hot {
             ),
             calls: Series::new(
                 codes()
-                    .chain(["answered", "rejected_source", "no_route"])
+                    .chain(["answered", "rejected_source", "no_route", "400"])
                     .collect(),
                 |l| counter!(CALLS, "result" => l),
             ),
@@ -269,6 +269,8 @@ pub enum CallResult {
     RejectedSource,
     /// No connection or no usable destination for it.
     NoRoute,
+    /// Refused as malformed (400), counted under its own code.
+    Malformed,
     /// Any other final status sent upstream.
     Status(u16),
 }
@@ -281,6 +283,7 @@ impl CallResult {
             CallResult::Answered => "answered",
             CallResult::RejectedSource => "rejected_source",
             CallResult::NoRoute => "no_route",
+            CallResult::Malformed => "400",
             CallResult::Status(code) => code_label(code),
         }
     }

@@ -1,4 +1,4 @@
-//! Operating the daemon as systemd runs it, on 127.0.0.50..69: the
+//! Operating the daemon as systemd runs it, on 127.0.0.50..59: the
 //! sd_notify protocol on a socket this test owns (READY, STATUS, WATCHDOG,
 //! RELOADING, STOPPING), SIGHUP reload against a Kamailio registrar (added,
 //! changed, removed and untouched connections, the untouched one keeping its

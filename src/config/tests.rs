@@ -591,6 +591,11 @@ fn public_address_forms() {
         PublicHost::Name("edge.example.com".into()),
         Some(5070),
     );
+    ok(
+        "Edge.Example.com",
+        PublicHost::Name("Edge.Example.com".into()),
+        None,
+    );
     assert_eq!(
         "[2001:db8::1]:5060"
             .parse::<PublicAddress>()

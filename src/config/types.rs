@@ -51,10 +51,11 @@ impl Transport {
     }
 
     /// The transport a SIP URI names by itself (RFC 3263 §4.1): `sips:`
-    /// means TLS whatever its `transport=` says (RFC 5630 §3.1.3: `sips:`
-    /// with `transport=tcp` is TLS over TCP); else the `transport=`
-    /// parameter; else none, and the caller's setting or DNS decides. The
-    /// one rule for config, API, registration, DNS and routing.
+    /// means TLS (RFC 3261 §26.2.2); else the `transport=` parameter; else
+    /// none, and the caller's setting or DNS decides. The one rule for
+    /// config, API, registration, DNS and routing. (A connection whose
+    /// `sips:` proxy has a `transport=` other than `tls` is refused by
+    /// validation before it gets here.)
     pub fn named_by(sips: bool, param: Option<Transport>) -> Option<Transport> {
         if sips { Some(Transport::Tls) } else { param }
     }
@@ -108,7 +109,7 @@ pub struct PublicAddress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublicHost {
     Ip(IpAddr),
-    /// A domain name, lower-cased.
+    /// A domain name, as written.
     Name(String),
 }
 
@@ -151,7 +152,8 @@ impl FromStr for PublicAddress {
         let (host, port) = parse_hostport(s)?;
         let host = match host.parse::<IpAddr>() {
             Ok(ip) => PublicHost::Ip(ip),
-            Err(_) => PublicHost::Name(host),
+            // As written: it goes into Via, Contact and Record-Route.
+            Err(_) => PublicHost::Name(s.split(':').next().unwrap_or(&host).to_owned()),
         };
         Ok(PublicAddress { host, port })
     }

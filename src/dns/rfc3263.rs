@@ -77,16 +77,10 @@ pub enum Plan {
 /// Decides the lookups for `q`. `allowed` are the transports this client
 /// can use, most preferred first; it is never empty in practice (UDP).
 pub fn plan(q: &Query, allowed: &[Transport]) -> Plan {
-    let transport = q.transport.map(|t| if q.sips { Transport::Tls } else { t });
+    let transport = Transport::named_by(q.sips, q.transport);
     // §4.1: a numeric IP or an explicit port without transport= means UDP
-    // for sip: and TLS over TCP for sips:.
-    let implied = || {
-        transport.unwrap_or(if q.sips {
-            Transport::Tls
-        } else {
-            Transport::Udp
-        })
-    };
+    // for sip: (and TLS over TCP for sips:, which `named_by` already says).
+    let implied = || transport.unwrap_or(Transport::Udp);
     if let Some(ip) = q.ip() {
         let t = implied();
         return Plan::Numeric(SocketAddr::new(ip, q.port.unwrap_or(t.default_port())), t);
@@ -101,10 +95,6 @@ pub fn plan(q: &Query, allowed: &[Transport]) -> Plan {
     }
     match transport {
         Some(t) => Plan::Srv { host, transport: t },
-        None if q.sips => Plan::Srv {
-            host,
-            transport: Transport::Tls,
-        },
         None => Plan::Naptr {
             host,
             allowed: allowed.to_vec(),

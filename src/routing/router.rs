@@ -160,7 +160,7 @@ async fn request(
         // The daemon's own 400 names the problem in a Warning header.
         Decision::Reject(Reject::Malformed) => {
             if is_invite {
-                metrics::call_result(CallResult::Status(400), None);
+                metrics::call_result(CallResult::Malformed, None);
             }
             shared.ctx.layer.answer_locally(inbound)
         }
