@@ -64,15 +64,18 @@ pub struct Hickory {
     resolver: TokioResolver,
 }
 
-/// Per-query timeout and attempts: a dead nameserver costs at most ~4 s.
+/// Per-query timeout and retries (hickory's `attempts` counts the retries
+/// after the first try): a dead nameserver costs 4 s per query, 8 s for an
+/// address (A, then AAAA). A resolution that falls through NAPTR and SRV to
+/// A/AAAA (RFC 3263 §4) makes its queries one after another.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-const QUERY_ATTEMPTS: usize = 2;
+const QUERY_RETRIES: usize = 1;
 
 impl Hickory {
     pub fn new(config: &DnsConfig) -> Result<Hickory, LookupError> {
         let mut opts = ResolverOpts::default();
         opts.timeout = QUERY_TIMEOUT;
-        opts.attempts = QUERY_ATTEMPTS;
+        opts.attempts = QUERY_RETRIES;
         // hickory 0.26 defaults to AAAA first.
         opts.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
         let resolver = if config.nameservers.is_empty() {
