@@ -22,8 +22,10 @@
 //! | 86..=87 | `store.rs`                                  |
 //! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | `dns_failover.rs`                           |
+//! | 140..=149 | `dns_edge_resolver.rs`                    |
 //!
-//! (127.0.0.5/.6 and .62/.63 are used by the shell selftests.)
+//! (127.0.0.5/.6 and .62/.63 are used by the shell selftests, 100..=130 by
+//! the benchmarks.)
 //!
 //! (`registrar_faults.rs` uses 127.0.1.0/24.) Within a file, give each test its
 //! own address of the block, because the tests of one binary run in parallel.
@@ -31,6 +33,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod dnsmasq;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -116,7 +119,7 @@ pub fn require_peer(bin: &str) {
         panic!(
             "interop peer `{bin}` is not installed (not on PATH). Run scripts/test.sh, which \
              installs it (apt-get install sip-tester kamailio kamailio-tls-modules \
-             kamailio-utils-modules prometheus systemd); interop tests fail rather than skip"
+             kamailio-utils-modules prometheus systemd dnsmasq-base); interop tests fail rather than skip"
         );
     }
 }
