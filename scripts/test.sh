@@ -4,8 +4,9 @@
 #   1. installs with apt what is missing (apt-get update only then): a C
 #      toolchain (gcc, libc6-dev: ring and the bundled SQLite build C), the
 #      interop peers sip-tester (SIPp), kamailio + tls + utils modules
-#      (kamcmd), openssl, prometheus (promtool), systemd (systemd-analyze),
-#      python3 + python3-venv
+#      (kamcmd), dnsmasq-base (the dnsmasq binary without the package that
+#      starts it as the system's resolver), openssl, prometheus (promtool),
+#      systemd (systemd-analyze), python3 + python3-venv
 #   1b. installs schemathesis (PyPI, pinned) into .venv-test/ for the API contract test
 #   2. installs Rust with rustup when there is no cargo (Debian's rustc is too
 #      old for edition 2024), and rustfmt and clippy
@@ -31,8 +32,8 @@ apt_install() {
 # --- 1. peers -------------------------------------------------------------
 # package:command-that-proves-it
 PEERS=(gcc:cc libc6-dev:/usr/include/stdio.h sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
-  kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so openssl:openssl python3:python3
-  prometheus:promtool systemd:systemd-analyze)
+  kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so dnsmasq-base:/usr/sbin/dnsmasq
+  openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze)
 missing=()
 for entry in "${PEERS[@]}"; do
   pkg=${entry%%:*} probe=${entry#*:}
@@ -48,7 +49,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # kamailio/kamcmd live in /usr/sbin
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
-for b in sipp kamailio kamcmd openssl promtool systemd-analyze; do
+for b in sipp kamailio kamcmd dnsmasq openssl promtool systemd-analyze; do
   command -v "$b" >/dev/null || { log "$b still missing after install"; exit 1; }
 done
 

@@ -147,19 +147,70 @@ fn tls_to_an_unknown_certificate_fails_by_default() {
 }
 
 #[test]
-fn wrong_password_is_tried_once_not_until_a_ban() {
+fn wrong_password_is_tried_once_per_forbidden_interval_not_until_a_ban() {
     let dir = temp_dir("kam-wrong-password");
     let ip = test_ip(34).to_string();
     let kam = kamailio(34, None, &dir);
+    // A 1 s backoff, so that a retry before the 3 s forbidden interval
+    // would show.
     let cfg = config(&ip, &format!("sip:{ip}:5060"), "UDP", "")
-        .replace("password = \"s3cret\"", "password = \"wrong\"");
+        .replace("password = \"s3cret\"", "password = \"wrong\"")
+        .replace(
+            "retry_interval_sec = 30",
+            "retry_interval_sec = 1\nmax_retry_interval_sec = 1\nforbidden_retry_interval_sec = 3",
+        );
     let uacd = Uacd::start(&cfg, &dir);
     let line = uacd.wait_for_log("status=failed", WAIT);
-    assert!(line.contains("last_response=401 Unauthorized"), "{line}");
+    assert!(
+        line.contains("last_response=401 Unauthorized (credentials refused)"),
+        "{line}"
+    );
     // Kamailio answers every REGISTER with a fresh nonce: we must have sent
-    // exactly two (the first, and one answer), then backed off.
-    let log = std::fs::read_to_string(kam.log_path()).unwrap();
-    let registers = log.lines().filter(|l| l.contains("challenging")).count();
-    assert_eq!(registers, 2, "{log}");
+    // exactly two (the first, and one answer), then waited.
+    let challenges = || {
+        std::fs::read_to_string(kam.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("challenging"))
+            .count()
+    };
+    assert_eq!(challenges(), 2, "{}", common::tail(kam.log_path(), 20));
+    // The next attempt is refused in turn, forbidden_retry_interval_sec
+    // after the first refusal, by the daemon's own clock.
+    let mut refusals = Vec::new();
+    let seen = common::poll_until(WAIT, || {
+        refusals = refusal_times(uacd.log_path());
+        refusals.len() >= 2
+    });
+    assert!(
+        seen.is_ok(),
+        "no second refusal: {}",
+        common::tail(uacd.log_path(), 30)
+    );
+    let waited = (refusals[1] - refusals[0]).rem_euclid(86_400.0);
+    assert!(
+        (3.0..5.0).contains(&waited),
+        "{waited} s between refusals:\n{}",
+        common::tail(uacd.log_path(), 30)
+    );
+    assert_eq!(challenges(), 4, "{}", common::tail(kam.log_path(), 20));
     assert!(!kam.ul_dump().contains("uacd-k1"));
+}
+
+/// When uacd published each "credentials refused", in seconds of the day
+/// from its log's timestamps (`2026-01-02T03:04:05.678901Z ...`).
+fn refusal_times(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("last_response=401 Unauthorized (credentials refused)"))
+        .filter_map(|l| {
+            let time = l.split_whitespace().next()?.split('T').nth(1)?;
+            let mut hms = time.trim_end_matches('Z').split(':');
+            let h: f64 = hms.next()?.parse().ok()?;
+            let m: f64 = hms.next()?.parse().ok()?;
+            let s: f64 = hms.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+        .collect()
 }

@@ -125,7 +125,10 @@ fn same_nonce_refused_twice_is_failed() {
     let mut sipp = registrar("registrar-same-nonce.xml", 25, &dir).start();
     let uacd = Uacd::start(&config(&ip, "UDP", "wrong", 3600, 30), &dir);
     let line = uacd.wait_for_log("status=failed", LOG_WAIT);
-    assert!(line.contains("last_response=401 Unauthorized"), "{line}");
+    assert!(
+        line.contains("last_response=401 Unauthorized (credentials refused)"),
+        "{line}"
+    );
     sipp.wait_success(SIPP_WAIT);
 }
 

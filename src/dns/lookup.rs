@@ -10,8 +10,9 @@ use std::time::Duration;
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+pub use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::time::Instant;
@@ -27,12 +28,22 @@ pub struct Answer<T> {
     pub valid_until: Instant,
 }
 
+/// Why a query gave no records. Only [`LookupError::NoRecords`] says that
+/// the records do not exist; every other kind leaves it unknown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
     /// NXDOMAIN or no record of that type: an answer, not an outage.
     #[error("no records")]
     NoRecords,
-    /// Timeout, refused, SERVFAIL, malformed answer...
+    /// The server answered with an error code: REFUSED (dnsmasq with local
+    /// records and no upstream, for a type it holds nothing of), SERVFAIL,
+    /// NOTIMP, FORMERR...
+    #[error("server answered {0} (rcode {code})", code = u16::from(*.0))]
+    Rcode(ResponseCode),
+    /// No answer within the resolver's timeout and attempts.
+    #[error("timed out")]
+    Timeout,
+    /// Anything else: no nameserver reachable, malformed answer, I/O.
     #[error("{0}")]
     Failed(String),
 }
@@ -53,15 +64,18 @@ pub struct Hickory {
     resolver: TokioResolver,
 }
 
-/// Per-query timeout and attempts: a dead nameserver costs at most ~4 s.
+/// Per-query timeout and retries (hickory's `attempts` counts the retries
+/// after the first try): a dead nameserver costs 4 s per query, 8 s for an
+/// address (A, then AAAA). A resolution that falls through NAPTR and SRV to
+/// A/AAAA (RFC 3263 §4) makes its queries one after another.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-const QUERY_ATTEMPTS: usize = 2;
+const QUERY_RETRIES: usize = 1;
 
 impl Hickory {
     pub fn new(config: &DnsConfig) -> Result<Hickory, LookupError> {
         let mut opts = ResolverOpts::default();
         opts.timeout = QUERY_TIMEOUT;
-        opts.attempts = QUERY_ATTEMPTS;
+        opts.attempts = QUERY_RETRIES;
         // hickory 0.26 defaults to AAAA first.
         opts.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
         let resolver = if config.nameservers.is_empty() {
@@ -98,10 +112,11 @@ fn fqdn(name: &str) -> String {
 }
 
 fn classify(e: NetError) -> LookupError {
-    if e.is_no_records_found() {
-        LookupError::NoRecords
-    } else {
-        LookupError::Failed(e.to_string())
+    match e {
+        e if e.is_no_records_found() => LookupError::NoRecords,
+        NetError::Dns(DnsError::ResponseCode(code)) => LookupError::Rcode(code),
+        NetError::Timeout => LookupError::Timeout,
+        e => LookupError::Failed(e.to_string()),
     }
 }
 
@@ -191,5 +206,39 @@ impl Lookup for Hickory {
                 valid_until: until(lookup.valid_until()),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::net::NoRecords;
+    use hickory_resolver::proto::op::Query;
+
+    #[test]
+    fn only_nxdomain_and_nodata_are_no_records() {
+        for code in [ResponseCode::NXDomain, ResponseCode::NoError] {
+            let e = NetError::from(NoRecords::new(Query::default(), code));
+            assert_eq!(classify(e), LookupError::NoRecords, "{code}");
+        }
+        for code in [
+            ResponseCode::Refused,
+            ResponseCode::ServFail,
+            ResponseCode::NotImp,
+            ResponseCode::FormErr,
+            ResponseCode::Unknown(3841),
+        ] {
+            let e = NetError::Dns(DnsError::ResponseCode(code));
+            assert_eq!(classify(e), LookupError::Rcode(code), "{code}");
+        }
+        assert_eq!(classify(NetError::Timeout), LookupError::Timeout);
+        assert_eq!(
+            classify(NetError::NoConnections),
+            LookupError::Failed("no connections available".into())
+        );
+        assert_eq!(
+            LookupError::Rcode(ResponseCode::Refused).to_string(),
+            "server answered Query Refused (rcode 5)"
+        );
     }
 }

@@ -362,11 +362,7 @@ struct Fetcher {
 impl Fetcher {
     async fn fetch(&self, q: &Query) -> Fetched {
         let mut valid_until = Instant::now() + MAX_VALIDITY;
-        let host = q.host.clone();
-        let unreachable = |reason: String| Error::Unreachable {
-            host: host.clone(),
-            reason,
-        };
+        let mut skipped = Skipped::default();
         let services = match rfc3263::plan(q, &self.allowed) {
             Plan::Numeric(..) => unreachable!("numeric targets are not cached"),
             Plan::Address {
@@ -379,7 +375,10 @@ impl Fetcher {
             ],
             Plan::Srv { host, transport } => {
                 let name = rfc3263::srv_name(&host, transport);
-                match self.srv_service(&name, transport, &mut valid_until).await? {
+                match self
+                    .srv_service(&name, transport, &mut valid_until, &mut skipped)
+                    .await?
+                {
                     Some(s) => vec![s],
                     None => vec![
                         self.address_service(
@@ -388,44 +387,59 @@ impl Fetcher {
                             transport,
                             &mut valid_until,
                         )
-                        .await?,
+                        .await
+                        .map_err(|e| skipped.or(e))?,
                     ],
                 }
             }
             Plan::Naptr { host, allowed } => {
                 let mut out = Vec::new();
+                let mut asked = Vec::new();
                 match self.lookup.naptr(&host).await {
                     Ok(ans) => {
                         valid_until = valid_until.min(ans.valid_until);
                         for (transport, name) in rfc3263::naptr_services(&ans.records, &allowed) {
-                            match self.srv_service(&name, transport, &mut valid_until).await {
-                                Ok(Some(s)) => out.push(s),
-                                Ok(None) => {}
-                                Err(e @ Error::Unreachable { .. }) => return Err(e),
-                                Err(e) => tracing::warn!(error = %e, "NAPTR service skipped"),
-                            }
+                            self.add_srv(
+                                &name,
+                                transport,
+                                &mut out,
+                                &mut asked,
+                                &mut skipped,
+                                &mut valid_until,
+                            )
+                            .await;
                         }
                     }
                     Err(LookupError::NoRecords) => {}
-                    Err(LookupError::Failed(e)) => return Err(unreachable(e)),
+                    Err(e) => {
+                        tracing::debug!(host = %host, error = %e, "NAPTR lookup failed; going on with SRV");
+                        skipped.note(Error::Unreachable {
+                            host: host.clone(),
+                            reason: format!("NAPTR: {e}"),
+                        });
+                    }
                 }
                 if out.is_empty() {
                     // §4.1: no usable NAPTR: SRV for each transport we support.
                     for &t in &allowed {
                         let name = rfc3263::srv_name(&host, t);
-                        match self.srv_service(&name, t, &mut valid_until).await {
-                            Ok(Some(s)) => out.push(s),
-                            Ok(None) => {}
-                            Err(e @ Error::Unreachable { .. }) => return Err(e),
-                            Err(e) => tracing::warn!(error = %e, "SRV service skipped"),
-                        }
+                        self.add_srv(
+                            &name,
+                            t,
+                            &mut out,
+                            &mut asked,
+                            &mut skipped,
+                            &mut valid_until,
+                        )
+                        .await;
                     }
                 }
                 if out.is_empty() {
                     let t = rfc3263::fallback_transport(&allowed);
                     out.push(
                         self.address_service(&host, t.default_port(), t, &mut valid_until)
-                            .await?,
+                            .await
+                            .map_err(|e| skipped.or(e))?,
                     );
                 }
                 out
@@ -434,22 +448,57 @@ impl Fetcher {
         Ok((services, valid_until))
     }
 
+    /// One SRV service of a NAPTR resolution, added to `out` when it
+    /// resolves; otherwise noted and skipped, and the next one is tried
+    /// (§4.1). `asked`: SRV names already queried, each asked once.
+    async fn add_srv(
+        &self,
+        name: &str,
+        transport: Transport,
+        out: &mut Vec<Service>,
+        asked: &mut Vec<String>,
+        skipped: &mut Skipped,
+        valid_until: &mut Instant,
+    ) {
+        if asked.iter().any(|a| a == name) {
+            return;
+        }
+        asked.push(name.to_owned());
+        match self
+            .srv_service(name, transport, valid_until, skipped)
+            .await
+        {
+            Ok(Some(s)) => out.push(s),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "SRV service skipped");
+                skipped.note(e);
+            }
+        }
+    }
+
     /// The SRV records at `name` with the addresses of their targets; None
-    /// when there is no SRV record.
+    /// when there is no SRV record, or when the SRV query itself failed (the
+    /// failure goes to `skipped`): either way §4.2 goes on with A/AAAA.
+    /// Records whose targets do not resolve are an error, not a fallback:
+    /// the service exists.
     async fn srv_service(
         &self,
         name: &str,
         transport: Transport,
         valid_until: &mut Instant,
+        skipped: &mut Skipped,
     ) -> Result<Option<Service>, Error> {
         let ans: Answer<SrvRecord> = match self.lookup.srv(name).await {
             Ok(a) => a,
             Err(LookupError::NoRecords) => return Ok(None),
-            Err(LookupError::Failed(e)) => {
-                return Err(Error::Unreachable {
+            Err(e) => {
+                tracing::debug!(srv = name, error = %e, "SRV lookup failed; going on without it");
+                skipped.note(Error::Unreachable {
                     host: name.to_owned(),
-                    reason: e,
+                    reason: e.to_string(),
                 });
+                return Ok(None);
             }
         };
         if ans.records.is_empty() {
@@ -474,7 +523,7 @@ impl Fetcher {
                 Ok(_) | Err(LookupError::NoRecords) => {
                     tracing::warn!(srv = name, target_host = %rec.target, "SRV target has no address; skipped");
                 }
-                Err(LookupError::Failed(e)) => {
+                Err(e) => {
                     tracing::warn!(srv = name, target_host = %rec.target, error = %e, "SRV target lookup failed; skipped");
                     last_failure = Some(e);
                 }
@@ -483,10 +532,10 @@ impl Fetcher {
         if records.is_empty() {
             // A lookup that failed (rather than found nothing) is a DNS
             // outage: the last good answer may still be served.
-            if let Some(reason) = last_failure {
+            if let Some(e) = last_failure {
                 return Err(Error::Unreachable {
                     host: name.to_owned(),
-                    reason,
+                    reason: e.to_string(),
                 });
             }
             return Err(Error::NotFound {
@@ -524,11 +573,47 @@ impl Fetcher {
             Ok(_) | Err(LookupError::NoRecords) => Err(Error::NotFound {
                 host: host.to_owned(),
             }),
-            Err(LookupError::Failed(e)) => Err(Error::Unreachable {
+            Err(e) => Err(Error::Unreachable {
                 host: host.to_owned(),
-                reason: e,
+                reason: e.to_string(),
             }),
         }
+    }
+}
+
+/// What a resolution went past on its way to the addresses. NAPTR is
+/// optional (RFC 3263 §4.1) and a missing SRV falls back to A/AAAA (§4.2);
+/// a lookup that fails at either step (REFUSED, SERVFAIL, timeout) is
+/// skipped as if it had found nothing, since resolvers refuse or drop the
+/// types they hold no data for. It is reported only when nothing resolves.
+#[derive(Debug, Default)]
+struct Skipped(Option<Error>);
+
+impl Skipped {
+    /// Keeps the more telling of `e` and what was kept: a failed lookup
+    /// over "not available" over "not found" (a failure means the records
+    /// may exist, so the last good answer stays usable), and at the same
+    /// rank the later step, nearer the addresses.
+    fn note(&mut self, e: Error) {
+        if self.0.as_ref().is_none_or(|kept| rank(&e) >= rank(kept)) {
+            self.0 = Some(e);
+        }
+    }
+
+    /// The error of a resolution whose last step failed with `last`.
+    fn or(self, last: Error) -> Error {
+        match self.0 {
+            Some(kept) if rank(&kept) > rank(&last) => kept,
+            _ => last,
+        }
+    }
+}
+
+fn rank(e: &Error) -> u8 {
+    match e {
+        Error::NotFound { .. } => 0,
+        Error::NotAvailable { .. } => 1,
+        Error::Unreachable { .. } | Error::Setup(_) => 2,
     }
 }
 

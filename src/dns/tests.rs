@@ -1,10 +1,11 @@
 //! The resolution logic against a fake DNS: RFC 3263 decision table,
-//! caching and TTLs, the stale-answer grace, single flight, greylisting.
+//! lookups that fail on the way (skipped like empty answers), caching and
+//! TTLs, the stale-answer grace, single flight, greylisting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::lookup::LookupFuture;
+use super::lookup::{LookupFuture, ResponseCode};
 use super::rfc3263::NaptrRecord;
 use super::*;
 
@@ -17,6 +18,8 @@ struct Fake {
     down: Mutex<bool>,
     /// Address lookups fail (SRV and NAPTR still answer).
     addresses_down: Mutex<bool>,
+    /// Queries ("NAPTR name", "SRV name", "A name") that fail this way.
+    errors: Mutex<HashMap<String, LookupError>>,
     queries: Mutex<Vec<String>>,
     delay: Mutex<Duration>,
     inflight_max: AtomicUsize,
@@ -62,6 +65,13 @@ impl Fake {
                 .collect(),
         );
     }
+    /// The query `kind name` fails with `e` from now on.
+    fn fail(&self, kind: &str, name: &str, e: LookupError) {
+        self.errors
+            .lock()
+            .unwrap()
+            .insert(format!("{kind} {name}"), e);
+    }
     fn fail_addresses(&self) {
         *self.addresses_down.lock().unwrap() = true;
     }
@@ -74,11 +84,15 @@ impl Fake {
         name: &str,
         table: &Mutex<HashMap<String, Vec<T>>>,
     ) -> LookupFuture<'_, T> {
-        self.queries.lock().unwrap().push(format!("{kind} {name}"));
+        let key = format!("{kind} {name}");
+        let injected = self.errors.lock().unwrap().get(&key).cloned();
+        self.queries.lock().unwrap().push(key);
         let res = if *self.down.lock().unwrap()
             || (kind == "A" && *self.addresses_down.lock().unwrap())
         {
-            Err(LookupError::Failed("timed out".into()))
+            Err(LookupError::Timeout)
+        } else if let Some(e) = injected {
+            Err(e)
         } else {
             match table.lock().unwrap().get(name) {
                 Some(r) => Ok(Answer {
@@ -523,5 +537,256 @@ async fn slow_dns_does_not_hold_back_a_cached_answer() {
     assert_eq!(
         addrs(&d.resolve(&query).await.unwrap()),
         ["127.0.0.21:5060/UDP", "127.0.0.22:5060/UDP"]
+    );
+}
+
+/// Every way a lookup can fail without saying that the records do not exist.
+fn failures() -> Vec<LookupError> {
+    vec![
+        LookupError::Rcode(ResponseCode::Refused),
+        LookupError::Rcode(ResponseCode::ServFail),
+        LookupError::Timeout,
+        LookupError::Rcode(ResponseCode::NotImp),
+        LookupError::Rcode(ResponseCode::FormErr),
+        LookupError::Rcode(ResponseCode::Unknown(3841)),
+        LookupError::Failed("no connections available".into()),
+    ]
+}
+
+fn refused() -> LookupError {
+    LookupError::Rcode(ResponseCode::Refused)
+}
+
+#[tokio::test(start_paused = true)]
+async fn naptr_failure_of_any_kind_goes_on_to_srv() {
+    for e in failures() {
+        let f = Fake::new();
+        f.fail("NAPTR", "example.test", e.clone());
+        f.srv(
+            "_sip._udp.example.test",
+            &[(0, 0, 5070, "sip1.example.test")],
+        );
+        f.a("sip1.example.test", &["127.0.0.60"]);
+        let t = dns(&f)
+            .resolve(&q("example.test", None, None))
+            .await
+            .unwrap_or_else(|err| panic!("NAPTR {e}: {err}"));
+        assert_eq!(addrs(&t), ["127.0.0.60:5070/UDP"], "NAPTR {e}");
+        assert_eq!(
+            f.queries()[..3],
+            [
+                "NAPTR example.test",
+                "SRV _sip._udp.example.test",
+                "A sip1.example.test"
+            ],
+            "NAPTR {e}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dnsmasq_without_upstream_resolves_through_srv_and_address_records() {
+    // dnsmasq serving srv-host/host-record entries with no upstream answers
+    // REFUSED for every type it holds nothing of.
+    let f = Fake::new();
+    f.fail("NAPTR", "dest.test", refused());
+    f.srv("_sip._udp.dest.test", &[(10, 0, 5070, "sip1.dest.test")]);
+    f.fail("SRV", "_sip._tcp.dest.test", refused());
+    f.fail("SRV", "_sips._tcp.dest.test", refused());
+    f.a("sip1.dest.test", &["127.0.0.60"]);
+    let t = dns(&f).resolve(&q("dest.test", None, None)).await.unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.60:5070/UDP"]);
+    // A registrar over TCP with only an address record.
+    f.fail("SRV", "_sip._tcp.pbx.test", refused());
+    f.a("pbx.test", &["127.0.0.61"]);
+    let t = dns(&f)
+        .resolve(&q("pbx.test", None, Some(Transport::Tcp)))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.61:5060/TCP"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn srv_failure_of_any_kind_falls_back_to_address_on_default_port() {
+    for e in failures() {
+        for (transport, port) in [
+            (Transport::Udp, 5060),
+            (Transport::Tcp, 5060),
+            (Transport::Tls, 5061),
+        ] {
+            let f = Fake::new();
+            let name = rfc3263::srv_name("pbx.test", transport);
+            f.fail("SRV", &name, e.clone());
+            f.a("pbx.test", &["127.0.0.30"]);
+            let t = dns(&f)
+                .resolve(&q("pbx.test", None, Some(transport)))
+                .await
+                .unwrap_or_else(|err| panic!("SRV {e}: {err}"));
+            assert_eq!(
+                addrs(&t),
+                [format!("127.0.0.30:{port}/{}", transport.via_token())],
+                "SRV {e}"
+            );
+            assert_eq!(f.queries(), [format!("SRV {name}"), "A pbx.test".into()]);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn naptr_and_every_srv_failing_fall_back_to_address() {
+    for e in failures() {
+        let f = Fake::new();
+        f.fail("NAPTR", "example.test", e.clone());
+        for name in [
+            "_sip._udp.example.test",
+            "_sip._tcp.example.test",
+            "_sips._tcp.example.test",
+        ] {
+            f.fail("SRV", name, e.clone());
+        }
+        f.a("example.test", &["127.0.0.43"]);
+        let t = dns(&f)
+            .resolve(&q("example.test", None, None))
+            .await
+            .unwrap_or_else(|err| panic!("{e}: {err}"));
+        assert_eq!(addrs(&t), ["127.0.0.43:5060/UDP"], "{e}");
+        assert_eq!(
+            f.queries(),
+            [
+                "NAPTR example.test",
+                "SRV _sip._udp.example.test",
+                "SRV _sip._tcp.example.test",
+                "SRV _sips._tcp.example.test",
+                "A example.test"
+            ]
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_naptr_service_is_skipped_and_its_srv_asked_once() {
+    let f = Fake::new();
+    f.naptr("example.test", &[(10, "SIP+D2T", "_sip._tcp.example.test")]);
+    f.fail(
+        "SRV",
+        "_sip._tcp.example.test",
+        LookupError::Rcode(ResponseCode::ServFail),
+    );
+    f.srv(
+        "_sip._udp.example.test",
+        &[(0, 0, 5060, "udp.example.test")],
+    );
+    f.a("udp.example.test", &["127.0.0.41"]);
+    let t = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap();
+    assert_eq!(addrs(&t), ["127.0.0.41:5060/UDP"]);
+    assert_eq!(
+        f.queries(),
+        [
+            "NAPTR example.test",
+            "SRV _sip._tcp.example.test",
+            "SRV _sip._udp.example.test",
+            "A udp.example.test",
+            "SRV _sips._tcp.example.test"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn everything_failing_is_an_error_naming_the_most_telling_failure() {
+    // Refused everywhere (dnsmasq asked for a name it does not hold): the
+    // address lookup's own failure.
+    let f = Fake::new();
+    f.fail("NAPTR", "example.test", refused());
+    for t in ALL {
+        f.fail("SRV", &rfc3263::srv_name("example.test", t), refused());
+    }
+    f.fail("A", "example.test", refused());
+    let e = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "example.test: DNS lookup failed: server answered Query Refused (rcode 5)"
+    );
+    // Only the NAPTR query failed and nothing else exists: that failure,
+    // since the NAPTR records could have named services elsewhere.
+    let f = Fake::new();
+    f.fail("NAPTR", "example.test", LookupError::Timeout);
+    let e = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::Unreachable {
+            host: "example.test".into(),
+            reason: "NAPTR: timed out".into()
+        }
+    );
+    // The SRV query failed and the host has no address: the SRV failure.
+    let f = Fake::new();
+    f.fail(
+        "SRV",
+        "_sip._udp.pbx.test",
+        LookupError::Rcode(ResponseCode::ServFail),
+    );
+    let e = dns(&f)
+        .resolve(&q("pbx.test", None, Some(Transport::Udp)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "_sip._udp.pbx.test: DNS lookup failed: server answered Server Failure (rcode 2)"
+    );
+    // The address lookup timing out after a refused NAPTR: the timeout.
+    let f = Fake::new();
+    f.fail("NAPTR", "example.test", refused());
+    f.fail("A", "example.test", LookupError::Timeout);
+    let e = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "example.test: DNS lookup failed: timed out");
+    // No failure, but an SRV "." tells more than a missing address.
+    let f = Fake::new();
+    f.srv("_sip._udp.example.test", &[(0, 0, 0, ".")]);
+    let e = dns(&f)
+        .resolve(&q("example.test", None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::NotAvailable {
+            host: "_sip._udp.example.test".into()
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_everywhere_is_an_outage_that_keeps_the_last_good_answer() {
+    let f = Fake::new();
+    f.fail("NAPTR", "dest.test", refused());
+    f.srv("_sip._udp.dest.test", &[(10, 0, 5070, "sip1.dest.test")]);
+    f.a("sip1.dest.test", &["127.0.0.60"]);
+    let d = dns(&f);
+    let query = q("dest.test", None, None);
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap()),
+        ["127.0.0.60:5070/UDP"]
+    );
+    // The resolver now refuses everything (restarted without its records).
+    for t in ALL {
+        f.fail("SRV", &rfc3263::srv_name("dest.test", t), refused());
+    }
+    f.fail("A", "dest.test", refused());
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(
+        addrs(&d.resolve(&query).await.unwrap()),
+        ["127.0.0.60:5070/UDP"],
+        "last good answer"
     );
 }

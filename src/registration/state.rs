@@ -176,6 +176,30 @@ const MAX_AUTH_ROUNDS: u32 = 4;
 /// Longest wait we honour from Retry-After.
 const MAX_RETRY_AFTER: u32 = 86_400;
 
+/// How long a failure waits before the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Exponential backoff with jitter, or the registrar's Retry-After.
+    Backoff { retry_after: Option<u32> },
+    /// `forbidden_retry`: the registrar turned us away, with a 403 or by
+    /// refusing our credentials. Trying sooner only adds failed
+    /// authentications for a fail2ban to count (its defaults on Asterisk
+    /// and FreePBX ban after 5 in 10 minutes).
+    Refused,
+}
+
+const BACKOFF: Wait = Wait::Backoff { retry_after: None };
+
+impl Wait {
+    /// After a final response that is a failure.
+    fn after(code: u16, retry_after: Option<u32>) -> Wait {
+        match code {
+            403 => Wait::Refused,
+            _ => Wait::Backoff { retry_after },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -271,13 +295,13 @@ impl Machine {
             },
             Event::Reply(reply) if self.phase == Phase::Sending => self.on_reply(reply),
             Event::Timeout if self.phase == Phase::Sending => {
-                self.on_failure(408, None, true, None)
+                self.on_failure(408, None, true, BACKOFF)
             }
             Event::TransportError if self.phase == Phase::Sending => {
-                self.on_failure(503, None, true, None)
+                self.on_failure(503, None, true, BACKOFF)
             }
             Event::Unresolvable(why) if self.phase == Phase::Sending => {
-                self.on_failure(503, Some(&why), true, None)
+                self.on_failure(503, Some(&why), true, BACKOFF)
             }
             Event::Failover if self.phase == Phase::Sending => self.on_failover(),
             Event::Timer(RegTimer::Expiry) => self.on_expiry(),
@@ -404,21 +428,21 @@ impl Machine {
                     let expires = self.expires;
                     vec![self.send(expires)]
                 }
-                _ => self.on_failure(code, None, false, reply.retry_after),
+                _ => self.on_failure(code, None, false, Wait::after(code, reply.retry_after)),
             },
-            _ => self.on_failure(code, None, false, reply.retry_after),
+            _ => self.on_failure(code, None, false, Wait::after(code, reply.retry_after)),
         }
     }
 
     fn on_registered(&mut self, reply: Reply) -> Vec<Action> {
         let requested = self.in_flight_expires;
         if reply.binding_missing {
-            return self.on_failure(reply.code, Some("binding missing"), false, None);
+            return self.on_failure(reply.code, Some("binding missing"), false, BACKOFF);
         }
         // A registrar may shorten the expiry but not lengthen it (§10.2.4).
         let granted = reply.granted.unwrap_or(requested).min(requested);
         if granted == 0 {
-            return self.on_failure(reply.code, Some("granted expiry 0"), false, None);
+            return self.on_failure(reply.code, Some("granted expiry 0"), false, BACKOFF);
         }
         self.phase = Phase::Waiting;
         self.bound = true;
@@ -439,12 +463,14 @@ impl Machine {
     fn on_challenge(&mut self, reply: Reply) -> Vec<Action> {
         if reply.challenges.is_empty() {
             // Nothing we can answer (unknown algorithm or scheme).
-            return self.on_failure(reply.code, Some("no usable challenge"), false, None);
+            return self.on_failure(reply.code, Some("no usable challenge"), false, BACKOFF);
         }
         // Refused again without stale=true: the same nonce, or a new one for
         // a realm we already answered in this attempt (registrars such as
-        // Kamailio and Asterisk send a fresh nonce with every 401). Answer
-        // once, not until fail2ban notices (RFC 3261 §22.2, RFC 7616 §3.4).
+        // Kamailio and Asterisk send a fresh nonce with every 401). The
+        // credentials are wrong: answer once, and wait as after a 403, not
+        // until fail2ban notices (RFC 3261 §22.2, RFC 7616 §3.4). stale=true
+        // says only the nonce was old: answered at once (RFC 7616 §3.3).
         // A pre-emptive answer from the cache may be refused once.
         let refused = reply.challenges.iter().any(|(kind, ch)| {
             !ch.stale
@@ -454,9 +480,18 @@ impl Machine {
                         .iter()
                         .any(|(k, realm)| k == kind && *realm == ch.realm))
         });
-        if refused || self.auth_rounds >= MAX_AUTH_ROUNDS {
+        if refused {
             self.challenges.clear();
-            return self.on_failure(reply.code, None, false, None);
+            return self.on_failure(
+                reply.code,
+                Some("credentials refused"),
+                false,
+                Wait::Refused,
+            );
+        }
+        if self.auth_rounds >= MAX_AUTH_ROUNDS {
+            self.challenges.clear();
+            return self.on_failure(reply.code, Some("too many challenges"), false, BACKOFF);
         }
         self.auth_rounds += 1;
         // Merge by (kind, realm): a 401 from the registrar must not drop the
@@ -488,13 +523,7 @@ impl Machine {
 
     /// `soft`: a timeout or transport error (the binding, if any, may still
     /// be alive) rather than a final answer from the registrar.
-    fn on_failure(
-        &mut self,
-        code: u16,
-        why: Option<&str>,
-        soft: bool,
-        retry_after: Option<u32>,
-    ) -> Vec<Action> {
+    fn on_failure(&mut self, code: u16, why: Option<&str>, soft: bool, wait: Wait) -> Vec<Action> {
         self.last_response = Some(match why {
             Some(w) => format!("{} ({w})", response_text(code)),
             None => response_text(code),
@@ -504,12 +533,12 @@ impl Machine {
         }
         self.phase = Phase::Waiting;
         self.failures = self.failures.saturating_add(1);
-        let delay = match (code, retry_after) {
-            (403, _) => self.settings.forbidden_retry,
-            (_, Some(secs)) if secs > 0 => {
-                Duration::from_secs(u64::from(secs.min(MAX_RETRY_AFTER)))
-            }
-            _ => backoff(
+        let delay = match wait {
+            Wait::Refused => self.settings.forbidden_retry,
+            Wait::Backoff {
+                retry_after: Some(secs),
+            } if secs > 0 => Duration::from_secs(u64::from(secs.min(MAX_RETRY_AFTER))),
+            Wait::Backoff { .. } => backoff(
                 self.failures,
                 self.settings.retry,
                 self.settings.max_retry,

@@ -20,10 +20,11 @@
 //! | 86..=87 | `store.rs`                                  |
 //! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | `dns_failover.rs`                           |
+//! | 140..=149 | `dns_edge_resolver.rs`                  |
 //!
 //! 40..=49 and 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
-//! use; the benchmarks in `bench/` use 127.0.0.90/.91 and 100..=124, so they
+//! use; the benchmarks in `bench/` use 127.0.0.90/.91 and 100..=130, so they
 //! are not run beside the tests. `registrar_faults.rs` uses 127.0.1.0/24.
 //! Within a file, give each test its own address of the block, because the
 //! tests of one binary run in parallel.
@@ -31,6 +32,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod dnsmasq;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -116,7 +118,7 @@ pub fn require_peer(bin: &str) {
         panic!(
             "interop peer `{bin}` is not installed (not on PATH). Run scripts/test.sh, which \
              installs it (apt-get install sip-tester kamailio kamailio-tls-modules \
-             kamailio-utils-modules prometheus systemd); interop tests fail rather than skip"
+             kamailio-utils-modules prometheus systemd dnsmasq-base); interop tests fail rather than skip"
         );
     }
 }

@@ -176,7 +176,7 @@ fn refresh_answers_the_cached_challenge_with_next_nc() {
 }
 
 #[test]
-fn same_nonce_refused_again_is_failed() {
+fn same_nonce_refused_again_is_failed_and_waits_like_a_403() {
     let mut m = Machine::new(settings(), 1);
     m.step(Event::Start);
     m.step(challenge("n1", false));
@@ -184,9 +184,11 @@ fn same_nonce_refused_again_is_failed() {
     assert!(sends(&a).is_empty());
     let p = published(&a).unwrap();
     assert_eq!(p.status, RegStatus::Failed);
-    assert_eq!(p.last_response.as_deref(), Some("401 Unauthorized"));
-    let retry = armed(&a, RegTimer::Retry).unwrap();
-    assert!(retry >= Duration::from_secs_f64(22.5) && retry <= Duration::from_secs_f64(37.5));
+    assert_eq!(
+        p.last_response.as_deref(),
+        Some("401 Unauthorized (credentials refused)")
+    );
+    assert_eq!(armed(&a, RegTimer::Retry), Some(Duration::from_secs(600)));
     // The retry starts from scratch, without the refused credentials.
     let a = m.step(Event::Timer(RegTimer::Retry));
     assert!(only_send(&a).answers.is_empty());
@@ -216,10 +218,11 @@ fn a_new_nonce_for_the_realm_just_answered_is_a_refusal() {
     let a = m.step(challenge("n2", false));
     assert!(sends(&a).is_empty());
     assert_eq!(published(&a).unwrap().status, RegStatus::Failed);
+    assert_eq!(armed(&a, RegTimer::Retry), Some(Duration::from_secs(600)));
 }
 
 #[test]
-fn endless_stale_nonces_fail_after_bounded_rounds() {
+fn endless_stale_nonces_fail_after_bounded_rounds_with_backoff() {
     let mut m = Machine::new(settings(), 1);
     m.step(Event::Start);
     let mut sent = 0;
@@ -227,6 +230,13 @@ fn endless_stale_nonces_fail_after_bounded_rounds() {
         let a = m.step(challenge(&format!("n{i}"), true));
         if sends(&a).is_empty() {
             assert_eq!(m.status(), RegStatus::Failed);
+            assert_eq!(
+                published(&a).unwrap().last_response.as_deref(),
+                Some("401 Unauthorized (too many challenges)")
+            );
+            // Not a refusal of the credentials: the normal backoff.
+            let retry = armed(&a, RegTimer::Retry).unwrap().as_secs_f64();
+            assert!((22.5..=37.5).contains(&retry), "{retry}");
             break;
         }
         sent += 1;
@@ -649,4 +659,238 @@ fn unresolvable_is_a_soft_failure_with_the_reason() {
     b.step(Event::Timer(RegTimer::Refresh));
     b.step(Event::Unresolvable("down".into()));
     assert_eq!(b.status(), RegStatus::Success);
+}
+
+// === refused credentials wait like a 403 ===
+
+/// Where the machine answered a fresh challenge for realm "pbx.test" (of
+/// `kind`) with nonce `nonce`, and the registrar now answers again.
+#[derive(Debug, Clone, Copy)]
+enum Context {
+    /// The first attempt: Start, challenge, answer.
+    First,
+    /// A refresh whose cached answer drew a new challenge, answered.
+    Refresh,
+    /// A failover target's own challenge, answered.
+    Failover,
+}
+
+fn challenge_of(kind: AuthKind, nonce: &str, stale: bool) -> Event {
+    let code = match kind {
+        AuthKind::Www => 401,
+        AuthKind::Proxy => 407,
+    };
+    Event::Reply(Reply {
+        challenges: vec![(kind, ch("pbx.test", nonce, stale))],
+        ..reply(code)
+    })
+}
+
+/// The machine in `ctx`, and the nonce it answered last.
+fn answered(ctx: Context, kind: AuthKind) -> (Machine, &'static str) {
+    let mut m = Machine::new(settings(), 5);
+    m.step(Event::Start);
+    only_send(&m.step(challenge_of(kind, "n1", false)));
+    match ctx {
+        Context::First => (m, "n1"),
+        Context::Refresh => {
+            m.step(ok(Some(600)));
+            assert_eq!(
+                only_send(&m.step(Event::Timer(RegTimer::Refresh)))
+                    .answers
+                    .len(),
+                1
+            );
+            only_send(&m.step(challenge_of(kind, "n2", false)));
+            (m, "n2")
+        }
+        Context::Failover => {
+            only_send(&m.step(Event::Failover));
+            only_send(&m.step(challenge_of(kind, "n2", false)));
+            (m, "n2")
+        }
+    }
+}
+
+#[test]
+fn a_challenge_after_our_answer_is_a_refusal_unless_stale() {
+    for kind in [AuthKind::Www, AuthKind::Proxy] {
+        for ctx in [Context::First, Context::Refresh, Context::Failover] {
+            for same_nonce in [true, false] {
+                for stale in [false, true] {
+                    let case = format!("{kind:?} {ctx:?} same_nonce={same_nonce} stale={stale}");
+                    let (mut m, last) = answered(ctx, kind);
+                    let nonce = if same_nonce { last } else { "n9" };
+                    let before = m.status();
+                    let a = m.step(challenge_of(kind, nonce, stale));
+                    if stale {
+                        // RFC 7616 §3.3: only the nonce was old; answer at once.
+                        let r = only_send(&a);
+                        assert_eq!(r.answers.len(), 1, "{case}");
+                        assert_eq!(r.answers[0].challenge.nonce, nonce, "{case}");
+                        assert!(published(&a).is_none(), "{case}: {a:?}");
+                        assert_eq!(armed(&a, RegTimer::Retry), None, "{case}");
+                        assert_eq!(m.status(), before, "{case}");
+                    } else {
+                        let text = match kind {
+                            AuthKind::Www => "401 Unauthorized (credentials refused)",
+                            AuthKind::Proxy => {
+                                "407 Proxy Authentication Required (credentials refused)"
+                            }
+                        };
+                        assert!(sends(&a).is_empty(), "{case}: {a:?}");
+                        let p = published(&a).unwrap();
+                        assert_eq!(p.status, RegStatus::Failed, "{case}");
+                        assert_eq!(p.last_response.as_deref(), Some(text), "{case}");
+                        assert_eq!(
+                            armed(&a, RegTimer::Retry),
+                            Some(Duration::from_secs(600)),
+                            "{case}"
+                        );
+                        assert!(a.contains(&Action::Disarm(RegTimer::Refresh)), "{case}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cached_answer_refused_for_its_own_nonce_is_a_refusal() {
+    // A new nonce for a cached answer is the registrar's way of asking
+    // again (answered); the same nonce, not stale, refuses the answer.
+    for (nonce, stale, refusal) in [
+        ("n2", false, false),
+        ("n2", true, false),
+        ("n1", true, false),
+        ("n1", false, true),
+    ] {
+        let mut m = registered(600);
+        m.step(Event::Timer(RegTimer::Refresh));
+        let a = m.step(challenge(nonce, stale));
+        assert_eq!(
+            sends(&a).is_empty(),
+            refusal,
+            "{nonce} stale={stale}: {a:?}"
+        );
+        let retry = armed(&a, RegTimer::Retry);
+        assert_eq!(
+            retry,
+            refusal.then_some(Duration::from_secs(600)),
+            "{nonce} stale={stale}"
+        );
+    }
+}
+
+#[test]
+fn a_refusal_among_several_challenges_is_a_refusal() {
+    let mut m = Machine::new(settings(), 1);
+    m.step(Event::Start);
+    m.step(Event::Reply(Reply {
+        challenges: vec![
+            (AuthKind::Proxy, ch("edge", "p1", false)),
+            (AuthKind::Www, ch("pbx", "w1", false)),
+        ],
+        ..reply(407)
+    }));
+    // The proxy only wants a fresh nonce; the registrar refuses.
+    let a = m.step(Event::Reply(Reply {
+        challenges: vec![
+            (AuthKind::Proxy, ch("edge", "p2", true)),
+            (AuthKind::Www, ch("pbx", "w2", false)),
+        ],
+        ..reply(401)
+    }));
+    assert!(sends(&a).is_empty());
+    assert_eq!(armed(&a, RegTimer::Retry), Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn the_refusal_wait_is_the_configured_forbidden_interval_whatever_retry_after_says() {
+    for (forbidden, retry_after) in [(900, None), (120, Some(30)), (600, Some(3600))] {
+        let mut m = Machine::new(
+            Settings {
+                forbidden_retry: Duration::from_secs(forbidden),
+                ..settings()
+            },
+            1,
+        );
+        m.step(Event::Start);
+        m.step(challenge("n1", false));
+        let a = m.step(Event::Reply(Reply {
+            challenges: vec![(AuthKind::Www, ch("pbx.test", "n2", false))],
+            retry_after,
+            ..reply(401)
+        }));
+        assert_eq!(
+            armed(&a, RegTimer::Retry),
+            Some(Duration::from_secs(forbidden)),
+            "{forbidden} {retry_after:?}"
+        );
+    }
+}
+
+#[test]
+fn wrong_credentials_are_tried_once_per_forbidden_interval() {
+    // A registrar that refuses every answer (new nonce each time, as
+    // Kamailio and Asterisk do) for two hours of machine time: one refused
+    // answer per 600 s, where fail2ban bans 5 in 10 minutes.
+    let mut m = Machine::new(settings(), 9);
+    let mut now = Duration::ZERO;
+    let mut refused_at = Vec::new();
+    let mut nonce = 0;
+    let mut a = m.step(Event::Start);
+    while now < Duration::from_secs(7200) {
+        let answered = !only_send(&a).answers.is_empty();
+        nonce += 1;
+        a = m.step(challenge(&format!("n{nonce}"), false));
+        if answered {
+            // That answer was refused.
+            refused_at.push(now);
+            assert!(sends(&a).is_empty(), "{a:?}");
+            let wait = armed(&a, RegTimer::Retry).expect("retry armed");
+            assert_eq!(wait, Duration::from_secs(600));
+            assert_eq!(m.status(), RegStatus::Failed);
+            now += wait;
+            a = m.step(Event::Timer(RegTimer::Retry));
+        }
+    }
+    assert_eq!(refused_at.len(), 12, "{refused_at:?}");
+    for w in refused_at.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_secs(600), "{refused_at:?}");
+    }
+}
+
+#[test]
+fn after_the_refusal_wait_good_credentials_register_and_backoff_starts_over() {
+    let mut m = Machine::new(settings(), 3);
+    m.step(Event::Start);
+    m.step(challenge("n1", false));
+    m.step(challenge("n2", false));
+    assert_eq!(m.status(), RegStatus::Failed);
+    // The PBX's password was fixed meanwhile.
+    let a = m.step(Event::Timer(RegTimer::Retry));
+    assert!(only_send(&a).answers.is_empty());
+    only_send(&m.step(challenge("n3", false)));
+    assert_eq!(
+        published(&m.step(ok(Some(600)))).unwrap().status,
+        RegStatus::Success
+    );
+    m.step(Event::Timer(RegTimer::Refresh));
+    let d = armed(&m.step(Event::Timeout), RegTimer::Retry)
+        .unwrap()
+        .as_secs_f64();
+    assert!((22.5..=37.5).contains(&d), "backoff from the start: {d}");
+}
+
+#[test]
+fn a_refused_refresh_is_failed_at_once_and_waits_like_a_403() {
+    let mut m = registered(600);
+    m.step(Event::Timer(RegTimer::Refresh));
+    only_send(&m.step(challenge("n2", false)));
+    let a = m.step(challenge("n3", false));
+    let p = published(&a).unwrap();
+    assert_eq!(p.status, RegStatus::Failed, "the registrar refused us");
+    assert_eq!(armed(&a, RegTimer::Retry), Some(Duration::from_secs(600)));
+    assert!(a.contains(&Action::Disarm(RegTimer::Refresh)));
 }
