@@ -23,12 +23,10 @@ impl Dnsmasq {
     pub fn start(ip: Ipv4Addr, records: &[String], dir: &Path) -> Dnsmasq {
         let bin = peer_path("dnsmasq");
         // One port free for both (dnsmasq serves UDP and TCP on it).
-        let port = loop {
-            let p = free_udp_port(ip);
-            if std::net::TcpListener::bind((ip, p)).is_ok() {
-                break p;
-            }
-        };
+        let port = (0..100)
+            .map(|_| free_udp_port(ip))
+            .find(|p| std::net::TcpListener::bind((ip, *p)).is_ok())
+            .unwrap_or_else(|| panic!("no port free for both UDP and TCP on {ip}"));
         let mut cmd = Command::new(bin);
         cmd.args([
             "--no-resolv",
