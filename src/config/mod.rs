@@ -20,7 +20,7 @@ pub use connection::{
     generated_user_name,
 };
 pub use types::{
-    ListenAddr, ProxyUri, PublicAddress, PublicHost, Secret, Transport, UnknownTransport,
+    Cidr, ListenAddr, ProxyUri, PublicAddress, PublicHost, Secret, Transport, UnknownTransport,
 };
 
 use reader::{Ctx, TableView};
@@ -35,6 +35,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub registration: RegistrationConfig,
     pub routing: RoutingConfig,
+    pub limits: LimitsConfig,
     /// The file's connections. `App` moves them into the store at start-up
     /// (and a reload's into the store again): the running config has none.
     pub connections: Vec<Connection>,
@@ -49,6 +50,9 @@ pub struct SipConfig {
     /// Put in Contact, Via and Record-Route when behind NAT.
     pub public_address: Option<PublicAddress>,
     pub user_agent: String,
+    /// Sources (besides loopback and the PBXes) whose OPTIONS to the daemon
+    /// itself are answered: health checks and monitors.
+    pub monitors: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +102,50 @@ pub struct RegistrationConfig {
     pub unregister_timeout_sec: u64,
 }
 
+/// Bounds on what the network and the API can make the daemon hold
+/// (`[limits]`). Every map that input can grow has one; the defaults and
+/// their reasoning are in the README.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Inbound TCP/TLS flows at once; beyond it new ones are closed at accept.
+    pub inbound_flows: usize,
+    /// Inbound TCP/TLS flows at once from one IP address.
+    pub inbound_flows_per_ip: usize,
+    /// An inbound flow that received nothing for this long, and that no
+    /// registration uses, is closed.
+    pub inbound_flow_idle_sec: u64,
+    /// Once a message's first byte arrived on a stream, its headers must be
+    /// complete within this long or the flow is closed.
+    pub header_timeout_sec: u64,
+    /// TLS handshakes in progress at once (inbound).
+    pub tls_handshakes: usize,
+    /// Error answers (4xx-6xx the daemon makes itself) per source IP and
+    /// second; beyond it requests from that IP are dropped unanswered.
+    pub error_replies_per_ip_per_sec: u32,
+    /// Dialogs the daemon remembers (target refreshes, the gauge).
+    pub dialogs: usize,
+    /// Names the DNS cache holds (least recently used evicted first).
+    pub dns_cache_entries: usize,
+    /// Connections one `user_id` may own through the API.
+    pub connections_per_user: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            inbound_flows: 4096,
+            inbound_flows_per_ip: 64,
+            inbound_flow_idle_sec: 120,
+            header_timeout_sec: 10,
+            tls_handshakes: 64,
+            error_replies_per_ip_per_sec: 10,
+            dialogs: 100_000,
+            dns_cache_entries: 10_000,
+            connections_per_user: 10_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutingConfig {
     pub timeout_1xx_sec: u64,
@@ -120,6 +168,7 @@ impl Default for SipConfig {
             ],
             public_address: None,
             user_agent: "uacd".into(),
+            monitors: Vec::new(),
         }
     }
 }
@@ -269,6 +318,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
             "store",
             "registration",
             "routing",
+            "limits",
             "connection",
         ],
     );

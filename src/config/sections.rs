@@ -10,10 +10,10 @@ use toml::de::DeTable;
 
 use super::connection::{self, Connection, ExternalUacSettings, InternalUacSettings};
 use super::reader::{At, Ctx, TableView, empty_view};
-use super::types::{ListenAddr, ProxyUri, PublicAddress, Secret, Transport};
+use super::types::{Cidr, ListenAddr, ProxyUri, PublicAddress, Secret, Transport};
 use super::{
-    ApiConfig, ApiToken, Config, DnsConfig, MetricsConfig, RegistrationConfig, RoutingConfig, Seen,
-    SipConfig, StoreConfig, TlsConfig, parse_nameserver,
+    ApiConfig, ApiToken, Config, DnsConfig, LimitsConfig, MetricsConfig, RegistrationConfig,
+    RoutingConfig, Seen, SipConfig, StoreConfig, TlsConfig, parse_nameserver,
 };
 
 const ANY: std::ops::RangeInclusive<u64> = 0..=u64::MAX;
@@ -25,7 +25,11 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         root.table(ctx, name, known)
             .unwrap_or_else(|| empty_view(&empty, name, 0..0))
     };
-    let sip = section(ctx, "sip", &["listen", "public_address", "user_agent"]);
+    let sip = section(
+        ctx,
+        "sip",
+        &["listen", "public_address", "user_agent", "monitors"],
+    );
     let tls = section(
         ctx,
         "tls",
@@ -51,6 +55,7 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         "routing",
         &["timeout_1xx_sec", "timeout_2xx_sec", "failover_codes"],
     );
+    let limits = section(ctx, "limits", LIMIT_KEYS);
 
     let tls = read_tls(ctx, &tls);
     let sip = read_sip(ctx, &sip, &tls);
@@ -71,6 +76,7 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         },
         registration: read_registration(ctx, &registration),
         routing: read_routing(ctx, &routing),
+        limits: read_limits(ctx, &limits),
         connections,
         generated_passwords,
     }
@@ -180,6 +186,11 @@ fn read_sip(ctx: &mut Ctx, t: &TableView<'_, '_>, tls: &TlsConfig) -> SipConfig 
             }
         })
         .unwrap_or(cfg.user_agent);
+    }
+    for (key, v) in t.str_array(ctx, "monitors").unwrap_or_default() {
+        if let Some(c) = parsed(ctx, &v, &key, |s| s.parse::<Cidr>()) {
+            cfg.monitors.push(c);
+        }
     }
     cfg
 }
@@ -357,6 +368,59 @@ fn read_routing(ctx: &mut Ctx, t: &TableView<'_, '_>) -> RoutingConfig {
                 }
             }
         }
+    }
+    cfg
+}
+
+const LIMIT_KEYS: &[&str] = &[
+    "inbound_flows",
+    "inbound_flows_per_ip",
+    "inbound_flow_idle_sec",
+    "header_timeout_sec",
+    "tls_handshakes",
+    "error_replies_per_ip_per_sec",
+    "dialogs",
+    "dns_cache_entries",
+    "connections_per_user",
+];
+
+fn read_limits(ctx: &mut Ctx, t: &TableView<'_, '_>) -> LimitsConfig {
+    let mut cfg = LimitsConfig::default();
+    let count =
+        |ctx: &mut Ctx, key: &str, range: std::ops::RangeInclusive<u64>, slot: &mut usize| {
+            if let Some(v) = t.uint(ctx, key, range) {
+                *slot = usize::try_from(v.into_inner()).unwrap_or(usize::MAX);
+            }
+        };
+    count(ctx, "inbound_flows", 1..=1_000_000, &mut cfg.inbound_flows);
+    count(
+        ctx,
+        "inbound_flows_per_ip",
+        1..=1_000_000,
+        &mut cfg.inbound_flows_per_ip,
+    );
+    count(ctx, "tls_handshakes", 1..=100_000, &mut cfg.tls_handshakes);
+    count(ctx, "dialogs", 1..=10_000_000, &mut cfg.dialogs);
+    count(
+        ctx,
+        "dns_cache_entries",
+        1..=10_000_000,
+        &mut cfg.dns_cache_entries,
+    );
+    count(
+        ctx,
+        "connections_per_user",
+        1..=10_000_000,
+        &mut cfg.connections_per_user,
+    );
+    if let Some(v) = t.uint(ctx, "inbound_flow_idle_sec", 1..=86_400) {
+        cfg.inbound_flow_idle_sec = v.into_inner();
+    }
+    if let Some(v) = t.uint(ctx, "header_timeout_sec", 1..=300) {
+        cfg.header_timeout_sec = v.into_inner();
+    }
+    if let Some(v) = t.uint(ctx, "error_replies_per_ip_per_sec", 1..=1_000_000) {
+        cfg.error_replies_per_ip_per_sec = u32::try_from(v.into_inner()).unwrap_or(u32::MAX);
     }
     cfg
 }

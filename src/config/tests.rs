@@ -609,3 +609,83 @@ fn public_address_forms() {
     assert!(err("edge.example.com:x").contains("invalid port"));
     assert!(err("edge .example.com").contains("spaces"));
 }
+
+#[test]
+fn limits_defaults_values_and_bounds() {
+    let cfg = parse("", "l.toml").unwrap();
+    assert_eq!(cfg.limits, LimitsConfig::default());
+    let cfg = parse(
+        "[limits]\ninbound_flows = 10\ninbound_flows_per_ip = 2\ninbound_flow_idle_sec = 5\n\
+         header_timeout_sec = 3\ntls_handshakes = 4\nerror_replies_per_ip_per_sec = 7\n\
+         dialogs = 50\ndns_cache_entries = 60\nconnections_per_user = 70\n\
+         [sip]\nmonitors = [\"192.0.2.0/24\", \"2001:db8::1\"]\n",
+        "l.toml",
+    )
+    .unwrap();
+    let l = &cfg.limits;
+    assert_eq!(
+        (
+            l.inbound_flows,
+            l.inbound_flows_per_ip,
+            l.inbound_flow_idle_sec
+        ),
+        (10, 2, 5)
+    );
+    assert_eq!(
+        (
+            l.header_timeout_sec,
+            l.tls_handshakes,
+            l.error_replies_per_ip_per_sec
+        ),
+        (3, 4, 7)
+    );
+    assert_eq!(
+        (l.dialogs, l.dns_cache_entries, l.connections_per_user),
+        (50, 60, 70)
+    );
+    let m = &cfg.sip.monitors;
+    assert!(m[0].contains("192.0.2.77".parse().unwrap()));
+    assert!(!m[0].contains("192.0.3.1".parse().unwrap()));
+    assert!(m[1].contains("2001:db8::1".parse().unwrap()));
+    assert!(!m[1].contains("2001:db8::2".parse().unwrap()));
+    assert_one(
+        "[limits]\ninbound_flows = 0\n",
+        2,
+        "limits.inbound_flows",
+        "must be between 1",
+    );
+    assert_one(
+        "[limits]\nheader_timeout_sec = 301\n",
+        2,
+        "limits.header_timeout_sec",
+        "must be between 1 and 300",
+    );
+    assert_one("[limits]\nflows = 1\n", 2, "limits.flows", "unknown key");
+    assert_one(
+        "[sip]\nmonitors = [\"10.0.0.0/33\"]\n",
+        2,
+        "sip.monitors[0]",
+        "prefix length must be 0..=32",
+    );
+    assert_one(
+        "[sip]\nmonitors = [\"nope/8\"]\n",
+        2,
+        "sip.monitors[0]",
+        "is not an IP address",
+    );
+}
+
+#[test]
+fn cidr_membership() {
+    let c: Cidr = "10.1.0.0/16".parse().unwrap();
+    assert!(c.contains("10.1.255.3".parse().unwrap()));
+    assert!(
+        c.contains("::ffff:10.1.2.3".parse().unwrap()),
+        "IPv4-mapped counts as IPv4"
+    );
+    assert!(!c.contains("10.2.0.1".parse().unwrap()));
+    let all: Cidr = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains("203.0.113.9".parse().unwrap()));
+    assert!(!all.contains("::1".parse().unwrap()));
+    assert_eq!(c.to_string(), "10.1.0.0/16");
+}
