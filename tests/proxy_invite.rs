@@ -433,11 +433,10 @@ Call-ID: forged-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
     }
     assert_silent(&victim, "a forged response");
 
-    // In-dialog requests aimed at a third party through our route set. A
-    // Route with a wrong token: 403. With the right token (as a party to a
-    // past dialog would have it) but for a dialog uacd does not hold: 481
-    // for a re-INVITE (only BYE and ACK go on a token alone). The victim
-    // hears nothing either way.
+    // In-dialog requests aimed at a third party through our route set: a
+    // Route with a made-up token, and genuine tokens (as uacd would issue
+    // them) that were given to another address or that name another hop.
+    // Each is refused with 403 and the victim hears nothing.
     attacker
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -446,13 +445,29 @@ Call-ID: forged-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
         .try_into()
         .expect("16 bytes");
     let call_id = "relay-attempt-1@attacker";
-    let good = uacd::routing::route::dialog_token(&key, call_id);
+    use uacd::routing::token::{End, Grant, HopId, issue, now_epoch};
+    let issued = |from: std::net::IpAddr, to: &str| {
+        let to = HopId::of(&to.parse().expect("uri"));
+        let grant = Grant {
+            call_id,
+            holder: End::Pbx,
+            from,
+            to: &to,
+        };
+        issue(&key, now_epoch(), &grant)
+    };
+    let victim_uri = format!("sip:toll@{}:{}", v.ip(), v.port());
+    let copied = issued(pbx_ip().into(), &victim_uri);
+    let elsewhere = issued(caller_ip().into(), "sip:1006@127.0.0.73:5060");
     let mut buf = [0u8; 2048];
-    for (token, expect) in [("0000000000000000", 403), (good.as_str(), 481)] {
+    for (n, token) in ["0000000000000000", copied.as_str(), elsewhere.as_str()]
+        .into_iter()
+        .enumerate()
+    {
         let a = attacker.local_addr().expect("addr");
         let reinvite = format!(
             "INVITE sip:toll@{vip}:{vport} SIP/2.0\r\n\
-Via: SIP/2.0/UDP {aip}:{aport};rport;branch=z9hG4bKrelay{expect}\r\n\
+Via: SIP/2.0/UDP {aip}:{aport};rport;branch=z9hG4bKrelay{n}\r\n\
 Route: <sip:{uacd}:{port};lr;uacd={token}>\r\n\
 Max-Forwards: 70\r\n\
 From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n\
@@ -479,7 +494,7 @@ Content-Length: 0\r\n\r\n",
                 break code;
             }
         };
-        assert_eq!(status, expect, "token {token}");
+        assert_eq!(status, 403, "token {token}");
     }
     assert_silent(&victim, "an in-dialog request to a third party");
 }

@@ -23,8 +23,12 @@ use crate::transaction::client::Timers;
 use crate::transaction::invite_client::{self, InviteClient, ack_for, cancel_for};
 use crate::transaction::invite_server::{self, InviteServer};
 
+use super::dialogs::advertised_hop;
 use super::failover::{Best, BestResponse, Outcome, Policy, Verdict, decide};
-use super::forward::{Forward, ForwardError, branch, forward_request, loop_hash, relay_response};
+use super::forward::{
+    Forward, ForwardError, branch, forward_request, loop_hash, relay_response, upstream_response,
+};
+use super::token::{self, End, Grant, HopId, TOKEN_PARAM};
 
 /// Where one attempt may go, in DNS order (RFC 3263, RFC 2782): the
 /// target and our interface toward it (Via, Record-Route).
@@ -47,8 +51,10 @@ pub struct CallParams {
     pub destination: Uri,
     /// Our Route entries to remove (from [`super::route::Decision::NewCall`]).
     pub pop_routes: usize,
-    /// The dialog token for our Record-Route ([`super::route::dialog_token`]).
-    pub token: String,
+    /// Keys the dialog tokens of our Record-Route ([`super::token`]).
+    pub secret: [u8; 16],
+    /// The epoch the tokens are issued at ([`token::now_epoch`]).
+    pub epoch: u32,
     /// Random per call: makes each branch unique.
     pub nonce: u64,
     /// The To tag of responses we generate (408, 480, 487, 500, 503).
@@ -131,6 +137,9 @@ enum Phase {
 struct Attempt {
     target: usize,
     branch: String,
+    /// The dialog token in this attempt's Record-Route: the destination
+    /// end's, naming the PBX's hop and this target's address.
+    token: String,
     /// What was sent, for retransmission, CANCEL and the ACK of a non-2xx;
     /// `None` once the client transaction no longer needs it (see
     /// [`Call::shed`]).
@@ -191,6 +200,10 @@ pub struct Call {
     upstream_cancelled: bool,
     started: Instant,
     loop_hash: u64,
+    call_id: String,
+    /// Where the destination's in-dialog requests go: the hop the PBX
+    /// advertised in its INVITE.
+    pbx_hop: HopId,
 }
 
 impl Call {
@@ -205,6 +218,8 @@ impl Call {
     ) -> Result<(Call, Vec<CallAction>), ForwardError> {
         let prev_via = invite.top_via()?;
         let loop_hash = loop_hash(&invite, Some(&prev_via))?;
+        let call_id = invite.call_id()?.to_owned();
+        let pbx_hop = advertised_hop(&invite, true, |u| u.params.contains(TOKEN_PARAM));
         let (server, server_actions) = InviteServer::start(reliable_upstream, params.timers);
         let mut call = Call {
             invite: Some(invite),
@@ -219,6 +234,8 @@ impl Call {
             upstream_cancelled: false,
             started: now,
             loop_hash,
+            call_id,
+            pbx_hop,
         };
         let mut out = Vec::new();
         call.server_actions(server_actions, None, &mut out);
@@ -518,7 +535,7 @@ impl Call {
                     ));
                 }
             }
-            if current && let Some(r) = relay_response(resp) {
+            if current && let Some(r) = self.upstream_copy(n, resp) {
                 self.send_upstream(code, r.to_bytes(), out);
             }
             return;
@@ -530,7 +547,7 @@ impl Call {
         if code < 300 {
             // §16.7 item 10 / RFC 6026: every 2xx goes upstream, even from an
             // attempt we gave up on; the other attempts are cancelled.
-            let Some(r) = relay_response(resp) else {
+            let Some(r) = self.upstream_copy(n, resp) else {
                 return;
             };
             let first = self.phase == Phase::Trying;
@@ -572,6 +589,25 @@ impl Call {
         }
     }
 
+    /// A response of attempt `n` as relayed to the PBX (§16.7), with the
+    /// PBX end's token in our Record-Route ([`upstream_response`]).
+    fn upstream_copy(&self, n: usize, resp: &Message) -> Option<Message> {
+        upstream_response(resp, &self.attempts[n].token, |dest_hop| {
+            self.token(End::Pbx, self.params.source.ip(), dest_hop)
+        })
+    }
+
+    /// Our token for the `holder` end of this call's dialog ([`token`]).
+    fn token(&self, holder: End, from: std::net::IpAddr, to: &HopId) -> String {
+        let grant = Grant {
+            call_id: &self.call_id,
+            holder,
+            from,
+            to,
+        };
+        token::issue(&self.params.secret, self.params.epoch, &grant)
+    }
+
     /// The current attempt failed over with no response (timeout, transport).
     fn attempt_failed(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<CallAction>) {
         self.best.add_outcome(outcome);
@@ -594,6 +630,7 @@ impl Call {
         let n = self.attempts.len();
         let Outbound { target, local } = &self.targets[t];
         let branch = branch(self.loop_hash, &format!("{:x}.{n}", self.params.nonce));
+        let token = self.token(End::Destination, target.addr.ip(), &self.pbx_hop);
         // Only reached while Trying: the INVITE is shed once answered.
         let Some(invite) = &self.invite else {
             return Err(ForwardError::Answered);
@@ -607,7 +644,7 @@ impl Call {
                 inbound: &self.params.inbound,
                 outbound: local,
                 branch: &branch,
-                record_route: Some(&self.params.token),
+                record_route: Some(&token),
             },
         )?;
         let bytes = Bytes::from(request.to_bytes());
@@ -615,6 +652,7 @@ impl Call {
         self.attempts.push(Attempt {
             target: t,
             branch,
+            token,
             sent: Some(Sent {
                 request,
                 bytes: bytes.clone(),

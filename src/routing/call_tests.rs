@@ -39,7 +39,8 @@ fn params() -> CallParams {
         source: pbx(5060),
         destination: destination_uri("1006@assistant-abc123.sip.telnyx.com").expect("dest"),
         pop_routes: 0,
-        token: "tok".into(),
+        secret: SECRET,
+        epoch: 495_000,
         nonce: 0xabc,
         to_tag: "uacd-tag".into(),
     }
@@ -433,4 +434,84 @@ fn rfc6026_answered_call_sheds_invite_copies_but_still_acks_and_relays() {
     let acts = call.step(CallEvent::UpstreamRetransmission, now);
     assert!(upstream(&acts).is_empty(), "INVITE retransmission absorbed");
     assert!(!call.is_terminated());
+}
+
+#[test]
+fn each_end_gets_a_token_naming_the_other_ends_hop() {
+    use super::token::{End, HopId, Verdict, verify};
+    let hop = |s: &str| HopId::of(&s.parse().expect("uri"));
+    let call_id = "5b8e6e2d-4e0f-4c2a-9c1e@198.51.100.7";
+    let (mut call, acts, now) = start(2);
+    let invite = &sent_to(&acts, 0)[0];
+    let rr = invite.record_routes().expect("rr");
+    let dest_token = rr[0].uri.params.value("uacd").expect("token").to_owned();
+    // The destination (10.0.0.1, target 0) may reach the PBX's Contact.
+    let dest_ip = target(1).target.addr.ip();
+    assert_eq!(
+        verify(
+            &SECRET,
+            &dest_token,
+            call_id,
+            dest_ip,
+            &hop("sip:asterisk@198.51.100.7:5060"),
+            495_000
+        ),
+        Verdict::Valid {
+            holder: End::Destination,
+            hop_signed: true
+        }
+    );
+    assert_eq!(
+        verify(
+            &SECRET,
+            &dest_token,
+            call_id,
+            target(2).target.addr.ip(),
+            &hop("sip:198.51.100.7:5060"),
+            495_000
+        ),
+        Verdict::Invalid,
+        "the token is bound to the target it went to"
+    );
+    // The 200 from the destination: Contact and a Record-Route of its own
+    // nearer to it; the PBX's copy names the one nearest to us.
+    let b = call.branch_of(0).expect("branch").to_owned();
+    let ok = parse(format!(
+        "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch={b};rport=5060;received=192.0.2.10\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;rport=5060;branch=z9hG4bKPj5f0c1a2b;received=198.51.100.7\r\n\
+Record-Route: <sip:dest-edge.example;lr>, <sip:192.0.2.10:5060;transport=udp;lr;uacd={dest_token}>\r\n\
+From: \"Alice\" <sip:601@pbx.example.com>;tag=8f3c2a1b-77\r\n\
+To: <sip:uacd-office@192.0.2.10>;tag=t0\r\n\
+Call-ID: {call_id}\r\nCSeq: 31337 INVITE\r\n\
+Contact: <sip:1006@10.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let acts = call.step(CallEvent::Response(Box::new(ok)), now);
+    let up = &upstream(&acts)[0];
+    let rr = up.record_routes().expect("rr");
+    assert_eq!(
+        rr[0].uri.host.to_string(),
+        "dest-edge.example",
+        "theirs untouched"
+    );
+    let pbx_token = rr[1].uri.params.value("uacd").expect("token");
+    assert_ne!(pbx_token, dest_token);
+    assert_eq!(
+        verify(
+            &SECRET,
+            pbx_token,
+            call_id,
+            pbx(5060).ip(),
+            &hop("sip:dest-edge.example"),
+            495_000
+        ),
+        Verdict::Valid {
+            holder: End::Pbx,
+            hop_signed: true
+        }
+    );
+    assert!(
+        !String::from_utf8_lossy(&up.to_bytes()).contains(&dest_token),
+        "the PBX never sees the destination's token"
+    );
 }

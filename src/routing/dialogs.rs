@@ -1,35 +1,33 @@
-//! The dialogs we record-routed, by Call-ID: which hosts each one's
-//! in-dialog requests may be relayed to.
+//! The dialogs we record-routed, by Call-ID: what the tokens cannot carry.
 //!
-//! The Record-Route token (HMAC of the Call-ID) proves that a route set was
-//! made by us, but every party to the dialog has seen it: on its own it
-//! would let a PBX send "in-dialog" requests through us to any host it
-//! names in the Route or Request-URI. So a dialog's next hops are pinned to
-//! what its two ends advertised (Contact and Record-Route of the INVITE and
-//! of the 1xx/2xx that created it, then of target refreshes, §12.2), per
-//! side: a request from the PBX (its source is the address the INVITE came
-//! from, or the registrar's) may only go to the destination side's hosts,
-//! and what the PBX advertises only ever becomes a PBX-side host. A PBX
-//! therefore cannot point a dialog at a third party and use it; the
-//! destination side (the trusted, internal one) may reach either side.
+//! Routing does not depend on this table: a dialog token
+//! ([`super::token`]) proves by itself that an in-dialog request comes from
+//! one end of a dialog and names the next hop the other end advertised when
+//! the dialog was created, so BYE and ACK reach the right party after a
+//! restart or once an entry is evicted. The route set cannot change during a
+//! dialog (RFC 3261 §12.2.1.2), but the remote target can: a target refresh
+//! (re-INVITE, UPDATE, or its 2xx; §12.2, RFC 3311) moves an end to a new
+//! Contact that no token names. That move, made by a verified end in a
+//! message we relayed, is what is kept here, together with whether the
+//! dialog is confirmed (for `uacd_dialogs_active`).
 //!
-//! Correctness does not depend on the table (RFC 3261 §16: the route set
-//! carries the dialog): a dialog we do not know (the daemon restarted, or
-//! it sat idle for [`IDLE`]) can still be torn down (BYE and ACK with a valid
-//! token are relayed), while other requests get 481 (§12.2.2), which ends
-//! the dialog cleanly at the UA (§14.1) rather than opening a relay.
+//! Bounded: at most `limits.dialogs` entries; when full, expired entries go
+//! first, then the one closest to expiring. A dialog evicted or forgotten by
+//! a restart keeps working toward its original targets; only a refreshed
+//! target is then refused (403), which the UA answers like any failed
+//! in-dialog request.
 //!
 //! Time is an input; the proxy passes `Instant::now()`.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::sip::{Host, Message};
+use super::token::{End, HopId};
+use crate::sip::Message;
 
 /// A confirmed dialog with no request through us for this long is
 /// forgotten (a session timer, RFC 4028, refreshes it long before).
@@ -38,77 +36,41 @@ pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 pub const EARLY: Duration = Duration::from_secs(300);
 /// How often a shard drops expired entries (on the next write to it).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// At most this many hosts per dialog (forks, long Record-Route sets).
-const MAX_HOSTS: usize = 32;
+/// At most this many moved targets per end of a dialog.
+const MAX_MOVES: usize = 8;
 const SHARDS: usize = 32;
 
-/// What the table says about an in-dialog request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// The dialog is known and the next hop is one of its ends.
-    Allowed,
-    /// The dialog is known and the next hop is not one of its ends.
-    Forbidden,
-    /// No such dialog here.
-    Unknown,
-}
-
-/// The two ends of a dialog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The customer's PBX (where the INVITE came from).
-    Pbx,
-    /// `destination_uri`'s side.
-    Destination,
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
-    /// Addresses the PBX sends from.
-    pbx_ips: Vec<IpAddr>,
-    pbx_hosts: Vec<Host>,
-    dest_hosts: Vec<Host>,
     confirmed: bool,
-    expires: Option<Instant>,
+    expires: Instant,
+    /// Targets each end moved to: `[Pbx, Destination]`.
+    moved: [Vec<HopId>; 2],
 }
 
 impl Entry {
-    fn hosts(&mut self, side: Side) -> &mut Vec<Host> {
-        match side {
-            Side::Pbx => &mut self.pbx_hosts,
-            Side::Destination => &mut self.dest_hosts,
+    fn new(now: Instant) -> Entry {
+        Entry {
+            confirmed: false,
+            expires: now + EARLY,
+            moved: [Vec::new(), Vec::new()],
         }
     }
 
-    fn add(&mut self, side: Side, hosts: impl IntoIterator<Item = Host>) {
-        let list = self.hosts(side);
-        for h in hosts {
-            let h = normal(&h);
-            if list.len() < MAX_HOSTS && !list.contains(&h) {
-                list.push(h);
-            }
-        }
-    }
-
-    fn side_of(&self, source: IpAddr) -> Side {
-        if self.pbx_ips.contains(&source) {
-            Side::Pbx
-        } else {
-            Side::Destination
-        }
+    fn moved(&mut self, end: End) -> &mut Vec<HopId> {
+        &mut self.moved[index(end)]
     }
 
     fn live(&self, now: Instant) -> bool {
-        self.expires.is_some_and(|e| e > now)
+        self.expires > now
     }
 }
 
-/// What the PBX side of a new dialog is: where it sends from and what it
-/// advertised in its INVITE.
-#[derive(Debug, Clone, Default)]
-pub struct PbxEnd {
-    pub ips: Vec<IpAddr>,
-    pub hosts: Vec<Host>,
+fn index(end: End) -> usize {
+    match end {
+        End::Pbx => 0,
+        End::Destination => 1,
+    }
 }
 
 #[derive(Debug)]
@@ -124,38 +86,46 @@ pub type Delta = i64;
 pub struct Dialogs {
     shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
+    per_shard: usize,
 }
 
-impl Default for Dialogs {
-    fn default() -> Self {
-        Dialogs::new(Instant::now())
+/// The next hop a message advertises for requests toward its sender
+/// (§12.1.1, §12.1.2): the Record-Route entry nearest to us among those the
+/// sender's side added, else its Contact. `ours` tells our own Record-Route
+/// entries; `request`: the message is a request (its sender's entries come
+/// after ours) rather than a response (before ours).
+pub fn advertised_hop(
+    msg: &Message,
+    request: bool,
+    ours: impl Fn(&crate::sip::Uri) -> bool,
+) -> HopId {
+    let rr = msg.record_routes().unwrap_or_default();
+    let theirs = if request {
+        rr.iter().find(|r| !ours(&r.uri))
+    } else {
+        rr.iter().take_while(|r| !ours(&r.uri)).last()
+    };
+    if let Some(r) = theirs {
+        return HopId::of(&r.uri);
     }
+    msg.contacts()
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .map_or_else(HopId::none, |c| HopId::of(&c.uri))
 }
 
-/// The hosts a message advertises for in-dialog requests: its Contact and
-/// Record-Route URIs (§12.1.1, §12.1.2).
-pub fn advertised_hosts(msg: &Message) -> Vec<Host> {
-    let mut out = Vec::new();
-    for na in msg
-        .contacts()
+/// The Contact targets of a target refresh.
+pub fn contact_hops(msg: &Message) -> Vec<HopId> {
+    msg.contacts()
         .unwrap_or_default()
-        .into_iter()
-        .chain(msg.record_routes().unwrap_or_default())
-    {
-        out.push(normal(&na.uri.host));
-    }
-    out
-}
-
-fn normal(h: &Host) -> Host {
-    match h {
-        Host::Domain(d) => Host::Domain(d.trim_end_matches('.').to_ascii_lowercase()),
-        other => other.clone(),
-    }
+        .iter()
+        .map(|c| HopId::of(&c.uri))
+        .collect()
 }
 
 impl Dialogs {
-    pub fn new(now: Instant) -> Dialogs {
+    /// A table of at most `capacity` dialogs.
+    pub fn new(now: Instant, capacity: usize) -> Dialogs {
         Dialogs {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -166,6 +136,7 @@ impl Dialogs {
                 })
                 .collect(),
             hasher: Default::default(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
@@ -174,73 +145,99 @@ impl Dialogs {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a dialog of `call_id` created by a 1xx with a To tag or a
-    /// 2xx (`confirmed`) from the destination side, which advertised
-    /// `dest_hosts`. Returns the change in the number of confirmed dialogs.
-    pub fn learn(
+    /// The entry of `call_id`, made room for and created when absent;
+    /// `delta` gets the confirmed dialogs that had to go.
+    fn entry<'s>(
         &self,
+        shard: &'s mut Shard,
         call_id: &str,
-        pbx: &PbxEnd,
-        dest_hosts: impl IntoIterator<Item = Host>,
-        confirmed: bool,
         now: Instant,
-    ) -> Delta {
-        let mut shard = self.shard(call_id);
-        let mut delta = sweep(&mut shard, now);
-        let entry = shard.map.entry(call_id.into()).or_default();
-        for ip in &pbx.ips {
-            if entry.pbx_ips.len() < MAX_HOSTS && !entry.pbx_ips.contains(ip) {
-                entry.pbx_ips.push(*ip);
+        delta: &mut Delta,
+    ) -> &'s mut Entry {
+        *delta += sweep(shard, now, false);
+        if !shard.map.contains_key(call_id) && shard.map.len() >= self.per_shard {
+            *delta += sweep(shard, now, true);
+            if shard.map.len() >= self.per_shard
+                && let Some(victim) = shard
+                    .map
+                    .iter()
+                    .min_by_key(|(_, e)| e.expires)
+                    .map(|(k, _)| k.clone())
+                && shard.map.remove(&victim).is_some_and(|e| e.confirmed)
+            {
+                *delta -= 1;
             }
         }
-        entry.add(Side::Pbx, pbx.hosts.iter().cloned());
-        entry.add(Side::Destination, dest_hosts);
+        shard
+            .map
+            .entry(call_id.into())
+            .or_insert_with(|| Entry::new(now))
+    }
+
+    /// A 1xx with a To tag or a 2xx (`confirmed`) to the INVITE of
+    /// `call_id` created a dialog. Returns the change in the number of
+    /// confirmed dialogs.
+    pub fn learn(&self, call_id: &str, confirmed: bool, now: Instant) -> Delta {
+        let mut shard = self.shard(call_id);
+        let mut delta = 0;
+        let entry = self.entry(&mut shard, call_id, now, &mut delta);
         if confirmed {
             if !entry.confirmed {
                 delta += 1;
             }
             entry.confirmed = true;
-            entry.expires = Some(now + IDLE);
-        } else if !entry.confirmed {
-            entry.expires = Some(now + EARLY);
+            entry.expires = now + IDLE;
         }
         delta
     }
 
-    /// A target refresh (§12.2: a re-INVITE or UPDATE, or its 2xx, carries a
-    /// new Contact) sent by `source` within a dialog we hold: its hosts join
-    /// the sender's side. Unknown dialogs are left alone.
-    pub fn refresh(&self, call_id: &str, source: IpAddr, hosts: impl IntoIterator<Item = Host>) {
+    /// `end` moved its target to `hops` in a target refresh we relayed from
+    /// it (its token verified). A dialog we did not hold (a restart) is
+    /// known from then on, as confirmed. Returns the change in the number of
+    /// confirmed dialogs.
+    pub fn moved(&self, call_id: &str, end: End, hops: Vec<HopId>, now: Instant) -> Delta {
         let mut shard = self.shard(call_id);
-        if let Some(entry) = shard.map.get_mut(call_id) {
-            let side = entry.side_of(source);
-            entry.add(side, hosts);
+        let mut delta = 0;
+        let entry = self.entry(&mut shard, call_id, now, &mut delta);
+        if !entry.confirmed {
+            entry.confirmed = true;
+            delta += 1;
         }
+        entry.expires = now + IDLE;
+        let list = entry.moved(end);
+        for h in hops {
+            if !list.contains(&h) {
+                if list.len() == MAX_MOVES {
+                    list.remove(0);
+                }
+                list.push(h);
+            }
+        }
+        delta
     }
 
-    /// Whether an in-dialog request of `call_id` from `source` may go to
-    /// `next`: from the PBX only to the destination side's hosts, from
-    /// anywhere else to either side's. An allowed request keeps its dialog
-    /// alive.
-    pub fn check(&self, call_id: &str, source: IpAddr, next: &Host, now: Instant) -> Check {
-        let next = normal(next);
+    /// Whether a request of `call_id` from `holder` (its token verified but
+    /// naming another hop) may go to `next`: a target the other end moved
+    /// to. Use keeps the dialog alive.
+    pub fn may_reach(&self, call_id: &str, holder: End, next: &HopId, now: Instant) -> bool {
         let mut shard = self.shard(call_id);
         let Some(entry) = shard.map.get_mut(call_id).filter(|e| e.live(now)) else {
-            return Check::Unknown;
+            return false;
         };
-        let allowed = match entry.side_of(source) {
-            Side::Pbx => entry.dest_hosts.contains(&next),
-            Side::Destination => {
-                entry.dest_hosts.contains(&next) || entry.pbx_hosts.contains(&next)
-            }
-        };
-        if !allowed {
-            return Check::Forbidden;
+        let ok = entry.moved(holder.other()).contains(next);
+        if ok && entry.confirmed {
+            entry.expires = now + IDLE;
         }
-        if entry.confirmed {
-            entry.expires = Some(now + IDLE);
+        ok
+    }
+
+    /// An in-dialog request of `call_id` went through: the dialog is alive.
+    pub fn touch(&self, call_id: &str, now: Instant) {
+        if let Some(e) = self.shard(call_id).map.get_mut(call_id)
+            && e.confirmed
+        {
+            e.expires = now + IDLE;
         }
-        Check::Allowed
     }
 
     /// The dialog ended (a final response to its BYE). Returns the change
@@ -274,10 +271,10 @@ impl Dialogs {
     }
 }
 
-/// Drops expired entries once per [`SWEEP_EVERY`]; returns the change in
-/// confirmed dialogs.
-fn sweep(shard: &mut Shard, now: Instant) -> Delta {
-    if now.saturating_duration_since(shard.swept) < SWEEP_EVERY {
+/// Drops expired entries, once per [`SWEEP_EVERY`] unless `now_anyway`;
+/// returns the change in confirmed dialogs.
+fn sweep(shard: &mut Shard, now: Instant, now_anyway: bool) -> Delta {
+    if !now_anyway && now.saturating_duration_since(shard.swept) < SWEEP_EVERY {
         return 0;
     }
     shard.swept = now;
@@ -296,120 +293,61 @@ fn sweep(shard: &mut Shard, now: Instant) -> Delta {
 mod tests {
     use super::*;
 
-    fn host(s: &str) -> Host {
-        match s.parse::<std::net::Ipv4Addr>() {
-            Ok(a) => Host::V4(a),
-            Err(_) => Host::Domain(s.into()),
-        }
-    }
-
-    const PBX_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
-    const DEST_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 5));
-
-    fn pbx() -> PbxEnd {
-        PbxEnd {
-            ips: vec![PBX_IP],
-            hosts: vec![host("198.51.100.7"), host("Pbx.Example.")],
-        }
+    fn hop(s: &str) -> HopId {
+        HopId::of(&s.parse().unwrap())
     }
 
     #[test]
-    fn pbx_requests_go_to_the_destination_side_only() {
+    fn a_moved_target_is_reachable_from_the_other_end_only() {
         let t0 = Instant::now();
-        let d = Dialogs::new(t0);
-        let delta = d.learn("c1", &pbx(), [host("203.0.113.5")], true, t0);
-        assert_eq!(delta, 1);
+        let d = Dialogs::new(t0, 1000);
+        assert_eq!(d.learn("c1", true, t0), 1);
+        // The destination re-INVITEs with a new Contact: the PBX may follow.
         assert_eq!(
-            d.check("c1", PBX_IP, &host("203.0.113.5"), t0),
-            Check::Allowed
+            d.moved("c1", End::Destination, vec![hop("sip:203.0.113.9")], t0),
+            0
         );
-        assert_eq!(
-            d.check("c1", PBX_IP, &host("pbx.example"), t0),
-            Check::Forbidden,
-            "the PBX cannot route to its own side through us"
+        assert!(d.may_reach("c1", End::Pbx, &hop("sip:203.0.113.9"), t0));
+        assert!(
+            !d.may_reach("c1", End::Destination, &hop("sip:203.0.113.9"), t0),
+            "not to itself"
         );
-        assert_eq!(
-            d.check("c1", PBX_IP, &host("192.0.2.66"), t0),
-            Check::Forbidden
-        );
-        // The destination side reaches the PBX (case and root dot ignored).
-        assert_eq!(
-            d.check("c1", DEST_IP, &host("pbx.example"), t0),
-            Check::Allowed
-        );
-        assert_eq!(
-            d.check("c1", DEST_IP, &host("192.0.2.66"), t0),
-            Check::Forbidden
-        );
-        assert_eq!(
-            d.check("c2", PBX_IP, &host("203.0.113.5"), t0),
-            Check::Unknown
-        );
+        assert!(!d.may_reach("c1", End::Pbx, &hop("sip:192.0.2.66"), t0));
+        assert!(!d.may_reach("c2", End::Pbx, &hop("sip:203.0.113.9"), t0));
     }
 
     #[test]
-    fn a_pbx_target_refresh_never_opens_a_third_party() {
+    fn a_refresh_after_a_restart_makes_the_dialog_known() {
         let t0 = Instant::now();
-        let d = Dialogs::new(t0);
-        d.learn("c1", &pbx(), [host("203.0.113.5")], true, t0);
-        // The PBX re-INVITEs with Contact: victim. It joins the PBX side...
-        d.refresh("c1", PBX_IP, [host("192.0.2.66")]);
-        // ...so the destination can follow the PBX there, the PBX cannot.
+        let d = Dialogs::new(t0, 1000);
         assert_eq!(
-            d.check("c1", DEST_IP, &host("192.0.2.66"), t0),
-            Check::Allowed
+            d.moved("c1", End::Pbx, vec![hop("sip:198.51.100.7:5080")], t0),
+            1
         );
-        assert_eq!(
-            d.check("c1", PBX_IP, &host("192.0.2.66"), t0),
-            Check::Forbidden
-        );
-        // The destination moves its target: the PBX may follow.
-        d.refresh("c1", DEST_IP, [host("203.0.113.9")]);
-        assert_eq!(
-            d.check("c1", PBX_IP, &host("203.0.113.9"), t0),
-            Check::Allowed
-        );
-        // Unknown dialogs are not created by a refresh.
-        d.refresh("unknown", DEST_IP, [host("203.0.113.9")]);
-        assert_eq!(
-            d.check("unknown", DEST_IP, &host("203.0.113.9"), t0),
-            Check::Unknown
-        );
+        assert!(d.may_reach("c1", End::Destination, &hop("sip:198.51.100.7:5080"), t0));
+        assert_eq!(d.forget("c1"), -1);
+        assert!(!d.may_reach("c1", End::Destination, &hop("sip:198.51.100.7:5080"), t0));
     }
 
     #[test]
     fn confirming_twice_counts_once_and_forget_uncounts() {
         let t0 = Instant::now();
-        let d = Dialogs::new(t0);
-        assert_eq!(
-            d.learn("c1", &pbx(), [host("10.0.0.1")], false, t0),
-            0,
-            "early"
-        );
-        assert_eq!(d.learn("c1", &pbx(), [host("10.0.0.2")], true, t0), 1);
-        assert_eq!(
-            d.learn("c1", &pbx(), [host("10.0.0.3")], true, t0),
-            0,
-            "second fork"
-        );
-        assert_eq!(
-            d.check("c1", PBX_IP, &host("10.0.0.1"), t0),
-            Check::Allowed,
-            "early hosts kept"
-        );
+        let d = Dialogs::new(t0, 1000);
+        assert_eq!(d.learn("c1", false, t0), 0, "early");
+        assert_eq!(d.learn("c1", true, t0), 1);
+        assert_eq!(d.learn("c1", true, t0), 0, "second fork");
         assert_eq!(d.forget("c1"), -1);
         assert_eq!(d.forget("c1"), 0);
-        assert_eq!(d.check("c1", PBX_IP, &host("10.0.0.1"), t0), Check::Unknown);
     }
 
     #[test]
     fn early_dialogs_go_when_the_invite_fails_confirmed_ones_stay() {
         let t0 = Instant::now();
-        let d = Dialogs::new(t0);
-        d.learn("early", &pbx(), [host("10.0.0.1")], false, t0);
+        let d = Dialogs::new(t0, 1000);
+        d.learn("early", false, t0);
         d.forget_early("early");
         assert!(d.is_empty());
-        d.learn("up", &pbx(), [host("10.0.0.1")], true, t0);
+        d.learn("up", true, t0);
         d.forget_early("up");
         assert_eq!(d.len(), 1);
     }
@@ -417,72 +355,92 @@ mod tests {
     #[test]
     fn idle_dialogs_expire_use_keeps_them() {
         let t0 = Instant::now();
-        let d = Dialogs::new(t0);
-        d.learn("busy", &pbx(), [host("10.0.0.1")], true, t0);
-        d.learn("idle", &pbx(), [host("10.0.0.1")], true, t0);
-        d.learn("early", &pbx(), [host("10.0.0.1")], false, t0);
-        let t1 = t0 + EARLY + Duration::from_secs(1);
-        assert_eq!(
-            d.check("early", PBX_IP, &host("10.0.0.1"), t1),
-            Check::Unknown
-        );
+        let d = Dialogs::new(t0, 100_000);
+        let to = hop("sip:10.0.0.1");
+        for c in ["busy", "idle"] {
+            d.learn(c, true, t0);
+            d.moved(c, End::Destination, vec![to.clone()], t0);
+        }
+        d.learn("early", false, t0);
         let t2 = t0 + IDLE - Duration::from_secs(1);
-        assert_eq!(
-            d.check("busy", PBX_IP, &host("10.0.0.1"), t2),
-            Check::Allowed
-        );
+        assert!(d.may_reach("busy", End::Pbx, &to, t2));
         let t3 = t0 + IDLE + Duration::from_secs(1);
-        assert_eq!(
-            d.check("busy", PBX_IP, &host("10.0.0.1"), t3),
-            Check::Allowed
-        );
-        assert_eq!(
-            d.check("idle", PBX_IP, &host("10.0.0.1"), t3),
-            Check::Unknown
-        );
+        assert!(d.may_reach("busy", End::Pbx, &to, t3));
+        assert!(!d.may_reach("idle", End::Pbx, &to, t3));
         // The sweep on the next write drops the expired entries of a shard
         // and reports the confirmed ones.
         let mut gone = 0;
         for i in 0..(SHARDS * 32) {
-            gone += d.learn(&format!("n{i}"), &PbxEnd::default(), [], false, t3);
+            gone += d.learn(&format!("n{i}"), false, t3);
         }
         assert_eq!(gone, -1, "only 'idle' was confirmed and expired");
         assert_eq!(d.len(), SHARDS * 32 + 1);
     }
 
     #[test]
-    fn hosts_per_dialog_are_bounded() {
+    fn the_table_is_bounded_and_evicts_the_stalest() {
         let t0 = Instant::now();
-        let d = Dialogs::new(t0);
-        let many: Vec<Host> = (0..200).map(|i| host(&format!("h{i}.example"))).collect();
-        d.learn("c", &pbx(), many, true, t0);
-        assert_eq!(
-            d.check("c", PBX_IP, &host("h0.example"), t0),
-            Check::Allowed
-        );
-        assert_eq!(
-            d.check("c", PBX_IP, &host("h199.example"), t0),
-            Check::Forbidden
-        );
+        let d = Dialogs::new(t0, SHARDS * 2);
+        let mut delta = 0;
+        for i in 0..(SHARDS * 50) {
+            delta += d.learn(&format!("c{i}"), true, t0 + Duration::from_secs(i as u64));
+        }
+        assert!(d.len() <= SHARDS * 2, "{}", d.len());
+        assert_eq!(delta, d.len() as i64, "the gauge follows evictions");
+        // The newest survive.
+        let last = format!("c{}", SHARDS * 50 - 1);
+        assert_eq!(d.forget(&last), -1);
     }
 
     #[test]
-    fn advertised_hosts_are_contact_and_record_route() {
-        let msg = crate::routing::testdata::parse(
+    fn moves_per_end_are_bounded() {
+        let t0 = Instant::now();
+        let d = Dialogs::new(t0, 1000);
+        for i in 0..200 {
+            d.moved(
+                "c",
+                End::Destination,
+                vec![hop(&format!("sip:h{i}.example"))],
+                t0,
+            );
+        }
+        assert!(d.may_reach("c", End::Pbx, &hop("sip:h199.example"), t0));
+        assert!(!d.may_reach("c", End::Pbx, &hop("sip:h0.example"), t0));
+    }
+
+    #[test]
+    fn advertised_hop_is_the_nearest_foreign_record_route_else_contact() {
+        let ours = |u: &crate::sip::Uri| u.params.contains("uacd");
+        let resp = crate::routing::testdata::parse(
             "SIP/2.0 200 OK\r\n\
 Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK-ua-1\r\n\
-Record-Route: <sip:edge.example.net;lr>, <sip:192.0.2.10;lr;uacd=t>\r\n\
+Record-Route: <sip:far.example.net;lr>, <sip:Edge.Example.net;lr>, <sip:192.0.2.10;lr;uacd=t>\r\n\
 From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
 Contact: <sip:1006@203.0.113.5:5070>\r\nContent-Length: 0\r\n\r\n",
         );
-        let hosts = advertised_hosts(&msg);
         assert_eq!(
-            hosts,
-            vec![
-                host("203.0.113.5"),
-                host("edge.example.net"),
-                host("192.0.2.10")
-            ]
+            advertised_hop(&resp, false, ours),
+            hop("sip:edge.example.net")
+        );
+        let req = crate::routing::testdata::parse(
+            "INVITE sip:1006@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\r\n\
+Record-Route: <sip:192.0.2.10;lr;uacd=t>, <sip:pbx-edge.example;lr>, <sip:far.example;lr>\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:200@198.51.100.7>\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            advertised_hop(&req, true, ours),
+            hop("sip:pbx-edge.example")
+        );
+        let bare = crate::routing::testdata::parse(
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK-ua-1\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:1006@203.0.113.5:5070;transport=tcp>\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            advertised_hop(&bare, false, ours),
+            hop("sip:203.0.113.5:5070;transport=tcp")
         );
     }
 }

@@ -5,7 +5,7 @@
 //! entry and the call's metrics.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,15 +13,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, Outbound};
-use super::dialogs::{self, PbxEnd};
 use super::failover::Outcome;
 use super::forward::query_for;
-use super::route;
 use super::router::{Held, Shared};
 use crate::config::Transport;
 use crate::dns::Failure;
 use crate::metrics::{self, CallResult};
-use crate::sip::{Host, Message, Method, Uri};
+use crate::sip::{Message, Method, Uri};
 use crate::transaction::{ClientGuard, Upstream};
 use crate::transport::{Hop, Inbound, ReplyTo, UnreachableWatch};
 
@@ -33,8 +31,6 @@ const LIFETIME_SLACK: Duration = Duration::from_secs(300);
 /// What the router decided for a new call.
 pub(super) struct NewCall {
     pub connection_id: String,
-    /// Where the connection's PBX sends from (registrar, proxy addresses).
-    pub pbx_addrs: Vec<IpAddr>,
     /// The new Request-URI: the connection's `destination_uri`.
     pub destination: Uri,
     /// Our Route entries to remove (§16.4).
@@ -86,7 +82,8 @@ pub(super) async fn run(
         source: inbound.source,
         destination: new.destination,
         pop_routes: new.pop_routes,
-        token: route::dialog_token(&shared.secret, &call_id),
+        secret: shared.secret,
+        epoch: super::token::now_epoch(),
         nonce: rand::random(),
         to_tag: format!("{:016x}", rand::random::<u64>()),
     };
@@ -102,15 +99,6 @@ pub(super) async fn run(
             }
         };
     let (resp_tx, mut resp_rx) = mpsc::channel::<Box<Message>>(32);
-    // The PBX's end of the dialog for the dialog table: where it sends
-    // from (this INVITE's source, its registrar / proxy addresses) and
-    // what it advertised (Contact, Record-Route).
-    let mut pbx = PbxEnd {
-        ips: new.pbx_addrs,
-        hosts: dialogs::advertised_hosts(&inbound.msg),
-    };
-    pbx.ips.push(inbound.source.ip());
-    pbx.hosts.push(Host::from(inbound.source.ip()));
     let lifetime = (policy.timeout_1xx + policy.timeout_2xx) * attempts
         + timers.timeout() * 2
         + LIFETIME_SLACK;
@@ -132,7 +120,6 @@ pub(super) async fn run(
         call_id,
         queue: Vec::new(),
         permit: Some(permit),
-        pbx,
         icmp_tx,
         icmp_watches: Vec::new(),
     };
@@ -204,8 +191,6 @@ struct CallTask {
     queue: Vec<CallEvent>,
     /// Counts this call against [`super::MAX_IN_PROGRESS`] until its final response.
     permit: Option<OwnedSemaphorePermit>,
-    /// The PBX's end of the dialog (see [`dialogs::Dialogs`]).
-    pbx: PbxEnd,
     /// Told of ICMP errors for the UDP targets we sent to.
     icmp_tx: mpsc::Sender<SocketAddr>,
     icmp_watches: Vec<(usize, UnreachableWatch)>,
@@ -213,7 +198,7 @@ struct CallTask {
 
 impl CallTask {
     /// A provisional with a To tag or a 2xx to our INVITE creates a dialog
-    /// (§12.1): its two ends are where its requests may be relayed.
+    /// (§12.1); the dialog table counts the confirmed ones.
     fn learn_dialog(&self, resp: &Message) {
         let Some(code) = resp.status() else {
             return;
@@ -224,13 +209,10 @@ impl CallTask {
         {
             return;
         }
-        let delta = self.shared.dialogs.learn(
-            &self.call_id,
-            &self.pbx,
-            dialogs::advertised_hosts(resp),
-            code >= 200,
-            Instant::now(),
-        );
+        let delta = self
+            .shared
+            .dialogs
+            .learn(&self.call_id, code >= 200, Instant::now());
         if delta != 0 {
             metrics::dialogs_active(delta as f64);
         }

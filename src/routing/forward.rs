@@ -13,7 +13,7 @@ use crate::context::Interface;
 use crate::dns::Query;
 use crate::sip::{HeaderName, Host, Message, ParseError, Scheme, Uri, Via};
 
-use super::route::TOKEN_PARAM;
+use super::token::{End, TOKEN_PARAM};
 
 /// Prefix of the branches we generate: the magic cookie (§8.1.1.7) then a
 /// marker so that our own Via can be recognised in a looping request.
@@ -76,28 +76,46 @@ impl Hasher for Fnv {
 /// Via that was topmost when we received it). Only the branch of that Via is
 /// used because the next hop adds `received`/`rport` to it.
 pub fn loop_hash(msg: &Message, prev_via: Option<&Via>) -> Result<u64, ParseError> {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    let mut field = |b: &[u8]| {
-        h.write(b);
-        h.write(&[0xff]);
-    };
-    field(
-        msg.request_uri()
-            .ok_or(ParseError::NotARequest)?
-            .to_string()
-            .as_bytes(),
-    );
-    field(msg.to_header()?.tag().unwrap_or("").as_bytes());
-    field(msg.from_header()?.tag().unwrap_or("").as_bytes());
-    field(msg.call_id()?.as_bytes());
-    field(msg.cseq()?.seq.to_string().as_bytes());
-    for name in [HeaderName::ProxyRequire, HeaderName::ProxyAuthorization] {
-        for v in msg.header_values(name) {
-            field(v.as_bytes());
+    Ok(LoopHash::of(msg)?.finish(prev_via))
+}
+
+/// [`loop_hash`] in two steps: the request's own fields once, then the
+/// branch of each candidate previous Via (loop detection checks every Via
+/// of ours without hashing the request again).
+#[derive(Clone, Copy, Debug)]
+pub struct LoopHash(u64);
+
+impl LoopHash {
+    pub fn of(msg: &Message) -> Result<LoopHash, ParseError> {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        let mut field = |b: &[u8]| {
+            h.write(b);
+            h.write(&[0xff]);
+        };
+        field(
+            msg.request_uri()
+                .ok_or(ParseError::NotARequest)?
+                .to_string()
+                .as_bytes(),
+        );
+        field(msg.to_header()?.tag().unwrap_or("").as_bytes());
+        field(msg.from_header()?.tag().unwrap_or("").as_bytes());
+        field(msg.call_id()?.as_bytes());
+        field(msg.cseq()?.seq.to_string().as_bytes());
+        for name in [HeaderName::ProxyRequire, HeaderName::ProxyAuthorization] {
+            for v in msg.header_values(name) {
+                field(v.as_bytes());
+            }
         }
+        Ok(LoopHash(h.0))
     }
-    field(prev_via.and_then(Via::branch).unwrap_or("").as_bytes());
-    Ok(h.0)
+
+    pub fn finish(self, prev_via: Option<&Via>) -> u64 {
+        let mut h = Fnv(self.0);
+        h.write(prev_via.and_then(Via::branch).unwrap_or("").as_bytes());
+        h.write(&[0xff]);
+        h.0
+    }
 }
 
 /// A branch for a forwarded request (§16.6 item 8): our prefix, the loop
@@ -139,27 +157,44 @@ pub fn stateless_tag(branch: &str) -> Option<&str> {
     Some(tag)
 }
 
-/// The keyed tag binding a stateless branch to the Call-ID and to where a
-/// response is relayed: `via` is the Via below ours (as forwarded, with
+/// The end of the dialog a stateless request went to, as its
+/// [`response_tag`] says (its responses come from there).
+pub fn tag_end(tag: &str) -> Option<End> {
+    match tag.as_bytes().first()? {
+        b'p' => Some(End::Pbx),
+        b'd' => Some(End::Destination),
+        _ => None,
+    }
+}
+
+/// The keyed tag binding a stateless branch to the Call-ID, to the end of
+/// the dialog the request goes to (`toward`), and to where a response is
+/// relayed: `via` is the Via below ours (as forwarded, with
 /// `received`/`rport`), whose [`response_target`] and transport it covers.
-pub fn response_tag(secret: &[u8; 16], call_id: &str, via: &Via) -> String {
+pub fn response_tag(secret: &[u8; 16], call_id: &str, toward: End, via: &Via) -> String {
     let (host, port) = response_target(via);
     let host = host.to_string();
     let port = port.to_string();
     let transport = via.transport.to_ascii_uppercase();
-    super::tag(
+    let end = match toward {
+        End::Pbx => "p",
+        End::Destination => "d",
+    };
+    let mac = super::tag(
         secret,
         &[
             b"sr\0",
             call_id.as_bytes(),
             b"\0",
+            end.as_bytes(),
             transport.as_bytes(),
             b"\0",
             host.as_bytes(),
             b"\0",
             port.as_bytes(),
         ],
-    )
+    );
+    format!("{end}{mac}")
 }
 
 /// How one request is forwarded.
@@ -310,7 +345,7 @@ pub fn query_for(uri: &Uri) -> Query {
 
 /// Our Record-Route value on `iface`: `<sip:host:port;transport=x;lr>`,
 /// plus the dialog token that lets in-dialog requests prove they follow a
-/// route set we created ([`super::route::dialog_token`]).
+/// route set we created ([`super::token`]).
 pub fn record_route_value(iface: &Interface, token: &str) -> String {
     format!(
         "<sip:{}:{};transport={};lr;{TOKEN_PARAM}={token}>",
@@ -320,10 +355,49 @@ pub fn record_route_value(iface: &Interface, token: &str) -> String {
     )
 }
 
+/// A response relayed toward the PBX ([`relay_response`]). One that creates
+/// a dialog (a 1xx with a To tag, a 2xx) has, in our Record-Route entries
+/// (those carrying `ours`, the destination end's token), the PBX end's
+/// token instead: `issue` makes it for the hop the destination advertised
+/// ([`super::dialogs::advertised_hop`]). §16.7 item 4 lets a proxy rewrite
+/// its own entries; see [`super::token`].
+pub fn upstream_response(
+    resp: &Message,
+    ours: &str,
+    issue: impl FnOnce(&super::token::HopId) -> String,
+) -> Option<Message> {
+    let mut out = relay_response(resp)?;
+    if resp.to_header().is_ok_and(|t| t.tag().is_some()) {
+        let dest_hop = super::dialogs::advertised_hop(resp, false, |u| {
+            u.params.value(TOKEN_PARAM) == Some(ours)
+        });
+        reissue_token(&mut out, ours, &issue(&dest_hop));
+    }
+    Some(out)
+}
+
+/// `resp` with the token `ours` in its Record-Route replaced by `theirs`.
+fn reissue_token(resp: &mut Message, ours: &str, theirs: &str) {
+    let from = format!("{TOKEN_PARAM}={ours}");
+    let to = format!("{TOKEN_PARAM}={theirs}");
+    resp.edit_fields(HeaderName::RecordRoute, |v| {
+        v.contains(&from).then(|| v.replace(&from, &to))
+    });
+}
+
 /// The URI a forwarded request is sent to (§16.6 item 7, §16.12): the first
 /// Route entry, else the Request-URI.
 pub fn next_hop(msg: &Message) -> Result<Uri, ParseError> {
     match msg.routes()?.into_iter().next() {
+        Some(r) => Ok(r.uri),
+        None => msg.request_uri().cloned().ok_or(ParseError::NotARequest),
+    }
+}
+
+/// [`next_hop`] once `pop` of our Route entries are removed, without
+/// editing the message.
+pub fn next_hop_after(msg: &Message, pop: usize) -> Result<Uri, ParseError> {
+    match msg.routes()?.into_iter().nth(pop) {
         Some(r) => Ok(r.uri),
         None => msg.request_uri().cloned().ok_or(ParseError::NotARequest),
     }

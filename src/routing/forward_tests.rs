@@ -5,8 +5,8 @@ use crate::config::Transport;
 use crate::sip::{HeaderName, Host, Via};
 
 use super::forward::*;
-use super::route::dialog_token;
 use super::testdata::*;
+use super::token::End;
 
 fn fwd<'a>(
     inb: &'a crate::context::Interface,
@@ -320,15 +320,6 @@ Call-ID: c1\r\nCSeq: 31337 ACK\r\nContent-Length: 0\r\n\r\n",
 }
 
 #[test]
-fn dialog_token_depends_on_secret_and_call_id() {
-    let a = dialog_token(&SECRET, "c1");
-    assert_eq!(a, dialog_token(&SECRET, "c1"));
-    assert_ne!(a, dialog_token(&SECRET, "c2"));
-    assert_ne!(a, dialog_token(b"fedcba9876543210", "c1"));
-    assert_eq!(a.len(), 16);
-}
-
-#[test]
 fn binary_body_is_relayed_untouched() {
     let body: Vec<u8> = (0u8..=255).collect();
     let head = ASTERISK_HEAD.replace("application/sdp", "application/octet-stream");
@@ -343,18 +334,36 @@ fn binary_body_is_relayed_untouched() {
 fn response_tag_binds_call_id_and_where_the_response_goes() {
     let via = |s: &str| Via::parse(s).expect("via");
     let a = via("SIP/2.0/UDP 198.51.100.7:5060;rport=5062;received=198.51.100.7;branch=z9hG4bKx");
-    let t = response_tag(&SECRET, "c1", &a);
-    assert_eq!(t, response_tag(&SECRET, "c1", &a));
-    assert_ne!(t, response_tag(&SECRET, "c2", &a), "Call-ID");
-    assert_ne!(t, response_tag(b"fedcba9876543210", "c1", &a), "secret");
+    let t = response_tag(&SECRET, "c1", End::Pbx, &a);
+    assert_eq!(t, response_tag(&SECRET, "c1", End::Pbx, &a));
+    assert_ne!(t, response_tag(&SECRET, "c2", End::Pbx, &a), "Call-ID");
+    assert_ne!(
+        t,
+        response_tag(b"fedcba9876543210", "c1", End::Pbx, &a),
+        "secret"
+    );
     let other_port =
         via("SIP/2.0/UDP 198.51.100.7:5060;rport=5099;received=198.51.100.7;branch=z9hG4bKx");
-    assert_ne!(t, response_tag(&SECRET, "c1", &other_port), "port");
+    assert_ne!(
+        t,
+        response_tag(&SECRET, "c1", End::Pbx, &other_port),
+        "port"
+    );
     let other_host =
         via("SIP/2.0/UDP 198.51.100.7:5060;rport=5062;received=203.0.113.9;branch=z9hG4bKx");
-    assert_ne!(t, response_tag(&SECRET, "c1", &other_host), "received");
+    assert_ne!(
+        t,
+        response_tag(&SECRET, "c1", End::Pbx, &other_host),
+        "received"
+    );
     let tcp = via("SIP/2.0/TCP 198.51.100.7:5060;rport=5062;received=198.51.100.7;branch=z9hG4bKx");
-    assert_ne!(t, response_tag(&SECRET, "c1", &tcp), "transport");
+    assert_ne!(t, response_tag(&SECRET, "c1", End::Pbx, &tcp), "transport");
+    let d = response_tag(&SECRET, "c1", End::Destination, &a);
+    assert_ne!(t[1..], d[1..], "end");
+    assert_eq!(
+        (tag_end(&t), tag_end(&d)),
+        (Some(End::Pbx), Some(End::Destination))
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ pub mod forward;
 mod relay;
 pub mod route;
 mod router;
+pub mod token;
 
 #[cfg(test)]
 mod call_tests;

@@ -9,56 +9,61 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::dialogs::{self, Check};
+use super::dialogs::contact_hops;
 use super::forward::{
-    Forward, forward_request, next_hop, query_for, relay_response, response_tag, response_target,
-    stamped_top_via, stateless_branch, stateless_tag,
+    Forward, forward_request, next_hop_after, query_for, relay_response, response_tag,
+    response_target, stamped_top_via, stateless_branch, stateless_tag, tag_end,
 };
 use super::router::Shared;
+use super::token::{End, HopId};
 use crate::config::Transport;
 use crate::metrics;
-use crate::sip::{HeaderName, Method};
+use crate::sip::Method;
 use crate::transport::Inbound;
 
-/// An in-dialog request: forwarded without a transaction after
-/// `pop_routes` of our Route entries are removed.
-pub(super) async fn request(shared: &Shared, inbound: Inbound, pop_routes: usize) {
+/// Where an in-dialog request may go, as `route::classify` verified it.
+pub(super) struct Path {
+    /// Our Route entries to remove.
+    pub pop_routes: usize,
+    /// The end whose token the request carries (it comes from there).
+    pub holder: End,
+    /// The next hop after our entries.
+    pub next: HopId,
+    /// The token names `next`; otherwise only a target the other end moved
+    /// to may be reached.
+    pub hop_signed: bool,
+}
+
+/// An in-dialog request whose token verified: forwarded without a
+/// transaction after our Route entries are removed, to the hop its token
+/// names or to a target the other end moved to (see `token`, `dialogs`).
+pub(super) async fn request(shared: &Shared, inbound: Inbound, path: Path) {
     let msg = &inbound.msg;
-    let mut probe = msg.clone();
-    for _ in 0..pop_routes {
-        probe.remove_first_value(HeaderName::Route);
-    }
-    let Ok(next) = next_hop(&probe) else {
+    let pop_routes = path.pop_routes;
+    let Ok(next) = next_hop_after(msg, pop_routes) else {
         return;
     };
     let is_ack = msg.method() == Some(&Method::Ack);
     let call_id = msg.call_id().unwrap_or("");
-    // The token proved the route set is ours; the table pins where the
-    // dialog's requests may go (see `dialogs`).
-    let from = inbound.source.ip();
-    match shared
+    let now = Instant::now();
+    if path.hop_signed {
+        shared.dialogs.touch(call_id, now);
+    } else if !shared
         .dialogs
-        .check(call_id, from, &next.host, Instant::now())
+        .may_reach(call_id, path.holder, &path.next, now)
     {
-        Check::Allowed => {
-            if is_target_refresh(msg.method()) {
-                shared
-                    .dialogs
-                    .refresh(call_id, from, dialogs::advertised_hosts(msg));
-            }
+        tracing::warn!(source = %inbound.source, call_id, next = %next, "in-dialog request to a hop the other end of its dialog did not advertise; refused");
+        if !is_ack {
+            shared.reply(&inbound, 403);
         }
-        Check::Forbidden => {
-            tracing::warn!(source = %inbound.source, call_id, next = %next, "in-dialog request to a host that is not an end of its dialog; refused");
-            if !is_ack {
-                shared.reply(&inbound, 403);
-            }
-            return;
-        }
-        Check::Unknown if is_ack || msg.method() == Some(&Method::Bye) => {}
-        Check::Unknown => {
-            tracing::debug!(source = %inbound.source, call_id, "in-dialog request for a dialog we do not hold: 481");
-            shared.reply(&inbound, 481);
-            return;
+        return;
+    }
+    if is_target_refresh(msg.method()) {
+        let delta = shared
+            .dialogs
+            .moved(call_id, path.holder, contact_hops(msg), now);
+        if delta != 0 {
+            metrics::dialogs_active(delta as f64);
         }
     }
     let targets = match shared.ctx.dns.resolve(&query_for(&next)).await {
@@ -77,7 +82,7 @@ pub(super) async fn request(shared: &Shared, inbound: Inbound, pop_routes: usize
     else {
         return;
     };
-    let tag = response_tag(&shared.secret, call_id, &upstream_via);
+    let tag = response_tag(&shared.secret, call_id, path.holder.other(), &upstream_via);
     let Ok(branch) = stateless_branch(msg, &tag) else {
         return;
     };
@@ -139,17 +144,22 @@ pub(super) async fn response(shared: &Shared, inbound: Inbound) {
         return;
     };
     let call_id = msg.call_id().unwrap_or("");
-    if !super::tags_match(&tag, &response_tag(&shared.secret, call_id, &via)) {
+    let Some(responder) = tag_end(&tag)
+        .filter(|end| super::tags_match(&tag, &response_tag(&shared.secret, call_id, *end, &via)))
+    else {
         tracing::debug!(source = %inbound.source, "response with a forged or altered stateless branch dropped");
         return;
-    }
+    };
     // §12.2: a 2xx to a re-INVITE or UPDATE may move the remote target.
     if msg.status().is_some_and(|c| (200..300).contains(&c))
         && msg.cseq().is_ok_and(|c| is_target_refresh(Some(&c.method)))
     {
-        shared
+        let delta = shared
             .dialogs
-            .refresh(call_id, inbound.source.ip(), dialogs::advertised_hosts(msg));
+            .moved(call_id, responder, contact_hops(msg), Instant::now());
+        if delta != 0 {
+            metrics::dialogs_active(delta as f64);
+        }
     }
     // §15.1.2: the dialog is over once its BYE is answered.
     if msg.status().is_some_and(|c| c >= 200) && msg.cseq().is_ok_and(|c| c.method == Method::Bye) {

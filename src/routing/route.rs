@@ -14,18 +14,8 @@ use crate::config::Connection;
 use crate::context::Local;
 use crate::sip::{Message, Method, Uri};
 
-use super::forward::{branch_loop_hash, destination_uri, loop_hash};
-
-/// The Record-Route URI parameter carrying the dialog token.
-pub const TOKEN_PARAM: &str = "uacd";
-
-/// The token we put in our Record-Route for the dialog `call_id`: a keyed
-/// hash (HMAC-SHA256 over a secret and the Call-ID), so an in-dialog request whose
-/// Route carries it follows a route set we created. This is what keeps a
-/// forged `Route: <sip:us;lr>, <sip:victim>` from turning us into a relay.
-pub fn dialog_token(secret: &[u8; 16], call_id: &str) -> String {
-    super::tag(secret, &[b"rr\0", call_id.as_bytes()])
-}
+use super::forward::{LoopHash, branch_loop_hash, destination_uri};
+use super::token::{self, End, HopId, TOKEN_PARAM, Verdict};
 
 /// What the router knows about one connection for [`classify`]: the
 /// directory's [`ConnectionEntry`] with its PBX's addresses resolved.
@@ -165,9 +155,18 @@ pub enum Decision<'c> {
         pop_routes: usize,
     },
     /// A request inside a dialog we record-routed (ACK for 2xx, BYE,
-    /// re-INVITE, ...): remove `pop_routes` entries and forward to the next
-    /// Route or the Request-URI (§16.12, [`super::forward::next_hop`]).
-    InDialog { pop_routes: usize },
+    /// re-INVITE, ...) whose token verified for its source: remove
+    /// `pop_routes` entries and forward to the next Route or the
+    /// Request-URI (§16.12, [`super::forward::next_hop`]), `next`. When
+    /// `hop_signed` is false the token names another hop, and the request
+    /// may go only to a target the other end moved to
+    /// ([`super::dialogs::Dialogs::may_reach`]).
+    InDialog {
+        pop_routes: usize,
+        holder: End,
+        next: HopId,
+        hop_signed: bool,
+    },
     /// A CANCEL with no matching server transaction: 481 (§16.10, §9.2).
     UnmatchedCancel,
     /// Addressed to the daemon itself: `transaction::server` answers
@@ -181,13 +180,23 @@ pub enum Decision<'c> {
 
 /// §16.3 item 4: one of our Vias whose branch carries the hash of this very
 /// request (a spiral, where the Request-URI changed, has another hash).
+/// Linear in the message: the hash of the request's own fields is computed
+/// once, then finished with each candidate's next Via.
 fn is_loop(msg: &Message, local: &Local) -> Result<bool, crate::sip::ParseError> {
     let vias = msg.vias()?;
+    let mut base: Option<LoopHash> = None;
     for (i, via) in vias.iter().enumerate() {
         let Some(h) = via.branch().and_then(branch_loop_hash) else {
             continue;
         };
-        if local.is_our_via(via) && loop_hash(msg, vias.get(i + 1))? == h {
+        if !local.is_our_via(via) {
+            continue;
+        }
+        let base = match &base {
+            Some(b) => b,
+            None => base.insert(LoopHash::of(msg)?),
+        };
+        if base.finish(vias.get(i + 1)) == h {
             return Ok(true);
         }
     }
@@ -196,13 +205,14 @@ fn is_loop(msg: &Message, local: &Local) -> Result<bool, crate::sip::ParseError>
 
 /// Classifies one inbound request. `found`: the connection
 /// [`find_connection`] names for it (looked up for INVITEs only); `secret`
-/// keys the dialog tokens.
+/// keys the dialog tokens, `epoch` is the current [`token::now_epoch`].
 pub fn classify<'c>(
     msg: &Message,
     source: Source,
     local: &Local,
     found: Option<&'c ConnectionView>,
     secret: &[u8; 16],
+    epoch: u32,
 ) -> Decision<'c> {
     let Some(method) = msg.method() else {
         return Decision::Drop;
@@ -262,21 +272,25 @@ pub fn classify<'c>(
                 reject(Reject::ForeignDomain)
             };
         }
-        let token = msg
-            .call_id()
-            .map(|c| dialog_token(secret, c))
-            .unwrap_or_default();
-        let ours = routes[..pop].iter().any(|r| {
-            r.uri
-                .params
-                .value(TOKEN_PARAM)
-                .is_some_and(|t| super::tags_match(t, &token))
-        });
-        if !ours || !in_dialog {
-            // A forged route set, or an initial request routed beyond us.
+        if !in_dialog {
+            // An initial request routed beyond us.
             return reject(Reject::ForeignRoute);
         }
-        return Decision::InDialog { pop_routes: pop };
+        let next = HopId::of(routes.get(pop).map_or(ruri, |r| &r.uri));
+        let call_id = msg.call_id().unwrap_or("");
+        let tokens = routes[..pop]
+            .iter()
+            .filter_map(|r| r.uri.params.value(TOKEN_PARAM));
+        return match token::verify_any(secret, tokens, call_id, source.addr.ip(), &next, epoch) {
+            Verdict::Valid { holder, hop_signed } => Decision::InDialog {
+                pop_routes: pop,
+                holder,
+                next,
+                hop_signed,
+            },
+            // Forged, copied to another source, or for another dialog.
+            Verdict::Invalid => reject(Reject::ForeignRoute),
+        };
     }
     match method {
         Method::Invite => {}

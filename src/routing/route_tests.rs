@@ -21,7 +21,27 @@ fn classify_in(msg: &Message, source: Source, dir: &Dir) -> Decision<'static> {
         .request_uri()
         .and_then(|u| find_connection(dir, u, source.flow))
         .map(|c| &*Box::leak(Box::new(c)));
-    classify(msg, source, &local(), found, &SECRET)
+    classify(msg, source, &local(), found, &SECRET, EPOCH)
+}
+
+const EPOCH: u32 = 495_000;
+const CALL: &str = "5b8e6e2d-4e0f-4c2a-9c1e@198.51.100.7";
+const DEST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 1, 1));
+
+/// The destination end's token for [`CALL`]: it sends from [`DEST`] and
+/// its requests go to the PBX's Contact.
+fn dest_token(to: &str) -> String {
+    let to = super::token::HopId::of(&to.parse().expect("uri"));
+    super::token::issue(
+        &SECRET,
+        EPOCH,
+        &super::token::Grant {
+            call_id: CALL,
+            holder: super::token::End::Destination,
+            from: DEST,
+            to: &to,
+        },
+    )
 }
 
 fn reject_code(d: &Decision<'_>) -> Option<u16> {
@@ -308,16 +328,52 @@ CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
 
 #[test]
 fn rfc3261_16_12_in_dialog_bye_with_our_token_is_routed() {
-    let token = dialog_token(&SECRET, "5b8e6e2d-4e0f-4c2a-9c1e@198.51.100.7");
+    let token = dest_token("sip:asterisk@198.51.100.7:5060");
     let route = format!(
         "Route: <sip:192.0.2.10:5060;transport=tcp;lr;uacd={token}>, <sip:192.0.2.10:5060;transport=udp;lr;uacd={token}>\r\n"
     );
-    // From the destination side: any source, the token is the proof.
     let m = bye(&route, "sip:asterisk@198.51.100.7:5060");
-    let src = SocketAddr::from(([10, 1, 1, 1], 5060));
+    let src = SocketAddr::new(DEST, 5060);
     assert_eq!(
         classify_from(&m, src, None),
-        Decision::InDialog { pop_routes: 2 }
+        Decision::InDialog {
+            pop_routes: 2,
+            holder: super::token::End::Destination,
+            next: super::token::HopId::of(&"sip:198.51.100.7:5060".parse().expect("uri")),
+            hop_signed: true,
+        }
+    );
+}
+
+#[test]
+fn a_copied_token_gets_a_third_party_nothing() {
+    let token = dest_token("sip:asterisk@198.51.100.7:5060");
+    let route = format!("Route: <sip:192.0.2.10:5060;lr;uacd={token}>\r\n");
+    let m = bye(&route, "sip:asterisk@198.51.100.7:5060");
+    // From another address: not the end it was given to.
+    let stranger = SocketAddr::from(([203, 0, 113, 66], 5060));
+    assert_eq!(
+        classify_from(&m, stranger, None),
+        Decision::Reject(Reject::ForeignRoute)
+    );
+    // From the right end toward another host or port: genuine, but it does
+    // not name that hop (the relay then asks the dialog table).
+    for ruri in ["sip:x@192.0.2.66:5060", "sip:asterisk@198.51.100.7:5099"] {
+        let m = bye(&route, ruri);
+        match classify_from(&m, SocketAddr::new(DEST, 5060), None) {
+            Decision::InDialog { hop_signed, .. } => assert!(!hop_signed, "{ruri}"),
+            other => panic!("{ruri}: {other:?}"),
+        }
+    }
+    // Another Call-ID with the same token.
+    let other = parse(
+        String::from_utf8(bye(&route, "sip:asterisk@198.51.100.7:5060").to_bytes())
+            .expect("utf8")
+            .replace(CALL, "another-call"),
+    );
+    assert_eq!(
+        classify_from(&other, SocketAddr::new(DEST, 5060), None),
+        Decision::Reject(Reject::ForeignRoute)
     );
 }
 

@@ -57,6 +57,7 @@ pub(super) struct Shared {
 impl Router {
     /// The router of a daemon whose registrations share `ctx`.
     pub fn new(ctx: Arc<Context>, connections: Arc<Connections>, secret: [u8; 16]) -> Router {
+        let dialogs = Dialogs::new(tokio::time::Instant::now(), ctx.config.limits.dialogs);
         Router {
             shared: Arc::new(Shared {
                 policy: Policy::from_config(&ctx.config.routing),
@@ -64,7 +65,7 @@ impl Router {
                 ctx,
                 connections,
                 secret,
-                dialogs: Dialogs::default(),
+                dialogs,
                 permits: Arc::new(Semaphore::new(MAX_IN_PROGRESS)),
             }),
         }
@@ -153,7 +154,15 @@ async fn request(
         None
     };
     let local = shared.local();
-    match route::classify(&inbound.msg, source, &local, view.as_ref(), &shared.secret) {
+    let epoch = super::token::now_epoch();
+    match route::classify(
+        &inbound.msg,
+        source,
+        &local,
+        view.as_ref(),
+        &shared.secret,
+        epoch,
+    ) {
         Decision::Drop => {}
         Decision::Local => shared.ctx.layer.answer_locally(inbound),
         Decision::UnmatchedCancel => shared.reply(&inbound, 481),
@@ -171,7 +180,20 @@ async fn request(
             }
             shared.reply(&inbound, why.code());
         }
-        Decision::InDialog { pop_routes } => relay::request(&shared, inbound, pop_routes).await,
+        Decision::InDialog {
+            pop_routes,
+            holder,
+            next,
+            hop_signed,
+        } => {
+            let path = relay::Path {
+                pop_routes,
+                holder,
+                next,
+                hop_signed,
+            };
+            relay::request(&shared, inbound, path).await
+        }
         Decision::NewCall {
             connection,
             destination,
@@ -182,7 +204,6 @@ async fn request(
             Some(held) => {
                 let call = NewCall {
                     connection_id: connection.id.clone(),
-                    pbx_addrs: connection.pbx_addrs.clone(),
                     destination,
                     pop_routes,
                 };

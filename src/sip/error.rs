@@ -45,6 +45,10 @@ pub enum ParseError {
     /// larger than the bytes available.
     #[error("bad Content-Length")]
     BadContentLength,
+    /// A datagram's Content-Length is larger than its body, or bytes other
+    /// than padding follow the body (RFC 3261 §18.3).
+    #[error("Content-Length does not match the datagram")]
+    BodyMismatch,
     /// The CSeq method differs from the request method (RFC 3261 §8.1.1.5).
     #[error("CSeq method does not match the request method")]
     CSeqMethodMismatch,
@@ -69,6 +73,7 @@ impl ParseError {
             ParseError::BadHeader { name, reason } => format!("Malformed {name} header ({reason})"),
             ParseError::BadUri(r) => format!("Malformed URI ({r})"),
             ParseError::BadContentLength => "Bad Content-Length".to_owned(),
+            ParseError::BodyMismatch => "Content-Length does not match the datagram".to_owned(),
             ParseError::CSeqMethodMismatch => {
                 "CSeq method does not match request method".to_owned()
             }
@@ -89,6 +94,7 @@ impl ParseError {
             ParseError::BadHeader { .. } => "bad_header",
             ParseError::BadUri(_) => "bad_uri",
             ParseError::BadContentLength => "bad_content_length",
+            ParseError::BodyMismatch => "body_mismatch",
             ParseError::CSeqMethodMismatch => "cseq_mismatch",
             ParseError::NotARequest => "not_a_request",
         }

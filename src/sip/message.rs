@@ -366,6 +366,17 @@ impl Message {
         }
     }
 
+    /// Rewrites each field called `name` for which `f`, given its whole
+    /// value, returns a new one; its name is kept as written.
+    pub fn edit_fields(&mut self, name: HeaderName, mut f: impl FnMut(&str) -> Option<String>) {
+        for h in self.headers.iter_mut().filter(|h| h.name() == name) {
+            if let Some(v) = f(&h.value()) {
+                let raw_name = String::from_utf8_lossy(h.raw_name()).into_owned();
+                *h = HeaderField::new(&raw_name, &v);
+            }
+        }
+    }
+
     /// Like [`Self::set_header`] for any header name.
     pub fn set_header_named(&mut self, name: &str, value: &str) {
         let field = HeaderField::new(name, value);

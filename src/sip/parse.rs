@@ -69,7 +69,21 @@ pub(crate) fn parse(buf: Bytes, transport: Transport) -> Result<Message, ParseEr
 
     let rest = len - blank_end;
     let body_len = match content_length(&headers)? {
+        Some(n) if n > rest && transport == Transport::Datagram => {
+            return Err(ParseError::BodyMismatch);
+        }
         Some(n) if n > rest => return Err(ParseError::Truncated),
+        // §18.3 discards what follows the body in a datagram; anything but
+        // padding there means the sender and we disagree on where the
+        // message ends, which is how requests are smuggled: 400.
+        Some(n)
+            if transport == Transport::Datagram
+                && !buf[blank_end + n..]
+                    .iter()
+                    .all(|b| b.is_ascii_whitespace() || *b == 0) =>
+        {
+            return Err(ParseError::BodyMismatch);
+        }
         Some(n) => n,
         None if transport == Transport::Datagram => rest,
         None => 0,

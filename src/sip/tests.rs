@@ -297,11 +297,22 @@ fn binary_body_untouched() {
 #[test]
 fn content_length_rules() {
     let head = "MESSAGE sip:h SIP/2.0\r\nContent-Length: 4\r\n\r\n";
-    let extra = Message::parse_datagram(Bytes::from(format!("{head}abcdEXTRA"))).expect("extra");
-    assert_eq!(extra.body(), b"abcd");
+    // §18.3: padding after the body is discarded; anything else means the
+    // sender frames the message differently from us (smuggling): refused.
+    let padded = Message::parse_datagram(Bytes::from(format!("{head}abcd\r\n \0"))).expect("pad");
+    assert_eq!(padded.body(), b"abcd");
+    assert_eq!(
+        Message::parse_datagram(Bytes::from(format!("{head}abcdEXTRA"))).err(),
+        Some(ParseError::BodyMismatch)
+    );
     assert_eq!(
         Message::parse_datagram(Bytes::from(format!("{head}ab"))).err(),
-        Some(ParseError::Truncated)
+        Some(ParseError::BodyMismatch)
+    );
+    assert_eq!(
+        Message::parse_stream(Bytes::from(format!("{head}ab"))).err(),
+        Some(ParseError::Truncated),
+        "a stream frame is cut by the framer, never short"
     );
     let no_cl = "MESSAGE sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\nrest of it";
     assert_eq!(msg(no_cl).body(), b"rest of it");

@@ -21,6 +21,7 @@
 //! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | `dns_failover.rs`                           |
 //! | 140..=149 | `dns_edge_resolver.rs`                  |
+//! | 160..=169 | `attack_dialog.rs`                      |
 //!
 //! 40..=49 and 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
