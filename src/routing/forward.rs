@@ -291,9 +291,7 @@ pub fn forward_request(
 ) -> Result<Message, ForwardError> {
     let mut out = msg.clone();
     stamp_top_via(&mut out, f.source)?;
-    for _ in 0..pop_routes {
-        out.remove_first_value(HeaderName::Route);
-    }
+    out.remove_first_values(HeaderName::Route, pop_routes);
     if let Some(uri) = request_uri {
         out.set_request_uri(uri.clone());
     }

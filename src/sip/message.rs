@@ -336,6 +336,31 @@ impl Message {
         before - self.headers.len()
     }
 
+    /// Removes the first `k` *values* of `name`, across lines, in one pass
+    /// (linear in the header, however many there are); returns how many
+    /// were removed. Other values keep their order.
+    pub fn remove_first_values(&mut self, name: HeaderName, k: usize) -> usize {
+        let mut left = k;
+        let mut i = 0;
+        while left > 0 && i < self.headers.len() {
+            if self.headers[i].name() != name {
+                i += 1;
+                continue;
+            }
+            let values = self.headers[i].values();
+            if values.len() <= left {
+                left -= values.len();
+                self.headers.remove(i);
+                continue;
+            }
+            let rest = values[left..].join(", ");
+            let raw_name = String::from_utf8_lossy(self.headers[i].raw_name()).into_owned();
+            self.headers[i] = HeaderField::new(&raw_name, &rest);
+            left = 0;
+        }
+        k - left
+    }
+
     /// Removes the first *value* of `name` (e.g. the top Via or Route when one
     /// line holds several); other values of that line are kept in order.
     pub fn remove_first_value(&mut self, name: HeaderName) -> bool {

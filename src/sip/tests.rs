@@ -446,6 +446,40 @@ fn remove_first_value_keeps_the_rest_of_the_line() {
 }
 
 #[test]
+fn remove_first_values_spans_lines_in_one_pass() {
+    let text = format!(
+        "BYE sip:h SIP/2.0\r\nRoute: <sip:a;lr>, <sip:b;lr>\r\nX: y\r\nRoute: <sip:c;lr>, <sip:d;lr>, <sip:e;lr>\r\n\r\n"
+    );
+    let routes = |m: &Message| -> Vec<String> {
+        m.routes()
+            .expect("routes")
+            .iter()
+            .map(|r| r.uri.host.to_string())
+            .collect()
+    };
+    for (k, left) in [
+        (0, "abcde"),
+        (1, "bcde"),
+        (2, "cde"),
+        (4, "e"),
+        (5, ""),
+        (9, ""),
+    ] {
+        let mut m = msg(&text);
+        assert_eq!(m.remove_first_values(HeaderName::Route, k), k.min(5));
+        assert_eq!(routes(&m).concat(), left, "k={k}");
+        assert!(String::from_utf8_lossy(&m.to_bytes()).contains("X: y"));
+    }
+    // 5,000 of our entries on one line (50 KB): removed at once, not one by one.
+    let many = vec!["<sip:u;lr>"; 5_000].join(",");
+    let mut m = msg(&format!(
+        "BYE sip:h SIP/2.0\r\nRoute: {many}, <sip:next;lr>\r\n\r\n"
+    ));
+    assert_eq!(m.remove_first_values(HeaderName::Route, 5_000), 5_000);
+    assert_eq!(routes(&m), ["next"]);
+}
+
+#[test]
 fn header_injection_is_neutralised() {
     let mut m = msg("OPTIONS sip:h SIP/2.0\r\n\r\n");
     m.prepend_header("X-A", "1\r\nVia: evil");
