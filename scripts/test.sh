@@ -6,13 +6,15 @@
 #      interop peers sip-tester (SIPp), kamailio + tls + utils modules
 #      (kamcmd), dnsmasq-base (the dnsmasq binary without the package that
 #      starts it as the system's resolver), openssl, prometheus (promtool),
-#      systemd (systemd-analyze), python3 + python3-venv
+#      systemd (systemd-analyze), lintian, python3 + python3-venv
 #   1b. installs schemathesis (PyPI, pinned) into .venv-test/ for the API contract test
 #   2. installs Rust with rustup when there is no cargo (Debian's rustc is too
 #      old for edition 2024), and rustfmt and clippy
 #   3. cargo fmt --check, scripts/check-layout.py (module imports and file
 #      sizes), cargo clippy -D warnings, cargo test --all-targets,
-#      cargo test --doc (there is a lib); fails on the first failure.
+#      cargo test --doc (there is a lib), then scripts/package-test.sh (the
+#      Debian package built with cargo-deb, installed, run as its user,
+#      purged); fails on the first failure.
 # Interop tests fail (never skip) when a peer is missing.
 # Usage: scripts/test.sh [extra cargo test args, e.g. a test name filter]
 set -euo pipefail
@@ -33,7 +35,7 @@ apt_install() {
 # package:command-that-proves-it
 PEERS=(gcc:cc libc6-dev:/usr/include/stdio.h sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
   kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so dnsmasq-base:/usr/sbin/dnsmasq
-  openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze)
+  openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze lintian:lintian)
 missing=()
 for entry in "${PEERS[@]}"; do
   pkg=${entry%%:*} probe=${entry#*:}
@@ -49,7 +51,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # kamailio/kamcmd live in /usr/sbin
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
-for b in sipp kamailio kamcmd dnsmasq openssl promtool systemd-analyze; do
+for b in sipp kamailio kamcmd dnsmasq openssl promtool systemd-analyze lintian; do
   command -v "$b" >/dev/null || { log "$b still missing after install"; exit 1; }
 done
 
@@ -122,6 +124,9 @@ if [ -f src/lib.rs ]; then
   log "cargo test --doc"
   run_tests cargo test --doc "$@"
 fi
+log "scripts/package-test.sh (the Debian package, installed and run as its user)"
+scripts/package-test.sh
+
 log "all checks passed"
 # One closing line with the totals over every test binary.
 awk '{ for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

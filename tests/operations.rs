@@ -268,7 +268,7 @@ fn unit_file_passes_systemd_analyze() {
     let dir = temp_dir("unit");
     // verify wants the ExecStart binary to exist: point it at this build.
     let unit = std::fs::read_to_string(repo_dir().join("systemd/uacd.service")).unwrap();
-    let unit = unit.replace("/usr/local/bin/uacd", &uacd_bin().display().to_string());
+    let unit = unit.replace("/usr/bin/uacd", &uacd_bin().display().to_string());
     let path = dir.join("uacd.service");
     std::fs::write(&path, unit).unwrap();
     let verify = Command::new("systemd-analyze")
