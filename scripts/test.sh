@@ -20,35 +20,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '==> %s\n' "$*" >&2; }
-
-# apt_install PKG...: as root, or through sudo.
-apt_install() {
-  command -v apt-get >/dev/null || { log "missing $* and no apt-get: install them by hand"; exit 1; }
-  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  log "installing $*"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+. scripts/setup-lib.sh
 
 # --- 1. peers -------------------------------------------------------------
 # package:command-that-proves-it
-PEERS=(gcc:cc libc6-dev:/usr/include/stdio.h sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
+PEERS=(sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
   kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so dnsmasq-base:/usr/sbin/dnsmasq
   openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze lintian:lintian)
-missing=()
-for entry in "${PEERS[@]}"; do
-  pkg=${entry%%:*} probe=${entry#*:}
-  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-    case $probe in
-      /*) [ -e "$probe" ] || missing+=("$pkg") ;;
-      *) command -v "$probe" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg") ;;
-    esac
-  fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  apt_install "${missing[@]}"
-fi
+ensure_packages "${C_TOOLCHAIN[@]}" "${PEERS[@]}"
 # kamailio/kamcmd live in /usr/sbin
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
 for b in sipp kamailio kamcmd dnsmasq openssl promtool systemd-analyze lintian; do
@@ -73,19 +52,7 @@ export UACD_SCHEMATHESIS="$PWD/$VENV/bin/schemathesis"
 "$UACD_SCHEMATHESIS" --version >/dev/null || { log "schemathesis does not run"; exit 1; }
 
 # --- 2. toolchain components ----------------------------------------------
-[ -x "$HOME/.cargo/bin/cargo" ] && case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) export PATH="$HOME/.cargo/bin:$PATH" ;; esac
-if ! command -v cargo >/dev/null; then
-  command -v curl >/dev/null || apt_install curl ca-certificates
-  log "installing Rust (rustup, stable, minimal profile)"
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
-    sh -s -- -y --quiet --profile minimal --component rustfmt,clippy
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
-if command -v rustup >/dev/null; then
-  for c in rustfmt clippy; do
-    rustup component list --installed 2>/dev/null | grep -q "^$c" || { log "rustup component add $c"; rustup component add "$c"; }
-  done
-fi
+ensure_rust rustfmt clippy
 
 # --- 3. checks and tests ----------------------------------------------------
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
