@@ -96,7 +96,13 @@ pub fn install(labels: &Labels<'_>) -> Result<(), BuildError> {
         counter!(TRANSPORT_ERRORS, "transport" => *t).absolute(0);
     }
     let _ = HANDLE.set(handle);
-    let _ = HOT.set(Hot::new());
+    let hot = HOT.get_or_init(Hot::new);
+    // Every labelled counter exists from the start, at 0 for each label
+    // value it knows: a rate() or an alert on a series that has not
+    // happened yet then sees 0, not nothing.
+    for series in [&hot.sip_in, &hot.sip_out, &hot.register, &hot.calls] {
+        series.zero();
+    }
     Ok(())
 }
 
@@ -175,6 +181,15 @@ impl Series {
         match self.values.iter().position(|v| *v == value) {
             Some(i) => self.increment_at(i),
             None => (self.make)(value).increment(1),
+        }
+    }
+
+    /// Registers the counter of every listed value (at 0).
+    fn zero(&self) {
+        for i in 0..self.values.len() {
+            self.handles[i]
+                .get_or_init(|| (self.make)(self.values[i]))
+                .increment(0);
         }
     }
 

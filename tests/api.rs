@@ -320,6 +320,7 @@ username = "f"
         let o = v.as_object_mut().unwrap();
         o.remove("registration_status");
         o.remove("registration_status_updated_at");
+        o.remove("last_registered_ip");
         v
     };
     let after = data(&a.get(&path));
@@ -384,6 +385,27 @@ username = "f"
 fn another_tenants_connection_is_invisible_in_every_verb() {
     let d = Daemon::start(81, "api-tenants", "");
     let (a, b) = (&d.a, &d.b);
+    // Before any SIP traffic, every labelled counter of the contract is
+    // already there at 0 for its known labels (dashboards and alerts see 0,
+    // not nothing).
+    let m = a.get("/metrics");
+    for series in [
+        "uacd_calls_total{result=\"answered\"} 0",
+        "uacd_calls_total{result=\"503\"} 0",
+        "uacd_calls_total{result=\"rejected_source\"} 0",
+        "uacd_register_requests_total{response=\"200\"} 0",
+        "uacd_register_requests_total{response=\"timeout\"} 0",
+        "uacd_sip_messages_total{direction=\"in\",kind=\"INVITE\"} 0",
+        "uacd_sip_messages_total{direction=\"out\",kind=\"2xx\"} 0",
+        "uacd_transport_errors_total{transport=\"udp\"} 0",
+        "uacd_failovers_total 0",
+    ] {
+        assert!(
+            m.body.lines().any(|l| l == series),
+            "no {series}:\n{}",
+            m.body
+        );
+    }
     let c = data(expect(
         &a.post("/v2/uac_connections", &json!({"connection_name": "A's"})),
         201,
@@ -676,6 +698,10 @@ fn live_apply_with_sipp_create_rename_delete() {
         "2000@cc-app-xyz789.sip.telnyx.com"
     );
     assert_eq!(c["registration_status"], 4);
+    assert_eq!(
+        c["last_registered_ip"], st["last_registered_ip"],
+        "the connection object says where it registered, as the status endpoint does"
+    );
     assert_eq!(
         c["registration_status_updated_at"], status_at,
         "registration untouched"

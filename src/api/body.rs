@@ -19,6 +19,7 @@ const READ_ONLY: &[&str] = &[
     "fqdn",
     "registration_status",
     "registration_status_updated_at",
+    "last_registered_ip",
     "created_at",
     "updated_at",
 ];

@@ -54,6 +54,13 @@ fn status_of(snap: Option<&Snapshot>) -> (RegStatus, Option<String>) {
     }
 }
 
+/// Where the last successful registration went (`ip:port` of the registrar
+/// that accepted it), on the connection object and the status endpoint alike.
+fn last_registered_ip(snap: Option<&Snapshot>) -> Option<String> {
+    snap.and_then(|s| s.last_registered_ip)
+        .map(|a| a.to_string())
+}
+
 /// The connection object of design.md Part 2.
 pub fn connection(row: &Row, snap: Option<&Snapshot>, fqdn: &str) -> Value {
     let c = &row.connection;
@@ -65,6 +72,7 @@ pub fn connection(row: &Row, snap: Option<&Snapshot>, fqdn: &str) -> Value {
         o.insert("fqdn".into(), json!(fqdn));
         o.insert("registration_status".into(), json!(status.code()));
         o.insert("registration_status_updated_at".into(), json!(updated));
+        o.insert("last_registered_ip".into(), json!(last_registered_ip(snap)));
         o.insert("created_at".into(), json!(rfc3339_ms(row.created_at)));
         o.insert("updated_at".into(), json!(rfc3339_ms(row.updated_at)));
     }
@@ -80,7 +88,7 @@ pub fn registration_status(id: &str, snap: Option<&Snapshot>) -> Value {
         "registration_status": status.code(),
         "registration_status_name": status.name(),
         "registration_status_updated_at": updated,
-        "last_registered_ip": snap.and_then(|s| s.last_registered_ip).map(|a| a.to_string()),
+        "last_registered_ip": last_registered_ip(snap),
         "last_registration_response": snap.and_then(|s| s.last_response.clone()),
         "registered": status == RegStatus::Success,
         "expires_at": snap.and_then(|s| s.expires_at).map(rfc3339),
