@@ -447,9 +447,7 @@ fn remove_first_value_keeps_the_rest_of_the_line() {
 
 #[test]
 fn remove_first_values_spans_lines_in_one_pass() {
-    let text = format!(
-        "BYE sip:h SIP/2.0\r\nRoute: <sip:a;lr>, <sip:b;lr>\r\nX: y\r\nRoute: <sip:c;lr>, <sip:d;lr>, <sip:e;lr>\r\n\r\n"
-    );
+    let text = "BYE sip:h SIP/2.0\r\nRoute: <sip:a;lr>, <sip:b;lr>\r\nX: y\r\nRoute: <sip:c;lr>, <sip:d;lr>, <sip:e;lr>\r\n\r\n";
     let routes = |m: &Message| -> Vec<String> {
         m.routes()
             .expect("routes")
@@ -465,7 +463,7 @@ fn remove_first_values_spans_lines_in_one_pass() {
         (5, ""),
         (9, ""),
     ] {
-        let mut m = msg(&text);
+        let mut m = msg(text);
         assert_eq!(m.remove_first_values(HeaderName::Route, k), k.min(5));
         assert_eq!(routes(&m).concat(), left, "k={k}");
         assert!(String::from_utf8_lossy(&m.to_bytes()).contains("X: y"));
