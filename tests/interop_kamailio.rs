@@ -69,6 +69,10 @@ fn register_and_unregister(kam: &Kamailio, mut uacd: Uacd, contact: &str, transp
         dump.contains(&format!(";transport={transport}")),
         "binding over {transport}:\n{dump}"
     );
+    assert!(
+        dump.contains(";line=k1"),
+        "the Contact names the connection with line:\n{dump}"
+    );
     let status = uacd.terminate(Duration::from_secs(10)).expect("uacd exits");
     assert_eq!(status.code(), Some(0));
     let dump = kam.ul_dump();

@@ -380,13 +380,20 @@ async fn connections_to_one_tcp_registrar_share_one_flow() {
     .await;
     let mut peer = reg.accept().await;
     let mut users = Vec::new();
+    let mut lines = Vec::new();
     for _ in 0..3 {
         let req = peer.request().await;
-        users.push(req.contacts().unwrap()[0].uri.user.clone().unwrap());
+        let contact = req.contacts().unwrap()[0].uri.clone();
+        users.push(contact.user.clone().unwrap());
+        lines.push(format!(
+            "line={}",
+            contact.params.value("line").unwrap_or("none")
+        ));
         peer.send(&ok_with_contact(&req, &our_contact(&req))).await;
     }
     users.sort();
     assert_eq!(users, vec!["u-a", "u-b", "u-c"]);
+    assert!(lines.iter().all(|l| l.starts_with("line=")), "{lines:?}");
     for id in ["a", "b", "c"] {
         wait_status(&app, id, RegStatus::Success).await;
     }
@@ -397,6 +404,37 @@ async fn connections_to_one_tcp_registrar_share_one_flow() {
             .is_err()
     );
     assert_eq!(app.transports.flow_count(), 1);
+
+    // Requests from the registrar over the shared flow: one naming a line
+    // (the user part rewritten, as some PBXes do) is matched to that line,
+    // which has no destination_uri here (480); one naming none is not
+    // matched to whichever line comes first (404).
+    let invite = |ruri: &str, n: u32| {
+        format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/TCP {reg};branch=z9hG4bKshared{n}\r\n\
+             From: <sip:pbx@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: shared-{n}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:pbx@{reg};transport=tcp>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            reg = reg.addr
+        )
+    };
+    let us = app
+        .transports
+        .listen_addr(uacd::config::Transport::Tcp)
+        .unwrap();
+    for (n, ruri, want) in [
+        (1, format!("sip:rewritten@{us};transport=tcp;line=b"), 480),
+        (2, format!("sip:rewritten@{us};transport=tcp"), 404),
+    ] {
+        peer.send(invite(&ruri, n).as_bytes()).await;
+        let status = loop {
+            let r = timeout(WAIT, peer.request()).await.expect("an answer");
+            match r.status() {
+                Some(c) if c >= 200 => break c,
+                _ => continue,
+            }
+        };
+        assert_eq!(status, want, "{ruri}");
+    }
     app.stop().await;
 }
 

@@ -452,11 +452,14 @@ impl Job {
         };
         let route = self.route_towards(&hop);
         let (sent_by, advertised) = self.advertised(&hop, transport, route);
+        // `line` names the connection even when the PBX rewrites the user
+        // part of the Request-URI, or many lines share one flow.
         let contact = format!(
-            "sip:{}@{};transport={}",
+            "sip:{}@{};transport={};line={}",
             self.conn.user_name,
             sent_by,
-            transport.uri_param()
+            transport.uri_param(),
+            self.conn.id
         );
         let request_uri = proxy.request_uri(transport);
         let aor = format!("sip:{}@{}", ext.from_user(), proxy.host_for_aor());

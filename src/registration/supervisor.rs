@@ -292,15 +292,26 @@ impl Supervisor {
         st.entries.get(id).map(Entry::status)
     }
 
-    /// The connection whose registration lives on TCP/TLS flow `flow`.
-    /// Linear in the number of connections: routing asks only when neither
-    /// the Request-URI user nor its `line` parameter names a connection.
+    /// The connection whose registration lives on TCP/TLS flow `flow`, when
+    /// it is the only one there: several lines registered over one flow are
+    /// told apart by the Request-URI's user or `line` only, never by which
+    /// one a map yields first. Linear in the number of connections: routing
+    /// asks only when neither the user nor `line` names a connection.
     pub fn by_flow(&self, flow: u64) -> Option<ConnectionStatus> {
         let st = self.state();
-        st.entries
+        let mut on_flow = st
+            .entries
             .values()
-            .find(|e| e.status.borrow().flow == Some(flow))
-            .map(Entry::status)
+            .filter(|e| e.status.borrow().flow == Some(flow));
+        let only = on_flow.next()?;
+        if on_flow.next().is_some() {
+            tracing::debug!(
+                flow,
+                "a request on a flow shared by several lines names none of them"
+            );
+            return None;
+        }
+        Some(only.status())
     }
 
     /// The current snapshot of one connection.
