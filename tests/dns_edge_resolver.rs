@@ -14,6 +14,8 @@
 //! | .142 | SIPp caller (a phone on the PBX) |
 //! | .143 | SIPp destination (`sip1.dest.test`) |
 //! | .144 | dnsmasq |
+//! | .145 | dnsmasq (dual-stack test) |
+//! | .146, .147 | addresses it serves (nothing listens) |
 
 mod api_client;
 mod common;
@@ -51,6 +53,7 @@ fn ask(dns: SocketAddr, kind: &str, name: &str) -> Result<usize, LookupError> {
     let config = uacd::config::DnsConfig {
         nameservers: vec![dns],
         greylist_sec: 0,
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,4 +181,44 @@ destination_uri = "1006@dest.test"
         "{log}"
     );
     drop(kam);
+}
+
+/// A host with A and AAAA records gives targets of both families, IPv4
+/// first unless `dns.prefer_ipv6` (both queries are asked at once; dnsmasq
+/// refusing one family for a name it holds only as IPv4 is that name's A).
+#[test]
+fn dual_stack_hosts_give_both_families_in_the_configured_order() {
+    let dir = temp_dir("dns-dual");
+    let dns = Dnsmasq::start(
+        test_ip(145),
+        &[
+            "--host-record=dual.test,127.0.0.146,::1".to_owned(),
+            "--host-record=v4only.test,127.0.0.147".to_owned(),
+        ],
+        &dir,
+    );
+    let resolve = |prefer_ipv6: bool, name: &str| -> Vec<std::net::IpAddr> {
+        let config = uacd::config::DnsConfig {
+            nameservers: vec![dns.addr],
+            greylist_sec: 0,
+            prefer_ipv6,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let h = Hickory::new(&config).expect("resolver");
+            h.ip(name).await.expect("resolves").records
+        })
+    };
+    let v4: std::net::IpAddr = "127.0.0.146".parse().unwrap();
+    let v6: std::net::IpAddr = "::1".parse().unwrap();
+    assert_eq!(resolve(false, "dual.test"), vec![v4, v6]);
+    assert_eq!(resolve(true, "dual.test"), vec![v6, v4]);
+    assert_eq!(
+        resolve(true, "v4only.test"),
+        vec!["127.0.0.147".parse::<std::net::IpAddr>().unwrap()],
+        "AAAA refused: the A answer stands"
+    );
 }

@@ -517,3 +517,29 @@ async fn wildcard_listener_advertises_the_routed_source_address() {
     assert_eq!(req.contacts().unwrap()[0].uri, contact);
     app.stop().await;
 }
+
+/// An IPv6 listener on ::1 and a registrar on ::1: the REGISTER leaves from
+/// the IPv6 socket, names it (bracketed) in Via and Contact, and the
+/// registration succeeds.
+#[tokio::test]
+async fn registers_over_an_ipv6_listener_on_loopback() {
+    let reg = UdpRegistrar::bind("[::1]").await;
+    let app = start(config("[::1]", &[("v6", &reg.uri(), "UDP")])).await;
+    let mut branch = String::new();
+    let (req, from) = reg.recv_new(&mut branch).await;
+    let ours = app
+        .transports
+        .listen_addr(uacd::config::Transport::Udp)
+        .unwrap();
+    assert!(ours.is_ipv6(), "{ours}");
+    assert_eq!(from, ours, "sent from the IPv6 listener");
+    let via = req.top_via().unwrap();
+    assert_eq!(via.host.to_string(), "[::1]", "{via}");
+    let contact = &req.contacts().unwrap()[0].uri;
+    assert_eq!(contact.host.to_string(), "[::1]", "{contact}");
+    assert_eq!(contact.port, Some(ours.port()));
+    reg.send(from, &ok_with_contact(&req, &our_contact(&req))).await;
+    let snap = wait_status(&app, "v6", RegStatus::Success).await;
+    assert_eq!(snap.last_registered_ip, Some(reg.addr));
+    app.stop().await;
+}

@@ -68,6 +68,9 @@ pub struct DnsConfig {
     /// Empty = the system resolver.
     pub nameservers: Vec<SocketAddr>,
     pub greylist_sec: u64,
+    /// A name with both A and AAAA records gives its IPv6 targets first
+    /// (default: IPv4 first).
+    pub prefer_ipv6: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +192,7 @@ impl Default for DnsConfig {
         Self {
             nameservers: Vec::new(),
             greylist_sec: 30,
+            prefer_ipv6: false,
         }
     }
 }

@@ -35,7 +35,7 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         "tls",
         &["certificate", "private_key", "ca_file", "verify_server"],
     );
-    let dns = section(ctx, "dns", &["nameservers", "greylist_sec"]);
+    let dns = section(ctx, "dns", &["nameservers", "greylist_sec", "prefer_ipv6"]);
     let api = section(ctx, "api", &["listen", "tokens"]);
     let metrics = section(ctx, "metrics", &["listen", "per_connection_labels"]);
     let store = section(ctx, "store", &["path"]);
@@ -204,6 +204,9 @@ fn read_dns(ctx: &mut Ctx, t: &TableView<'_, '_>) -> DnsConfig {
     }
     if let Some(n) = t.uint(ctx, "greylist_sec", ANY) {
         cfg.greylist_sec = n.into_inner();
+    }
+    if let Some(b) = t.bool(ctx, "prefer_ipv6") {
+        cfg.prefer_ipv6 = b.into_inner();
     }
     cfg
 }

@@ -55,7 +55,8 @@ pub trait Lookup: Send + Sync + 'static {
     /// `name` is fully qualified, without the trailing dot.
     fn naptr<'a>(&'a self, name: &'a str) -> LookupFuture<'a, NaptrRecord>;
     fn srv<'a>(&'a self, name: &'a str) -> LookupFuture<'a, SrvRecord>;
-    /// A records, or AAAA when there is no A (IPv4 first).
+    /// A and AAAA records (asked at once), IPv4 first unless
+    /// `dns.prefer_ipv6`: a dual-stack host gives targets of both families.
     fn ip<'a>(&'a self, name: &'a str) -> LookupFuture<'a, IpAddr>;
 }
 
@@ -65,8 +66,8 @@ pub struct Hickory {
 }
 
 /// Per-query timeout and retries (hickory's `attempts` counts the retries
-/// after the first try): a dead nameserver costs 4 s per query, 8 s for an
-/// address (A, then AAAA). A resolution that falls through NAPTR and SRV to
+/// after the first try): a dead nameserver costs 4 s per query (A and AAAA
+/// are asked in parallel). A resolution that falls through NAPTR and SRV to
 /// A/AAAA (RFC 3263 §4) makes its queries one after another.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_RETRIES: usize = 1;
@@ -76,8 +77,13 @@ impl Hickory {
         let mut opts = ResolverOpts::default();
         opts.timeout = QUERY_TIMEOUT;
         opts.attempts = QUERY_RETRIES;
-        // hickory 0.26 defaults to AAAA first.
-        opts.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+        // Both families in parallel (hickory 0.26 defaults to AAAA first);
+        // one failing while the other answers is the other's answer.
+        opts.ip_strategy = if config.prefer_ipv6 {
+            LookupIpStrategy::Ipv6AndIpv4
+        } else {
+            LookupIpStrategy::Ipv4AndIpv6
+        };
         let resolver = if config.nameservers.is_empty() {
             Resolver::builder_tokio()
                 .map_err(|e| LookupError::Failed(format!("system resolver configuration: {e}")))?
