@@ -82,18 +82,18 @@ pub(super) struct Held {
 impl RequestHandler for Router {
     fn on_request(&self, inbound: Inbound) {
         let held = if inbound.msg.method() == Some(&Method::Invite) {
-            let Some(branch) = inbound
+            let (tx, rx) = mpsc::channel(16);
+            let guard = inbound
                 .msg
                 .top_via()
                 .ok()
-                .and_then(|v| v.branch().map(str::to_owned))
-            else {
+                .and_then(|via| self.shared.ctx.layer.hold_server(&via, true, tx));
+            let Some(guard) = guard else {
                 // No branch: the classifier answers 400.
                 return self.spawn_request(inbound, None);
             };
-            let (tx, rx) = mpsc::channel(16);
             Some(Held {
-                _guard: self.shared.ctx.layer.hold_server(&branch, true, tx),
+                _guard: guard,
                 upstream: rx,
             })
         } else {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::sip::typed::Via;
 use crate::sip::{Message, Method, response_to};
 use crate::transport::{Hop, Inbound, InboundHandler, Transports};
 use client::{Action, Event, NonInviteClient, Timer, Timers};
@@ -67,13 +68,27 @@ pub trait RequestHandler: Send + Sync + 'static {
     }
 }
 
-/// Server transaction key: branch, and whether it is an INVITE.
-fn server_key(branch: &str, invite: bool) -> Box<str> {
-    let mut k = String::with_capacity(branch.len() + 2);
+/// Server transaction key (RFC 3261 §17.2.3): the top Via's branch and
+/// sent-by (host as written, any case, and port, the transport's default
+/// when absent), and whether it is an INVITE (ACK and CANCEL match the
+/// INVITE's transaction; the method they carry then tells them apart from
+/// a retransmission). `None` without a branch: nothing to match.
+fn server_key(via: &Via, invite: bool) -> Option<Box<str>> {
+    let branch = via.branch()?;
+    let port = via.port.unwrap_or(match via.transport.as_str() {
+        t if t.eq_ignore_ascii_case("TLS") => 5061,
+        _ => 5060,
+    });
+    let host = via.host.to_string().to_ascii_lowercase();
+    let mut k = String::with_capacity(branch.len() + host.len() + 10);
     k.push(if invite { 'I' } else { 'N' });
     k.push(':');
     k.push_str(branch);
-    k.into()
+    k.push(' ');
+    k.push_str(&host);
+    k.push(':');
+    k.push_str(&port.to_string());
+    Some(k.into())
 }
 
 /// Cheap-clone handle on the transaction layer.
@@ -129,25 +144,25 @@ impl Layer {
         &self.inner.servers[(h as usize) % SHARDS]
     }
 
-    /// Holds a server transaction for the request with top Via `branch`:
-    /// its retransmissions (and, for an INVITE, its ACK and CANCEL) go to
-    /// `tx` until the returned guard is dropped.
+    /// Holds a server transaction for the request with top Via `via`: its
+    /// retransmissions (and, for an INVITE, its ACK and CANCEL) go to `tx`
+    /// until the returned guard is dropped. `None` when `via` has no branch.
     pub fn hold_server(
         &self,
-        branch: &str,
+        via: &Via,
         invite: bool,
         tx: mpsc::Sender<Upstream>,
-    ) -> ServerGuard {
-        let key = server_key(branch, invite);
+    ) -> Option<ServerGuard> {
+        let key = server_key(via, invite)?;
         self.server_shard(&key)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), tx.clone());
-        ServerGuard {
+        Some(ServerGuard {
             layer: self.clone(),
             key,
             tx,
-        }
+        })
     }
 
     /// Number of server transactions held.
@@ -159,8 +174,8 @@ impl Layer {
             .sum()
     }
 
-    fn server_for(&self, branch: &str, invite: bool) -> Option<mpsc::Sender<Upstream>> {
-        let key = server_key(branch, invite);
+    fn server_for(&self, via: &Via, invite: bool) -> Option<mpsc::Sender<Upstream>> {
+        let key = server_key(via, invite)?;
         self.server_shard(&key)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -176,15 +191,10 @@ impl Layer {
             return;
         };
         let matched = match (inbound.msg.method(), inbound.msg.top_via()) {
-            (Some(method), Ok(via)) => via.branch().and_then(|b| {
-                let (invite, what) = match method {
-                    Method::Invite => (true, Upstream::Retransmission),
-                    Method::Ack => (true, Upstream::Ack),
-                    Method::Cancel => (true, Upstream::Cancel),
-                    _ => (false, Upstream::Retransmission),
-                };
-                self.server_for(b, invite).map(|tx| (tx, what))
-            }),
+            (Some(method), Ok(via)) => {
+                let (invite, what) = upstream_kind(method);
+                self.server_for(&via, invite).map(|tx| (tx, what))
+            }
             _ => None,
         };
         match matched {
@@ -364,6 +374,18 @@ impl Layer {
     }
 }
 
+/// What a request that matches a held server transaction is to it
+/// (§17.2.3): ACK and CANCEL look up the INVITE's transaction but are not
+/// its retransmissions; any other method looks up a non-INVITE one.
+fn upstream_kind(method: &Method) -> (bool, Upstream) {
+    match method {
+        Method::Invite => (true, Upstream::Retransmission),
+        Method::Ack => (true, Upstream::Ack),
+        Method::Cancel => (true, Upstream::Cancel),
+        _ => (false, Upstream::Retransmission),
+    }
+}
+
 impl InboundHandler for Layer {
     fn handle(&self, inbound: Inbound) {
         let msg = &inbound.msg;
@@ -488,21 +510,75 @@ pub fn new_branch() -> String {
 mod guard_tests {
     use super::*;
 
+    fn via(s: &str) -> Via {
+        Via::parse(s).unwrap()
+    }
+
     #[test]
     fn a_server_guard_forgets_only_its_own_slot() {
         let layer = Layer::new("test");
         let (tx1, _rx1) = mpsc::channel(1);
         let (tx2, _rx2) = mpsc::channel(1);
-        let first = layer.hold_server("z9hG4bKsame", true, tx1);
-        let second = layer.hold_server("z9hG4bKsame", true, tx2.clone());
+        let v = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKsame");
+        let first = layer.hold_server(&v, true, tx1);
+        let second = layer.hold_server(&v, true, tx2.clone());
         drop(first);
         assert_eq!(layer.servers(), 1, "the later holder keeps the slot");
         assert!(
             layer
-                .server_for("z9hG4bKsame", true)
+                .server_for(&v, true)
                 .is_some_and(|tx| tx.same_channel(&tx2))
         );
         drop(second);
         assert_eq!(layer.servers(), 0);
+    }
+
+    #[test]
+    fn server_key_is_branch_plus_sent_by() {
+        let key = |s: &str| server_key(&via(s), true);
+        let base = key("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1");
+        assert!(base.is_some());
+        // §17.2.3: the same branch from another sent-by is another transaction.
+        assert_ne!(base, key("SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bK1"));
+        assert_ne!(base, key("SIP/2.0/UDP pbx.example.com:5070;branch=z9hG4bK1"));
+        assert_ne!(base, key("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK2"));
+        // Host case and an omitted default port do not matter.
+        assert_eq!(base, key("SIP/2.0/UDP PBX.Example.COM;branch=z9hG4bK1"));
+        assert_eq!(
+            key("SIP/2.0/TLS pbx.example.com;branch=z9hG4bK1"),
+            key("SIP/2.0/TLS pbx.example.com:5061;branch=z9hG4bK1")
+        );
+        // INVITE and non-INVITE transactions never share a key.
+        assert_ne!(
+            base,
+            server_key(&via("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1"), false)
+        );
+        assert_eq!(key("SIP/2.0/UDP pbx.example.com:5060"), None);
+    }
+
+    #[test]
+    fn a_cancel_from_another_sent_by_does_not_match() {
+        let layer = Layer::new("test");
+        let (tx, _rx) = mpsc::channel(1);
+        let invite = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKcall");
+        let _held = layer.hold_server(&invite, true, tx).unwrap();
+        let (as_invite, _) = upstream_kind(&Method::Cancel);
+        assert!(layer.server_for(&invite, as_invite).is_some());
+        let stranger = via("SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKcall");
+        assert!(layer.server_for(&stranger, as_invite).is_none());
+    }
+
+    #[test]
+    fn ack_and_cancel_are_not_retransmissions() {
+        assert!(matches!(upstream_kind(&Method::Cancel), (true, Upstream::Cancel)));
+        assert!(matches!(upstream_kind(&Method::Ack), (true, Upstream::Ack)));
+        assert!(matches!(
+            upstream_kind(&Method::Invite),
+            (true, Upstream::Retransmission)
+        ));
+        assert!(matches!(
+            upstream_kind(&Method::Bye),
+            (false, Upstream::Retransmission)
+        ));
     }
 }
