@@ -235,7 +235,9 @@ impl App {
                 allowed.push(t);
             }
         }
-        let dns = Arc::new(Dns::new(&config.dns, allowed)?);
+        let dns = Arc::new(
+            Dns::new(&config.dns, allowed)?.with_cache_entries(config.limits.dns_cache_entries),
+        );
         let mut ctx = Context::new(config.clone(), layer, transports.clone(), dns);
         ctx.timers = timers;
         let ctx = Arc::new(ctx);
