@@ -154,7 +154,14 @@ fn notify_reload_status_and_stop() {
     let first = connections(&pbx, &[("a", "user-a"), ("b", "user-b"), ("c", "user-c")]);
     let mut uacd = start_uacd(
         &dir,
-        &config(&ip.to_string(), port, api, &dir, "operations-token-1", &first),
+        &config(
+            &ip.to_string(),
+            port,
+            api,
+            &dir,
+            "operations-token-1",
+            &first,
+        ),
         &notify_path,
     );
 
@@ -198,7 +205,14 @@ fn notify_reload_status_and_stop() {
     let second = connections(&pbx, &[("a", "user-a"), ("c", "user-c2"), ("d", "user-d")]);
     std::fs::write(
         dir.join("uacd.toml"),
-        config(&ip.to_string(), port, api, &dir, "operations-token-2", &second),
+        config(
+            &ip.to_string(),
+            port,
+            api,
+            &dir,
+            "operations-token-2",
+            &second,
+        ),
     )
     .unwrap();
     uacd.signal("HUP");
@@ -223,7 +237,14 @@ fn notify_reload_status_and_stop() {
     let api2 = free_tcp_port(ip);
     std::fs::write(
         dir.join("uacd.toml"),
-        config(&ip.to_string(), port, api2, &dir, "operations-token-2", &second),
+        config(
+            &ip.to_string(),
+            port,
+            api2,
+            &dir,
+            "operations-token-2",
+            &second,
+        ),
     )
     .unwrap();
     uacd.signal("HUP");

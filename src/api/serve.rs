@@ -64,12 +64,7 @@ pub async fn serve_http(
     while conns.join_next().await.is_some() {}
 }
 
-async fn connection(
-    stream: TcpStream,
-    app: Router,
-    cancel: CancellationToken,
-    timeouts: Timeouts,
-) {
+async fn connection(stream: TcpStream, app: Router, cancel: CancellationToken, timeouts: Timeouts) {
     let last = Arc::new(Mutex::new(Instant::now()));
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -198,7 +193,9 @@ mod tests {
         })
         .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let got = closed_by_server(&mut s).await.expect("still open");
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");

@@ -41,7 +41,10 @@ fn example_parses_with_defaults() {
     assert!(c.dns.nameservers.is_empty());
     assert_eq!(c.dns.greylist_sec, 30);
     assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(c.api.tokens[0].token.expose(), "change-me-to-a-long-random-token");
+    assert_eq!(
+        c.api.tokens[0].token.expose(),
+        "change-me-to-a-long-random-token"
+    );
     assert_eq!(c.api.tokens[0].user_id, "323");
     assert_eq!(c.metrics, MetricsConfig::default());
     assert_eq!(

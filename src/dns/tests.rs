@@ -798,7 +798,9 @@ async fn the_cache_holds_at_most_its_bound_of_names() {
     for i in 0..50 {
         let name = format!("n{i}.test");
         f.a(&name, &["127.0.0.21"]);
-        d.resolve(&q(&name, Some(5060), Some(Transport::Udp))).await.unwrap();
+        d.resolve(&q(&name, Some(5060), Some(Transport::Udp)))
+            .await
+            .unwrap();
         assert!(d.cached_names() <= 5, "{} names cached", d.cached_names());
     }
     // The most recent name is still cached: no new query for it.

@@ -98,6 +98,8 @@ pub struct Source {
 pub enum Reject {
     /// Missing or malformed mandatory headers (§16.3 item 1).
     Malformed,
+    /// A Request-URI scheme we cannot route (§16.3 item 2).
+    UnsupportedScheme,
     /// Max-Forwards is 0 (§16.3 item 3).
     TooManyHops,
     /// Our own Via with a matching loop hash (§16.3 item 4).
@@ -125,6 +127,7 @@ impl Reject {
     pub fn code(self) -> u16 {
         match self {
             Reject::Malformed => 400,
+            Reject::UnsupportedScheme => 416,
             Reject::TooManyHops => 483,
             Reject::Loop => 482,
             Reject::UnknownUser => 404,
@@ -138,6 +141,7 @@ impl Reject {
     pub fn label(self) -> &'static str {
         match self {
             Reject::Malformed => "malformed",
+            Reject::UnsupportedScheme => "unsupported_scheme",
             Reject::TooManyHops => "too_many_hops",
             Reject::Loop => "loop",
             Reject::UnknownUser => "unknown_user",
@@ -217,6 +221,9 @@ pub fn classify<'c>(
     };
     if msg.validate_request().is_err() {
         return reject(Reject::Malformed);
+    }
+    if msg.request_uri().is_some_and(|u| !u.scheme_understood()) {
+        return reject(Reject::UnsupportedScheme);
     }
     // §16.3 item 3; a proxy may answer an OPTIONS itself.
     let max_forwards = msg.max_forwards();

@@ -540,8 +540,14 @@ mod guard_tests {
         assert!(base.is_some());
         // §17.2.3: the same branch from another sent-by is another transaction.
         assert_ne!(base, key("SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bK1"));
-        assert_ne!(base, key("SIP/2.0/UDP pbx.example.com:5070;branch=z9hG4bK1"));
-        assert_ne!(base, key("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK2"));
+        assert_ne!(
+            base,
+            key("SIP/2.0/UDP pbx.example.com:5070;branch=z9hG4bK1")
+        );
+        assert_ne!(
+            base,
+            key("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK2")
+        );
         // Host case and an omitted default port do not matter.
         assert_eq!(base, key("SIP/2.0/UDP PBX.Example.COM;branch=z9hG4bK1"));
         assert_eq!(
@@ -551,7 +557,10 @@ mod guard_tests {
         // INVITE and non-INVITE transactions never share a key.
         assert_ne!(
             base,
-            server_key(&via("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1"), false)
+            server_key(
+                &via("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1"),
+                false
+            )
         );
         assert_eq!(key("SIP/2.0/UDP pbx.example.com:5060"), None);
     }
@@ -570,7 +579,10 @@ mod guard_tests {
 
     #[test]
     fn ack_and_cancel_are_not_retransmissions() {
-        assert!(matches!(upstream_kind(&Method::Cancel), (true, Upstream::Cancel)));
+        assert!(matches!(
+            upstream_kind(&Method::Cancel),
+            (true, Upstream::Cancel)
+        ));
         assert!(matches!(upstream_kind(&Method::Ack), (true, Upstream::Ack)));
         assert!(matches!(
             upstream_kind(&Method::Invite),
