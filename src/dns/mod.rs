@@ -187,6 +187,33 @@ impl Dns {
         self
     }
 
+    /// The addresses a cached answer for `q` holds, without querying:
+    /// empty when nothing is cached or a resolution holds the entry.
+    pub fn cached_addrs(&self, q: &Query) -> Vec<IpAddr> {
+        if let Plan::Numeric(addr, _) = rfc3263::plan(q, &self.fetcher.allowed) {
+            return vec![addr.ip()];
+        }
+        let slot = self.cache[self.cache_shard(q)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(q);
+        let Some(slot) = slot else {
+            return Vec::new();
+        };
+        let Ok(slot) = slot.try_lock() else {
+            return Vec::new();
+        };
+        slot.entry
+            .as_ref()
+            .map(|e| {
+                e.services
+                    .iter()
+                    .flat_map(|s| s.addrs.iter().flatten().copied())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Names in the answer cache.
     pub fn cached_names(&self) -> usize {
         self.cache

@@ -279,7 +279,10 @@ impl Shared {
         for (name, value) in headers {
             b = b.header(name, value);
         }
-        self.ctx.transports.reply(inbound, Bytes::from(b.build()));
+        // Under the layer's no-amplification and error-rate rules.
+        self.ctx
+            .layer
+            .send_own(inbound, code, Bytes::from(b.build()));
     }
 }
 

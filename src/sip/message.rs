@@ -148,6 +148,26 @@ impl Message {
             .collect()
     }
 
+    /// The size of the message on the wire as received (as it would be
+    /// written when edited).
+    pub fn wire_len(&self) -> usize {
+        let start = match (&self.start_raw, &self.start) {
+            (Some(raw), _) => raw.len(),
+            (None, StartLine::Request { method, uri }) => {
+                format!("{method} {uri} SIP/2.0\r\n").len()
+            }
+            (None, StartLine::Response { reason, .. }) => 14 + reason.len(),
+        };
+        start
+            + self
+                .headers
+                .iter()
+                .map(|h| h.raw_line().len())
+                .sum::<usize>()
+            + self.blank.len()
+            + self.body.len()
+    }
+
     /// The body, byte for byte.
     pub fn body(&self) -> &[u8] {
         &self.body

@@ -7,8 +7,11 @@ pub mod client;
 pub mod invite_client;
 pub mod invite_server;
 pub mod non_invite_server;
+mod replies;
+pub mod reply_gate;
 mod server;
 
+pub use replies::Peers;
 pub use server::ALLOW;
 
 use std::collections::HashMap;
@@ -104,6 +107,8 @@ struct LayerInner {
     hasher: std::collections::hash_map::RandomState,
     transports: OnceLock<Transports>,
     user_agent: String,
+    /// Who gets the daemon's own answers ([`reply_gate`]).
+    replies: replies::Replies,
 }
 
 impl Layer {
@@ -116,6 +121,7 @@ impl Layer {
                 hasher: Default::default(),
                 transports: OnceLock::new(),
                 user_agent: user_agent.to_owned(),
+                replies: Default::default(),
             }),
         }
     }
@@ -129,6 +135,44 @@ impl Layer {
     /// every request itself).
     pub fn set_router(&self, router: Arc<dyn RequestHandler>) {
         let _ = self.inner.router.set(router);
+    }
+
+    /// `sip.monitors` and `limits.error_replies_per_ip_per_sec` for the
+    /// daemon's own answers (once, before traffic; defaults otherwise).
+    pub fn configure_replies(&self, monitors: Vec<crate::config::Cidr>, per_sec: u32) {
+        self.inner.replies.configure(monitors, per_sec);
+    }
+
+    /// Where the PBX addresses are known (once).
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        self.inner.replies.set_peers(peers);
+    }
+
+    /// Whether `ip` is a verified party: 127.0.0.1 or ::1, a `sip.monitors`
+    /// block, or a PBX address.
+    pub fn is_verified(&self, ip: std::net::IpAddr) -> bool {
+        self.inner.replies.is_verified(ip)
+    }
+
+    /// Sends an answer the daemon built itself (status `code`) to
+    /// `inbound`'s source, unless [`reply_gate`] says otherwise: larger
+    /// than the request to an unverified source, an OPTIONS 2xx to one, or
+    /// an error beyond the source's budget is dropped (debug log).
+    pub fn send_own(&self, inbound: &Inbound, code: u16, bytes: Bytes) {
+        let Some(t) = self.inner.transports.get() else {
+            return;
+        };
+        let options = inbound.msg.method() == Some(&Method::Options);
+        let verdict = self.inner.replies.judge(
+            inbound.source.ip(),
+            options,
+            code,
+            inbound.msg.wire_len(),
+            bytes.len(),
+        );
+        if verdict == reply_gate::Verdict::Send {
+            t.reply(inbound, bytes);
+        }
     }
 
     pub fn transports(&self) -> Option<&Transports> {
@@ -187,9 +231,9 @@ impl Layer {
     /// transaction goes to its holder; anything else to the router (or the
     /// daemon's own answers when there is none).
     fn on_request(&self, inbound: Inbound) {
-        let Some(t) = self.inner.transports.get() else {
+        if self.inner.transports.get().is_none() {
             return;
-        };
+        }
         let matched = match (inbound.msg.method(), inbound.msg.top_via()) {
             (Some(method), Ok(via)) => {
                 let (invite, what) = upstream_kind(method);
@@ -204,7 +248,7 @@ impl Layer {
                 let ok = response_to(&inbound.msg, 200, "OK", None)
                     .header("Server", self.inner.user_agent.as_str())
                     .build();
-                t.reply(&inbound, Bytes::from(ok));
+                self.send_own(&inbound, 200, Bytes::from(ok));
                 let _ = tx.try_send(Upstream::Cancel);
             }
             Some((tx, what)) => {
@@ -212,7 +256,7 @@ impl Layer {
             }
             None => match self.inner.router.get() {
                 Some(router) => router.on_request(inbound),
-                None => server::answer(t, &self.inner.user_agent, inbound),
+                None => server::answer(self, inbound),
             },
         }
     }
@@ -220,9 +264,7 @@ impl Layer {
     /// The daemon's own answer to a request nobody routes (OPTIONS 200,
     /// malformed 400, stray in-dialog 481, other methods 405/501).
     pub fn answer_locally(&self, inbound: Inbound) {
-        if let Some(t) = self.inner.transports.get() {
-            server::answer(t, &self.inner.user_agent, inbound);
-        }
+        server::answer(self, inbound);
     }
 
     fn shard(&self, branch: &str) -> &Mutex<HashMap<Box<str>, Slot>> {
@@ -387,6 +429,19 @@ fn upstream_kind(method: &Method) -> (bool, Upstream) {
 }
 
 impl InboundHandler for Layer {
+    fn allow_reply(
+        &self,
+        source: std::net::IpAddr,
+        code: u16,
+        request_len: usize,
+        response_len: usize,
+    ) -> bool {
+        self.inner
+            .replies
+            .judge(source, false, code, request_len, response_len)
+            == reply_gate::Verdict::Send
+    }
+
     fn handle(&self, inbound: Inbound) {
         let msg = &inbound.msg;
         crate::metrics::sip_received(msg.status(), msg.method().map_or("", |m| m.as_str()));

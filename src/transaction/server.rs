@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 
 use crate::sip::{HeaderName, Message, Method, ParseError, response_to};
-use crate::transport::{Inbound, Transports};
+use crate::transport::Inbound;
 
 /// Methods the daemon answers itself.
 pub const ALLOW: &str = "OPTIONS";
@@ -98,13 +98,13 @@ pub fn decide(msg: &Message) -> Option<Decision> {
     Some(Decision::new(code, reason))
 }
 
-pub(super) fn answer(t: &Transports, user_agent: &str, inbound: Inbound) {
+pub(super) fn answer(layer: &super::Layer, inbound: Inbound) {
     let Some(d) = decide(&inbound.msg) else {
         return;
     };
     let to_tag = format!("{:016x}", rand::random::<u64>());
-    let mut resp =
-        response_to(&inbound.msg, d.code, &d.reason, Some(&to_tag)).header("Server", user_agent);
+    let mut resp = response_to(&inbound.msg, d.code, &d.reason, Some(&to_tag))
+        .header("Server", layer.user_agent());
     if let Some(w) = &d.warning {
         resp = resp.header("Warning", format!("399 uacd \"{w}\""));
     }
@@ -116,7 +116,7 @@ pub(super) fn answer(t: &Transports, user_agent: &str, inbound: Inbound) {
             .header("Allow", ALLOW)
             .header("Accept", "application/sdp");
     }
-    t.reply(&inbound, Bytes::from(resp.build()));
+    layer.send_own(&inbound, d.code, Bytes::from(resp.build()));
 }
 
 #[cfg(test)]
