@@ -257,7 +257,7 @@ fn read_api(ctx: &mut Ctx, t: &TableView<'_, '_>, base_dir: &Path) -> ApiConfig 
                 ctx.report(
                     span,
                     key,
-                    &format!("token is shorter than {MIN_TOKEN_LEN} characters"),
+                    format!("token is shorter than {MIN_TOKEN_LEN} characters"),
                 );
                 continue;
             }
