@@ -151,7 +151,15 @@ impl Layer {
     /// Whether `ip` is a verified party: 127.0.0.1 or ::1, a `sip.monitors`
     /// block, or a PBX address.
     pub fn is_verified(&self, ip: std::net::IpAddr) -> bool {
-        self.inner.replies.is_verified(ip)
+        self.is_own_address(ip) || self.inner.replies.is_verified(ip)
+    }
+
+    /// One of the addresses we listen on (the watchdog probes us from there).
+    fn is_own_address(&self, ip: std::net::IpAddr) -> bool {
+        self.inner
+            .transports
+            .get()
+            .is_some_and(|t| t.listen_addrs().iter().any(|(_, a)| a.ip() == ip))
     }
 
     /// Sends an answer the daemon built itself (status `code`) to
@@ -165,6 +173,7 @@ impl Layer {
         let options = inbound.msg.method() == Some(&Method::Options);
         let verdict = self.inner.replies.judge(
             inbound.source.ip(),
+            self.is_own_address(inbound.source.ip()),
             options,
             code,
             inbound.msg.wire_len(),
@@ -436,10 +445,14 @@ impl InboundHandler for Layer {
         request_len: usize,
         response_len: usize,
     ) -> bool {
-        self.inner
-            .replies
-            .judge(source, false, code, request_len, response_len)
-            == reply_gate::Verdict::Send
+        self.inner.replies.judge(
+            source,
+            self.is_own_address(source),
+            false,
+            code,
+            request_len,
+            response_len,
+        ) == reply_gate::Verdict::Send
     }
 
     fn handle(&self, inbound: Inbound) {

@@ -66,18 +66,20 @@ impl Replies {
             || self.peers.get().is_some_and(|p| p.is_pbx(ip))
     }
 
-    /// Judges one answer to `source`; the error budget is spent only when
-    /// the answer passed the other rules.
+    /// Judges one answer to `source` (`own`: one of our listening
+    /// addresses, e.g. the watchdog's self-probe); the error budget is spent
+    /// only when the answer passed the other rules.
     pub(super) fn judge(
         &self,
         source: IpAddr,
+        own: bool,
         options: bool,
         code: u16,
         request_len: usize,
         response_len: usize,
     ) -> Verdict {
         let answer = Answer {
-            verified: self.is_verified(source),
+            verified: own || self.is_verified(source),
             options,
             code,
             request_len,
