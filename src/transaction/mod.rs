@@ -661,4 +661,40 @@ mod guard_tests {
             (false, Upstream::Retransmission)
         ));
     }
+
+    struct FakePeers;
+    impl Peers for FakePeers {
+        fn is_pbx(&self, ip: std::net::IpAddr) -> bool {
+            ip == std::net::IpAddr::from([192, 0, 2, 50])
+        }
+    }
+
+    #[test]
+    fn verified_parties_are_loopback_monitors_and_pbxes() {
+        let layer = Layer::new("test");
+        layer.configure_replies(vec!["198.51.100.0/24".parse().unwrap()], 10);
+        layer.set_peers(Arc::new(FakePeers));
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(layer.is_verified(ip("127.0.0.1")));
+        assert!(layer.is_verified(ip("::1")));
+        assert!(layer.is_verified(ip("198.51.100.77")));
+        assert!(layer.is_verified(ip("::ffff:198.51.100.77")));
+        assert!(layer.is_verified(ip("192.0.2.50")));
+        assert!(!layer.is_verified(ip("192.0.2.51")));
+        assert!(!layer.is_verified(ip("127.0.0.41")));
+    }
+
+    #[test]
+    fn the_transport_asks_before_its_own_400() {
+        let layer = Layer::new("test");
+        layer.configure_replies(Vec::new(), 2);
+        let stranger = "203.0.113.5".parse().unwrap();
+        // Larger than the request: never to a stranger.
+        assert!(!layer.allow_reply(stranger, 400, 100, 101));
+        // Within size it is answered (the rate is ErrorBudget's, tested in
+        // reply_gate with time as an input).
+        assert!(layer.allow_reply(stranger, 400, 100, 100));
+        // 127.0.0.1 gets its larger answer.
+        assert!(layer.allow_reply("127.0.0.1".parse().unwrap(), 400, 100, 900));
+    }
 }
