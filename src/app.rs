@@ -374,6 +374,7 @@ impl App {
             ("store", new.store != old.store),
             ("registration", new.registration != old.registration),
             ("routing", new.routing != old.routing),
+            ("limits", new.limits != old.limits),
         ] {
             if changed {
                 restart.push(key);
