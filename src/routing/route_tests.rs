@@ -416,3 +416,14 @@ To: <sip:x@y>\r\nCall-ID: s1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         None
     );
 }
+
+/// §16.3 item 5: a Proxy-Require we do not understand (any) is 420 before
+/// routing, even from the PBX.
+#[test]
+fn rfc3261_16_3_item5_proxy_require_is_420() {
+    let inv = String::from_utf8(asterisk_invite().to_bytes())
+        .unwrap()
+        .replacen("\r\n", "\r\nProxy-Require: foo\r\n", 1);
+    let d = classify_from(&parse(inv), pbx(5060), None);
+    assert_eq!(reject_code(&d), Some(420), "{d:?}");
+}

@@ -164,6 +164,13 @@ async fn request(
             }
             shared.ctx.layer.answer_locally(inbound)
         }
+        // Its 420 lists the tags in Unsupported.
+        Decision::Reject(Reject::BadExtension) => {
+            if is_invite {
+                metrics::call_result(CallResult::Status(420), None);
+            }
+            shared.ctx.layer.answer_locally(inbound)
+        }
         Decision::Reject(why) => {
             tracing::debug!(source = %inbound.source, reason = why.label(), code = why.code(), "request rejected");
             if is_invite {

@@ -1,8 +1,8 @@
 //! Requests addressed to the daemon itself (RFC 3261 §8.2): OPTIONS gets
 //! 200 (§11.2), malformed requests 400 (a header that may appear once on
 //! two lines names it, RFC 4475 `multi01`), an unknown Request-URI scheme
-//! 416 (§8.2.2.1), a `Require` of an extension we lack 420 with
-//! `Unsupported` (§8.2.2.3), in-dialog requests we hold no dialog for 481
+//! 416 (§8.2.2.1), a `Require` (§8.2.2.3) or `Proxy-Require` (§16.3
+//! item 5) of an extension we lack 420 with `Unsupported`, in-dialog requests we hold no dialog for 481
 //! (§12.2.2), known methods we do not serve 405 with Allow (§8.2.1),
 //! unknown methods 501 (§8.2.1). Never silence, except for ACK.
 
@@ -41,10 +41,11 @@ impl Decision {
     }
 }
 
-/// The `Require` tags of `msg` that [`SUPPORTED`] lacks, in order, once each.
-fn unsupported_tags(msg: &Message) -> Vec<String> {
+/// The `name` (Require or Proxy-Require) tags of `msg` that [`SUPPORTED`]
+/// lacks, in order, once each.
+fn unsupported_tags(msg: &Message, name: HeaderName) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for tag in msg.header_values(HeaderName::Require) {
+    for tag in msg.header_values(name) {
         let tag = tag.trim();
         if !tag.is_empty()
             && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag))
@@ -77,6 +78,16 @@ pub fn decide(msg: &Message) -> Option<Decision> {
     if msg.request_uri().is_some_and(|u| !u.scheme_understood()) {
         return Some(Decision::new(416, "Unsupported URI Scheme"));
     }
+    // §16.3 item 5: a proxy understands no Proxy-Require tag (not for CANCEL).
+    if *method != Method::Cancel {
+        let unsupported = unsupported_tags(msg, HeaderName::ProxyRequire);
+        if !unsupported.is_empty() {
+            return Some(Decision {
+                unsupported,
+                ..Decision::new(420, "Bad Extension")
+            });
+        }
+    }
     let in_dialog = msg.to_header().map(|t| t.tag().is_some()).unwrap_or(false);
     let (code, reason) = match method {
         Method::Options => (200, "OK"),
@@ -87,7 +98,7 @@ pub fn decide(msg: &Message) -> Option<Decision> {
     };
     // §8.2.2.3: after the method is accepted; never for CANCEL (or ACK).
     if code == 200 {
-        let unsupported = unsupported_tags(msg);
+        let unsupported = unsupported_tags(msg, HeaderName::Require);
         if !unsupported.is_empty() {
             return Some(Decision {
                 unsupported,
@@ -168,6 +179,22 @@ CSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n"
             d.unsupported,
             ["nothingsupportsthis", "nothingsupportsthiseither"]
         );
+    }
+
+    /// §16.3 item 5: Proxy-Require tags are listed too, whatever the method.
+    #[test]
+    fn proxy_require_is_420_listing_the_tags() {
+        let m = options("Proxy-Require: foo\r\n");
+        let d = decide(&m).expect("answered");
+        assert_eq!(
+            (d.code, d.unsupported.as_slice()),
+            (420, ["foo".to_owned()].as_slice())
+        );
+        let raw = String::from_utf8(m.to_bytes())
+            .expect("utf8")
+            .replace("OPTIONS", "REGISTER");
+        let m = Message::parse_datagram(Bytes::from(raw)).expect("parses");
+        assert_eq!(code(&m), 420);
     }
 
     /// §8.2.2.3: Require is not looked at in a CANCEL (nor an ACK).
