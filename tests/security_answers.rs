@@ -237,6 +237,49 @@ fn a_stranger_never_gets_more_bytes_than_it_sent() {
         assert_eq!(got.len(), 1, "from 127.0.0.{ip}: {got:?}");
         assert!(got[0].starts_with(b"SIP/2.0 200 "), "127.0.0.{ip}");
     }
+    // RFC 4475 answers, to a verified party (so that size does not hide them).
+    let monitor = socket(test_ip(43));
+    for (n, (template, want)) in [
+        (
+            OPTIONS.replace(
+                "sip:uacd@127.0.0.40 SIP",
+                "nobodyknowsthisscheme:totallyopaquecontent SIP",
+            ),
+            "SIP/2.0 416 ",
+        ),
+        (
+            OPTIONS.replace(
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nRequire: nothingsupportsthis\r\n",
+            ),
+            "SIP/2.0 420 ",
+        ),
+        (
+            OPTIONS.replacen("SIP/2.0\r\n", "SIP/7.0\r\n", 1),
+            "SIP/2.0 505 ",
+        ),
+        (
+            OPTIONS.replace(
+                "CSeq: 1 OPTIONS\r\n",
+                "CSeq: 1 OPTIONS\r\nCSeq: 2 OPTIONS\r\n",
+            ),
+            "SIP/2.0 400 Bad Request (repeated CSeq)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let got = exchange(&monitor, &request(&monitor, &template, 200 + n));
+        assert_eq!(got.len(), 1, "{want}: {got:?}");
+        let text = String::from_utf8_lossy(&got[0]);
+        assert!(text.starts_with(want), "want {want}, got {text}");
+        if want.contains("420") {
+            assert!(
+                text.contains("\r\nUnsupported: nothingsupportsthis\r\n"),
+                "{text}"
+            );
+        }
+    }
     uacd.wait_for_log("larger_than_request", ANSWER_WAIT);
     uacd.wait_for_log("unverified_source", ANSWER_WAIT);
 }
