@@ -27,11 +27,13 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     /// 10 s for headers (a request's headers are one small write for any
-    /// real client) and 60 s of silence (a slow body or reader).
+    /// real client) and 120 s of silence (a slow body or reader; longer
+    /// than the longest a handler is quiet: a DELETE waits up to
+    /// `unregister_timeout_sec`, at most 60 s, for the unregistration).
     fn default() -> Self {
         Timeouts {
             header_read: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
+            idle: Duration::from_secs(120),
         }
     }
 }
