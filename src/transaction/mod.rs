@@ -163,8 +163,8 @@ impl Layer {
     }
 
     /// Sends an answer the daemon built itself (status `code`) to
-    /// `inbound`'s source, unless [`reply_gate`] says otherwise: larger
-    /// than the request to an unverified source, an OPTIONS 2xx to one, or
+    /// `inbound`'s source, unless [`reply_gate`] says otherwise: to an
+    /// unverified source, one larger than the request, an OPTIONS 2xx, or
     /// an error beyond the source's budget is dropped (debug log).
     pub fn send_own(&self, inbound: &Inbound, code: u16, bytes: Bytes) {
         let Some(t) = self.inner.transports.get() else {

@@ -5,9 +5,14 @@
 //!   127.0.0.1 or ::1, a `sip.monitors` block) never gets more bytes than
 //!   it sent: a larger answer is dropped;
 //! - OPTIONS to the daemon is answered only for verified parties;
-//! - error answers (4xx-6xx) are limited per source IP by a token bucket of
-//!   `limits.error_replies_per_ip_per_sec` (one second's worth of burst),
-//!   in a map bounded to [`MAX_TRACKED_IPS`], the stalest forgotten first.
+//! - error answers (4xx-6xx) to unverified sources are limited per source
+//!   IP by a token bucket of `limits.error_replies_per_ip_per_sec` (one
+//!   second's worth of burst), in a map bounded to [`MAX_TRACKED_IPS`], the
+//!   stalest forgotten first. A PBX's own errors are not limited: a busy
+//!   PBX during a registration outage must get its 480s at once, not after
+//!   Timer B; and since answers copy the request's Via lines, a request
+//!   forged with a PBX's address gets that PBX about as many bytes as the
+//!   forger sent, no more.
 //!
 //! Pure: time is an input, nothing here sends.
 
@@ -80,7 +85,7 @@ pub fn judge(a: Answer, take_error_token: impl FnOnce() -> bool) -> Verdict {
             return Verdict::TooLarge;
         }
     }
-    if a.code >= 400 && !take_error_token() {
+    if a.code >= 400 && !a.verified && !take_error_token() {
         return Verdict::RateLimited;
     }
     Verdict::Send
@@ -253,11 +258,15 @@ mod tests {
             Verdict::TooLarge
         );
         assert_eq!(asked, 1);
-        // Verified sources are limited too: their address can be forged.
+        // Verified parties are not limited (and spend no token).
         assert_eq!(
-            judge(answer(true, 503, 1, 900), || false),
-            Verdict::RateLimited
+            judge(answer(true, 503, 1, 900), || {
+                asked += 1;
+                false
+            }),
+            Verdict::Send
         );
+        assert_eq!(asked, 1);
     }
 
     #[test]
