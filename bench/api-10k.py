@@ -19,7 +19,7 @@ import time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 BIN = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("UACD_BINARY", "target/release/uacd")
-IP, PORT, TOKEN = "127.0.0.92", 18092, "bench-token"
+IP, PORT, TOKEN = "127.0.0.92", 18092, "bench-token-0123456"
 
 wd = tempfile.mkdtemp(prefix="uacd-api-bench.")
 with open(os.path.join(wd, "uacd.toml"), "w") as f:

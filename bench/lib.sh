@@ -237,7 +237,7 @@ $sections
 [api]
 listen = "$UACD_IP:$UACD_API"
 [[api.tokens]]
-token = "bench"
+token = "bench-token-0123456"
 user_id = "1"
 [store]
 path = "$wd/uacd.db"

@@ -26,7 +26,7 @@ kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/$3"; }
 
 {
   printf '[sip]\nlisten = ["udp:127.0.0.90:5060"]\n[api]\nlisten = "127.0.0.1:0"\n'
-  printf '[[api.tokens]]\ntoken = "t"\nuser_id = "1"\n'
+  printf '[[api.tokens]]\ntoken = "bench-token-0123456"\nuser_id = "1"\n'
   printf '[registration]\nmax_register_rate_per_sec = 2000\n'
   for i in $(seq 1 "$N"); do
     printf '[[connection]]\nid = "c%d"\nconnection_name = "c%d"\nuser_name = "u%d"\n' "$i" "$i" "$i"

@@ -103,7 +103,7 @@ registrars_cpu() { # -> CPU ticks of all registrars
 uacd_config() { # FILE ACTIVE(true|false); the store lives beside FILE
   {
     printf '[sip]\nlisten = ["udp:%s:%s"]\n' "$UACD_IP" "$UACD_PORT"
-    printf '[api]\nlisten = "%s:%s"\n[[api.tokens]]\ntoken = "bench"\nuser_id = "1"\n' "$UACD_IP" "$UACD_API"
+    printf '[api]\nlisten = "%s:%s"\n[[api.tokens]]\ntoken = "bench-token-0123456"\nuser_id = "1"\n' "$UACD_IP" "$UACD_API"
     printf '[store]\npath = "%s"\n' "$(dirname "$1")/uacd.db"
     printf '[registration]\nmax_register_rate_per_sec = %s\n' "$RATE"
     awk -v n="$N" -v ip="$REG_IP" -v port="$REG_PORT" -v k="$REGISTRARS" -v e="$EXPIRES" -v act="$2" 'BEGIN {

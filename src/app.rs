@@ -2,8 +2,9 @@
 //! registrations, API), runs until the shutdown future resolves, then stops
 //! them: close the API, unregister within the deadline, close listeners.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,62 @@ fn entry(s: ConnectionStatus) -> ConnectionEntry {
         flow: s.snapshot.flow,
         registrar: s.snapshot.last_registered_ip,
         connection: s.connection,
+    }
+}
+
+/// The PBX addresses for the transaction layer's reply rules: each
+/// connection's registrar (the address that accepted us) and what its
+/// `proxy` and `outbound_proxy` resolve to in the DNS cache (never a new
+/// query: this is asked on a receive loop). Rebuilt at most once a second.
+struct PbxAddrs {
+    supervisor: Supervisor,
+    dns: Arc<Dns>,
+    snapshot: std::sync::Mutex<Option<(tokio::time::Instant, Arc<HashSet<IpAddr>>)>>,
+}
+
+const PBX_ADDRS_REFRESH: Duration = Duration::from_secs(1);
+
+impl PbxAddrs {
+    fn collect(&self) -> HashSet<IpAddr> {
+        let mut set = HashSet::new();
+        for s in self.supervisor.statuses() {
+            set.extend(s.snapshot.last_registered_ip.map(|a| a.ip()));
+            let ext = &s.connection.external_uac_settings;
+            for uri in [ext.proxy.as_ref(), ext.outbound_proxy.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let q = crate::dns::Query::with_transport(uri, ext.transport);
+                set.extend(self.dns.cached_addrs(&q));
+            }
+        }
+        set
+    }
+}
+
+impl crate::transaction::Peers for PbxAddrs {
+    fn is_pbx(&self, ip: IpAddr) -> bool {
+        let now = tokio::time::Instant::now();
+        let fresh = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, _)| now < *at + PBX_ADDRS_REFRESH)
+            .map(|(_, set)| set.clone());
+        let set = match fresh {
+            Some(set) => set,
+            None => {
+                let set = Arc::new(self.collect());
+                *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, set.clone()));
+                set
+            }
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        set.contains(&ip)
     }
 }
 
@@ -221,6 +278,10 @@ impl App {
         let config = Arc::new(config);
         let cancel = CancellationToken::new();
         let layer = Layer::new(&config.sip.user_agent);
+        layer.configure_replies(
+            config.sip.monitors.clone(),
+            config.limits.error_replies_per_ip_per_sec,
+        );
         let transports =
             Transports::bind(&config, Arc::new(layer.clone()), cancel.child_token()).await?;
         layer.attach(transports.clone());
@@ -235,11 +296,18 @@ impl App {
                 allowed.push(t);
             }
         }
-        let dns = Arc::new(Dns::new(&config.dns, allowed)?);
+        let dns = Arc::new(
+            Dns::new(&config.dns, allowed)?.with_cache_entries(config.limits.dns_cache_entries),
+        );
         let mut ctx = Context::new(config.clone(), layer, transports.clone(), dns);
         ctx.timers = timers;
         let ctx = Arc::new(ctx);
         let supervisor = Supervisor::new(ctx.clone());
+        ctx.layer.set_peers(Arc::new(PbxAddrs {
+            supervisor: supervisor.clone(),
+            dns: ctx.dns.clone(),
+            snapshot: std::sync::Mutex::new(None),
+        }));
         // Calls may come as soon as the first registration succeeds.
         let router = Router::new(
             ctx.clone(),
@@ -306,6 +374,7 @@ impl App {
             ("store", new.store != old.store),
             ("registration", new.registration != old.registration),
             ("routing", new.routing != old.routing),
+            ("limits", new.limits != old.limits),
         ] {
             if changed {
                 restart.push(key);

@@ -18,8 +18,8 @@ use common::{
 };
 use serde_json::{Value, json};
 
-const TOKEN_A: &str = "token-a-7f3c9e";
-const TOKEN_B: &str = "token-b-1d44aa";
+const TOKEN_A: &str = "token-a-7f3c9e0b2d";
+const TOKEN_B: &str = "token-b-1d44aa9c3e";
 const START_WAIT: Duration = Duration::from_secs(20);
 const STATUS_WAIT: Duration = Duration::from_secs(15);
 const SIPP_WAIT: Duration = Duration::from_secs(60);

@@ -43,7 +43,7 @@ listen = ["udp:127.0.0.1:5060"]
 colour = "blue"
 
 [[api.tokens]]
-token = "t"
+token = "check-config-token"
 user_id = "1"
 
 [[connection]]

@@ -109,7 +109,7 @@ nameservers = ["{dns}"]
 [api]
 listen = "{api}"
 [[api.tokens]]
-token = "test-token"
+token = "test-token-0123456"
 user_id = "1"
 [registration]
 retry_interval_sec = 2
@@ -132,7 +132,7 @@ destination_uri = "1006@dest.test"
     );
     let uacd = Uacd::start(&config, &dir);
     uacd.wait_for_log("status=success", WAIT);
-    let status = api_client::Api::new(api, "test-token")
+    let status = api_client::Api::new(api, "test-token-0123456")
         .get("/v2/uac_connections/c1/registration_status")
         .json();
     assert_eq!(status["data"]["registration_status"], 4, "{status}");

@@ -31,7 +31,7 @@ fn config(listen: Ipv4Addr, dns: SocketAddr, conns: &[(&str, &str, &str)]) -> ua
     let mut text = format!(
         "[sip]\nlisten = [\"udp:{listen}:0\", \"tcp:{listen}:0\"]\n\
          [dns]\nnameservers = [\"{dns}\"]\n\
-         [api]\nlisten = \"127.0.0.1:0\"\n[[api.tokens]]\ntoken = \"t\"\nuser_id = \"1\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\n[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"1\"\n\
          [registration]\nretry_interval_sec = 1\nmax_retry_interval_sec = 2\nunregister_timeout_sec = 2\n"
     );
     for (id, proxy, transport) in conns {

@@ -20,7 +20,7 @@ listen = ["udp:{ip}:5060", "tcp:{ip}:5060"]
 [api]
 listen = "127.0.0.1:0"
 [[api.tokens]]
-token = "test-token"
+token = "test-token-0123456"
 user_id = "1"
 [registration]
 retry_interval_sec = {retry}

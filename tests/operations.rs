@@ -154,7 +154,14 @@ fn notify_reload_status_and_stop() {
     let first = connections(&pbx, &[("a", "user-a"), ("b", "user-b"), ("c", "user-c")]);
     let mut uacd = start_uacd(
         &dir,
-        &config(&ip.to_string(), port, api, &dir, "tok-1", &first),
+        &config(
+            &ip.to_string(),
+            port,
+            api,
+            &dir,
+            "operations-token-1",
+            &first,
+        ),
         &notify_path,
     );
 
@@ -170,7 +177,7 @@ fn notify_reload_status_and_stop() {
     expect_notify(&sock, &mut seen, |m| m.contains("WATCHDOG=1"));
 
     // `uacd status` against the running daemon.
-    let out = uacd_status(ip, api, "tok-1");
+    let out = uacd_status(ip, api, "operations-token-1");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -198,7 +205,14 @@ fn notify_reload_status_and_stop() {
     let second = connections(&pbx, &[("a", "user-a"), ("c", "user-c2"), ("d", "user-d")]);
     std::fs::write(
         dir.join("uacd.toml"),
-        config(&ip.to_string(), port, api, &dir, "tok-2", &second),
+        config(
+            &ip.to_string(),
+            port,
+            api,
+            &dir,
+            "operations-token-2",
+            &second,
+        ),
     )
     .unwrap();
     uacd.signal("HUP");
@@ -215,7 +229,7 @@ fn notify_reload_status_and_stop() {
         Some(call_a.as_str()),
         "the untouched connection keeps its registration and Call-ID"
     );
-    let old_token = uacd_status(ip, api, "tok-1");
+    let old_token = uacd_status(ip, api, "operations-token-1");
     assert!(!old_token.status.success(), "the old token is gone at once");
 
     // api.listen moved: rebound at once, the old port closed; nothing else
@@ -223,19 +237,26 @@ fn notify_reload_status_and_stop() {
     let api2 = free_tcp_port(ip);
     std::fs::write(
         dir.join("uacd.toml"),
-        config(&ip.to_string(), port, api2, &dir, "tok-2", &second),
+        config(
+            &ip.to_string(),
+            port,
+            api2,
+            &dir,
+            "operations-token-2",
+            &second,
+        ),
     )
     .unwrap();
     uacd.signal("HUP");
     wait_for_line(uacd.stderr_path(), "API moved", WAIT).unwrap();
-    let moved = uacd_status(ip, api2, "tok-2");
+    let moved = uacd_status(ip, api2, "operations-token-2");
     assert!(
         moved.status.success(),
         "{}",
         String::from_utf8_lossy(&moved.stderr)
     );
     assert!(
-        !uacd_status(ip, api, "tok-2").status.success(),
+        !uacd_status(ip, api, "operations-token-2").status.success(),
         "the old API port is closed"
     );
     assert_eq!(

@@ -144,7 +144,7 @@ greylist_sec = 0
 [api]
 listen = "{ip}:{api}"
 [[api.tokens]]
-token = "test-token"
+token = "test-token-0123456"
 user_id = "1"
 [store]
 path = "{store}"
@@ -542,7 +542,7 @@ fn dead_tcp_destination_fails_over_at_once() {
 
     // This daemon has registered, routed a call, failed over and met a
     // transport error: its /metrics must hold the whole contract.
-    let resp = api_client::Api::new(s.api, "test-token").get("/metrics");
+    let resp = api_client::Api::new(s.api, "test-token-0123456").get("/metrics");
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert!(
         resp.header("content-type")

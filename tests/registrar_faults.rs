@@ -31,7 +31,7 @@ fn timers() -> Timers {
 fn config(ip: &str, connections: &[(&str, &str, &str)]) -> uacd::config::Config {
     let mut text = format!(
         "[sip]\nlisten = [\"udp:{ip}:0\", \"tcp:{ip}:0\"]\n\
-         [api]\nlisten = \"127.0.0.1:0\"\n[[api.tokens]]\ntoken = \"t\"\nuser_id = \"1\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\n[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"1\"\n\
          [registration]\nretry_interval_sec = 1\nmax_retry_interval_sec = 2\nunregister_timeout_sec = 2\n"
     );
     for (id, proxy, transport) in connections {
@@ -440,7 +440,10 @@ async fn connections_to_one_tcp_registrar_share_one_flow() {
 
 #[tokio::test]
 async fn requests_to_the_daemon_get_precise_answers() {
-    let app = start(config("127.0.1.18", &[])).await;
+    // The asker is a monitor: OPTIONS is answered only to verified parties.
+    let mut cfg = config("127.0.1.18", &[]);
+    cfg.sip.monitors = vec!["127.0.1.19".parse().unwrap()];
+    let app = start(cfg).await;
     let daemon = app
         .transports
         .listen_addr(uacd::config::Transport::Udp)

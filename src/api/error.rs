@@ -136,6 +136,19 @@ impl ApiError {
         }
     }
 
+    /// 422: the caller's `user_id` owns `limit` connections already
+    /// (`limits.connections_per_user`).
+    pub fn connection_limit(user_id: &str, limit: usize) -> ApiError {
+        ApiError::one(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "connection_limit_reached",
+            format!(
+                "user_id {user_id:?} already has {limit} connections, the most limits.connections_per_user allows"
+            ),
+        )
+        .with_pointer("/user_id".into())
+    }
+
     pub fn internal() -> ApiError {
         ApiError::one(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -39,6 +39,21 @@ impl ApiState {
             .ok_or_else(|| ApiError::not_found("connection"))
     }
 
+    /// How many connections `user_id` owns (file and API alike).
+    async fn connections_of(&self, user_id: &str) -> Result<u64, ApiError> {
+        let q = ListQuery {
+            user_id: user_id.to_owned(),
+            name_contains: None,
+            sort: crate::store::Sort {
+                key: crate::store::SortKey::CreatedAt,
+                descending: false,
+            },
+            page_number: 1,
+            page_size: 1,
+        };
+        Ok(self.inner.store.run(move |s| s.list(&q)).await?.total)
+    }
+
     /// Checks that only the API can: a UDP connection needs a UDP listener.
     fn check_listeners(&self, c: &Connection) -> Result<(), ApiError> {
         let ext = &c.external_uac_settings;
@@ -76,6 +91,14 @@ pub async fn create(
     let conn = to_connection(doc, &caller.user_id)?;
     state.check_listeners(&conn)?;
     let _write = state.inner.write.lock().await;
+    // Under the write lock: two creates at once cannot both take the last slot.
+    let owned = state.connections_of(&caller.user_id).await?;
+    if owned >= state.inner.connections_per_user as u64 {
+        return Err(ApiError::connection_limit(
+            &caller.user_id,
+            state.inner.connections_per_user,
+        ));
+    }
     let now = now_ms();
     let row = Row {
         connection: conn,

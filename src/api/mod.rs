@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod handlers;
 mod query;
+mod serve;
 mod view;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ struct Shared {
     fqdn: String,
     /// Whether `sip.listen` has a UDP socket (UDP connections need one).
     has_udp: bool,
+    /// `limits.connections_per_user`.
+    connections_per_user: usize,
 }
 
 impl ApiState {
@@ -64,6 +67,7 @@ impl ApiState {
                     .listen
                     .iter()
                     .any(|l| l.transport == crate::config::Transport::Udp),
+                connections_per_user: config.limits.connections_per_user,
             }),
         }
     }
@@ -222,12 +226,7 @@ pub async fn serve_metrics(
             async move { metrics_response(&supervisor) }
         }),
     );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+    serve::serve_http(listener, app, cancel, serve::Timeouts::default()).await;
 }
 
 async fn healthz(_caller: Caller) -> Response {
@@ -246,10 +245,5 @@ async fn openapi() -> Response {
 /// Serves the API on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
     let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "API server failed");
-    }
+    serve::serve_http(listener, app, cancel, serve::Timeouts::default()).await;
 }

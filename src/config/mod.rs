@@ -123,7 +123,8 @@ pub struct LimitsConfig {
     /// TLS handshakes in progress at once (inbound).
     pub tls_handshakes: usize,
     /// Error answers (4xx-6xx the daemon makes itself) per source IP and
-    /// second; beyond it requests from that IP are dropped unanswered.
+    /// second, for sources that are not verified parties; beyond it
+    /// requests from that IP are dropped unanswered.
     pub error_replies_per_ip_per_sec: u32,
     /// Dialogs the daemon remembers (target refreshes, the gauge).
     pub dialogs: usize,

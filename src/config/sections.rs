@@ -254,6 +254,16 @@ fn read_api(ctx: &mut Ctx, t: &TableView<'_, '_>, base_dir: &Path) -> ApiConfig 
                 ctx.report(span, key, "token is empty");
                 continue;
             }
+            // A short bearer token can be guessed by trying: the API is
+            // reachable by whoever reaches api.listen.
+            if token.chars().count() < MIN_TOKEN_LEN {
+                ctx.report(
+                    span,
+                    key,
+                    format!("token is shorter than {MIN_TOKEN_LEN} characters"),
+                );
+                continue;
+            }
             // Report the value's position, never the token itself.
             let line = ctx.line(span.start);
             if seen.check(token, key, line).is_some() {
@@ -273,6 +283,9 @@ fn read_api(ctx: &mut Ctx, t: &TableView<'_, '_>, base_dir: &Path) -> ApiConfig 
     }
     cfg
 }
+
+/// The shortest bearer token accepted (characters).
+pub const MIN_TOKEN_LEN: usize = 16;
 
 fn read_token_file(
     ctx: &mut Ctx,

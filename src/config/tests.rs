@@ -5,7 +5,7 @@ const EXAMPLE: &str = include_str!("../../config/uacd.toml");
 /// A minimal valid config with one connection; `extra` is appended to its external settings.
 fn one_conn(extra_ext: &str) -> String {
     format!(
-        "[[api.tokens]]\ntoken = \"t\"\nuser_id = \"u1\"\n\n[[connection]]\nconnection_name = \"A\"\n[connection.external_uac_settings]\nproxy = \"sip:pbx.example.com\"\nusername = \"100\"\n{extra_ext}"
+        "[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"u1\"\n\n[[connection]]\nconnection_name = \"A\"\n[connection.external_uac_settings]\nproxy = \"sip:pbx.example.com\"\nusername = \"100\"\n{extra_ext}"
     )
 }
 
@@ -41,7 +41,10 @@ fn example_parses_with_defaults() {
     assert!(c.dns.nameservers.is_empty());
     assert_eq!(c.dns.greylist_sec, 30);
     assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(c.api.tokens[0].token.expose(), "change-me");
+    assert_eq!(
+        c.api.tokens[0].token.expose(),
+        "change-me-to-a-long-random-token"
+    );
     assert_eq!(c.api.tokens[0].user_id, "323");
     assert_eq!(c.metrics, MetricsConfig::default());
     assert_eq!(
@@ -237,7 +240,7 @@ fn expiration_bounds() {
 
 #[test]
 fn duplicate_ids_and_user_names() {
-    let text = "[[api.tokens]]\ntoken = \"t\"\nuser_id = \"u\"\n\
+    let text = "[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"u\"\n\
         [[connection]]\nid = \"a\"\nconnection_name = \"A\"\nuser_name = \"same\"\n\
         [connection.external_uac_settings]\nproxy = \"pbx\"\nusername = \"1\"\n\
         [[connection]]\nid = \"a\"\nconnection_name = \"B\"\nuser_name = \"same\"\n\
@@ -271,7 +274,7 @@ fn duplicate_ids_and_user_names() {
 #[test]
 fn unknown_keys_everywhere_with_lines() {
     let text = "bogus = 1\n[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\nlisen = []\n\
-        [[api.tokens]]\ntoken = \"t\"\nuser_id = \"u\"\nrole = \"x\"\n\
+        [[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"u\"\nrole = \"x\"\n\
         [[connection]]\nconnection_name = \"A\"\nnmae = \"typo\"\n\
         [connection.external_uac_settings]\nproxy = \"pbx\"\nusername = \"1\"\nexpires = 60\n";
     let got = issues(text);
@@ -411,23 +414,31 @@ fn api_tokens_rules() {
         "missing required key",
     );
     assert_one(
-        "[[api.tokens]]\ntoken = \"t\"\n",
+        "[[api.tokens]]\ntoken = \"test-token-0123456\"\n",
         1,
         "api.tokens[0].user_id",
         "missing required key",
     );
     assert_one(
-        "[[api.tokens]]\ntoken = \"t\"\ntoken_file = \"f\"\nuser_id = \"u\"\n",
+        "[[api.tokens]]\ntoken = \"test-token-0123456\"\ntoken_file = \"f\"\nuser_id = \"u\"\n",
         3,
         "api.tokens[0].token_file",
         "not both",
     );
     assert_one(
-        "[[api.tokens]]\ntoken = \"t\"\nuser_id = \"u\"\n[[api.tokens]]\ntoken = \"t\"\nuser_id = \"v\"\n",
+        "[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"u\"\n[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"v\"\n",
         5,
         "api.tokens[1].token",
         "duplicate token",
     );
+    // RFC-free, but a bearer token must not be guessable by trying.
+    assert_one(
+        "[[api.tokens]]\ntoken = \"fifteen-chars-x\"\nuser_id = \"u\"\n",
+        2,
+        "api.tokens[0].token",
+        "shorter than 16 characters",
+    );
+    assert!(issues("[[api.tokens]]\ntoken = \"sixteen-chars-xy\"\nuser_id = \"u\"\n").is_empty());
     // No token and no user_id: the connection has no owner.
     assert_one(
         "[[connection]]\nconnection_name = \"A\"\n[connection.external_uac_settings]\nproxy = \"p\"\nusername = \"u\"\n",
@@ -452,10 +463,10 @@ fn token_file_is_read_trimmed_relative_to_the_config() {
     assert_eq!(e.issues[0].line, 5);
     assert_eq!(e.issues[0].key, "api.tokens[1].token_file");
     assert!(e.issues[0].reason.starts_with("cannot read"));
-    std::fs::write(dir.path().join("missing"), "x").unwrap();
+    std::fs::write(dir.path().join("missing"), "token-from-file-2").unwrap();
     let c = load(&cfg).unwrap();
     assert_eq!(c.api.tokens[0].token.expose(), "secret-from-file");
-    assert_eq!(c.api.tokens[1].token.expose(), "x");
+    assert_eq!(c.api.tokens[1].token.expose(), "token-from-file-2");
     let e = load(&dir.path().join("nope.toml")).unwrap_err();
     assert!(
         e.to_string().contains("nope.toml: cannot read config file"),
@@ -467,7 +478,7 @@ fn token_file_is_read_trimmed_relative_to_the_config() {
 fn debug_never_shows_secrets() {
     let c = parse(EXAMPLE, "uacd.toml").unwrap();
     let dbg = format!("{c:?} {c:#?}");
-    assert!(!dbg.contains("change-me"));
+    assert!(!dbg.contains("change-me-to-a-long-random-token"));
     assert!(!dbg.contains("s3cret"));
     assert!(!dbg.contains(c.connections[0].password.expose()));
     assert!(dbg.contains("***"));

@@ -6,12 +6,12 @@
 //! `resolve` returns every target in the order to try them; callers walk the
 //! list on failure and report each outcome (`failed` / `answered`).
 
+pub mod cache;
 pub mod greylist;
 pub mod lookup;
 pub mod rfc3263;
 pub mod srv;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{DnsConfig, Transport};
+use cache::Lru;
 use greylist::Greylist;
 use lookup::{Answer, Lookup, LookupError};
 pub use rfc3263::{Plan, Query};
@@ -128,9 +129,22 @@ struct Entry {
 /// every refresh by the resolver's full timeout.
 pub const STALE_ANSWER_WAIT: Duration = Duration::from_millis(1800);
 
+/// The cache bound when none is configured (`limits.dns_cache_entries`'s default).
+const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+
+/// Shards for a cache of `entries` names: as many as [`SHARDS`] but no more
+/// than `entries`, each holding `entries / shards`, so the total never
+/// exceeds `entries`.
+fn cache_shards<V: Clone>(entries: usize) -> Vec<Mutex<Lru<Query, V>>> {
+    let shards = SHARDS.min(entries).max(1);
+    let per = (entries / shards).max(1);
+    (0..shards).map(|_| Mutex::new(Lru::new(per))).collect()
+}
+
 pub struct Dns {
     fetcher: Fetcher,
-    cache: Vec<Mutex<HashMap<Query, Arc<tokio::sync::Mutex<Slot>>>>>,
+    /// At most `limits.dns_cache_entries` names in all, LRU per shard.
+    cache: Vec<Mutex<Lru<Query, Arc<tokio::sync::Mutex<Slot>>>>>,
     grey: Vec<Mutex<Greylist>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -158,12 +172,58 @@ impl Dns {
                 lookup,
                 allowed: allowed.into(),
             },
-            cache: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            cache: cache_shards(DEFAULT_CACHE_ENTRIES),
             grey: (0..SHARDS)
                 .map(|_| Mutex::new(Greylist::new(greylist)))
                 .collect(),
             hasher: Default::default(),
         }
+    }
+
+    /// Bounds the answer cache to `entries` names (`limits.dns_cache_entries`;
+    /// what is cached so far is dropped).
+    pub fn with_cache_entries(mut self, entries: usize) -> Dns {
+        self.cache = cache_shards(entries);
+        self
+    }
+
+    /// The addresses a cached answer for `q` holds, without querying:
+    /// empty when nothing is cached or a resolution holds the entry.
+    pub fn cached_addrs(&self, q: &Query) -> Vec<IpAddr> {
+        if let Plan::Numeric(addr, _) = rfc3263::plan(q, &self.fetcher.allowed) {
+            return vec![addr.ip()];
+        }
+        let slot = self.cache[self.cache_shard(q)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(q);
+        let Some(slot) = slot else {
+            return Vec::new();
+        };
+        let Ok(slot) = slot.try_lock() else {
+            return Vec::new();
+        };
+        slot.entry
+            .as_ref()
+            .map(|e| {
+                e.services
+                    .iter()
+                    .flat_map(|s| s.addrs.iter().flatten().copied())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Names in the answer cache.
+    pub fn cached_names(&self) -> usize {
+        self.cache
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    fn cache_shard(&self, q: &Query) -> usize {
+        (self.hasher.hash_one(q) as usize) % self.cache.len()
     }
 
     fn shard(&self, key: &impl Hash) -> usize {
@@ -251,10 +311,10 @@ impl Dns {
     /// answer is used once it comes.
     async fn services(&self, q: &Query) -> Result<Arc<[Service]>, Error> {
         let slot = {
-            let mut shard = self.cache[self.shard(q)]
+            let mut shard = self.cache[self.cache_shard(q)]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            shard.entry(q.clone()).or_default().clone()
+            shard.get_or_insert_with(q, Default::default)
         };
         let mut slot = slot.lock().await;
         let now = Instant::now();

@@ -790,3 +790,23 @@ async fn failing_everywhere_is_an_outage_that_keeps_the_last_good_answer() {
         "last good answer"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_holds_at_most_its_bound_of_names() {
+    let f = Fake::new();
+    let d = dns(&f).with_cache_entries(5);
+    for i in 0..50 {
+        let name = format!("n{i}.test");
+        f.a(&name, &["127.0.0.21"]);
+        d.resolve(&q(&name, Some(5060), Some(Transport::Udp)))
+            .await
+            .unwrap();
+        assert!(d.cached_names() <= 5, "{} names cached", d.cached_names());
+    }
+    // The most recent name is still cached: no new query for it.
+    let n = f.queries().len();
+    d.resolve(&q("n49.test", Some(5060), Some(Transport::Udp)))
+        .await
+        .unwrap();
+    assert_eq!(f.queries().len(), n);
+}

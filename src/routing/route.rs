@@ -88,6 +88,10 @@ pub struct Source {
 pub enum Reject {
     /// Missing or malformed mandatory headers (§16.3 item 1).
     Malformed,
+    /// A Request-URI scheme we cannot route (§16.3 item 2).
+    UnsupportedScheme,
+    /// A Proxy-Require option tag (we understand none, §16.3 item 5).
+    BadExtension,
     /// Max-Forwards is 0 (§16.3 item 3).
     TooManyHops,
     /// Our own Via with a matching loop hash (§16.3 item 4).
@@ -115,6 +119,8 @@ impl Reject {
     pub fn code(self) -> u16 {
         match self {
             Reject::Malformed => 400,
+            Reject::UnsupportedScheme => 416,
+            Reject::BadExtension => 420,
             Reject::TooManyHops => 483,
             Reject::Loop => 482,
             Reject::UnknownUser => 404,
@@ -128,6 +134,8 @@ impl Reject {
     pub fn label(self) -> &'static str {
         match self {
             Reject::Malformed => "malformed",
+            Reject::UnsupportedScheme => "unsupported_scheme",
+            Reject::BadExtension => "bad_extension",
             Reject::TooManyHops => "too_many_hops",
             Reject::Loop => "loop",
             Reject::UnknownUser => "unknown_user",
@@ -227,6 +235,12 @@ pub fn classify<'c>(
     };
     if msg.validate_request().is_err() {
         return reject(Reject::Malformed);
+    }
+    if msg.request_uri().is_some_and(|u| !u.scheme_understood()) {
+        return reject(Reject::UnsupportedScheme);
+    }
+    if msg.header(crate::sip::HeaderName::ProxyRequire).is_some() && *method != Method::Cancel {
+        return reject(Reject::BadExtension);
     }
     // §16.3 item 3; a proxy may answer an OPTIONS itself.
     let max_forwards = msg.max_forwards();

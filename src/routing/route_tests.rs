@@ -448,3 +448,38 @@ fn reject_codes_are_mapped_in_one_place() {
         assert_eq!(r.code(), code, "{}", r.label());
     }
 }
+
+/// §16.3 item 2 (RFC 4475 `unkscm`): a scheme we cannot route is 416
+/// before anything else is looked at; a tel: URI is understood.
+#[test]
+fn rfc3261_16_3_item2_unknown_scheme_is_416() {
+    let head = "OPTIONS nobodyknowsthisscheme:totallyopaquecontent SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKs\r\nMax-Forwards: 70\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:x@y>\r\nCall-ID: s1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let d = classify_from(&parse(head), pbx(5060), None);
+    assert_eq!(reject_code(&d), Some(416), "{d:?}");
+    let invite = head.replace("OPTIONS", "INVITE");
+    assert_eq!(
+        reject_code(&classify_from(&parse(invite), pbx(5060), None)),
+        Some(416)
+    );
+    let tel = head.replace(
+        "nobodyknowsthisscheme:totallyopaquecontent",
+        "tel:+15551234",
+    );
+    assert_eq!(
+        reject_code(&classify_from(&parse(tel), pbx(5060), None)),
+        None
+    );
+}
+
+/// §16.3 item 5: a Proxy-Require we do not understand (any) is 420 before
+/// routing, even from the PBX.
+#[test]
+fn rfc3261_16_3_item5_proxy_require_is_420() {
+    let inv = String::from_utf8(asterisk_invite().to_bytes())
+        .unwrap()
+        .replacen("\r\n", "\r\nProxy-Require: foo\r\n", 1);
+    let d = classify_from(&parse(inv), pbx(5060), None);
+    assert_eq!(reject_code(&d), Some(420), "{d:?}");
+}

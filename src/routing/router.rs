@@ -83,18 +83,18 @@ pub(super) struct Held {
 impl RequestHandler for Router {
     fn on_request(&self, inbound: Inbound) {
         let held = if inbound.msg.method() == Some(&Method::Invite) {
-            let Some(branch) = inbound
+            let (tx, rx) = mpsc::channel(16);
+            let guard = inbound
                 .msg
                 .top_via()
                 .ok()
-                .and_then(|v| v.branch().map(str::to_owned))
-            else {
+                .and_then(|via| self.shared.ctx.layer.hold_server(&via, true, tx));
+            let Some(guard) = guard else {
                 // No branch: the classifier answers 400.
                 return self.spawn_request(inbound, None);
             };
-            let (tx, rx) = mpsc::channel(16);
             Some(Held {
-                _guard: self.shared.ctx.layer.hold_server(&branch, true, tx),
+                _guard: guard,
                 upstream: rx,
             })
         } else {
@@ -170,6 +170,13 @@ async fn request(
         Decision::Reject(Reject::Malformed) => {
             if is_invite {
                 metrics::call_result(CallResult::Malformed, None);
+            }
+            shared.ctx.layer.answer_locally(inbound)
+        }
+        // Its 420 lists the tags in Unsupported.
+        Decision::Reject(Reject::BadExtension) => {
+            if is_invite {
+                metrics::call_result(CallResult::Status(420), None);
             }
             shared.ctx.layer.answer_locally(inbound)
         }
@@ -300,7 +307,10 @@ impl Shared {
         for (name, value) in headers {
             b = b.header(name, value);
         }
-        self.ctx.transports.reply(inbound, Bytes::from(b.build()));
+        // Under the layer's no-amplification and error-rate rules.
+        self.ctx
+            .layer
+            .send_own(inbound, code, Bytes::from(b.build()));
     }
 }
 

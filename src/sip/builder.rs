@@ -7,7 +7,7 @@ use std::fmt::Display;
 use crate::sip::MAX_MESSAGE_SIZE;
 use crate::sip::Method;
 use crate::sip::error::ParseError;
-use crate::sip::header::{HeaderName, split_commas};
+use crate::sip::header::HeaderName;
 use crate::sip::message::Message;
 use crate::sip::params::is_token_char;
 
@@ -151,9 +151,11 @@ fn to_with_tag(to: &str, tag: Option<&str>) -> String {
     }
 }
 
-/// Starts a response to `req` (RFC 3261 §8.2.6): every Via value in order,
-/// From, To (with `;tag=` added if it has none and `to_tag` is given),
-/// Call-ID and CSeq. Add more with `.header()`, then `.build()`.
+/// Starts a response to `req` (RFC 3261 §8.2.6): the Via header lines as
+/// received (same name form, values and grouping: one line per value would
+/// turn each 2-byte `,a` into an 8-byte `Via: a` line, an amplifier), From,
+/// To (with `;tag=` added if it has none and `to_tag` is given), Call-ID
+/// and CSeq. Add more with `.header()`, then `.build()`.
 pub fn response_to(
     req: &Message,
     code: u16,
@@ -161,8 +163,8 @@ pub fn response_to(
     to_tag: Option<&str>,
 ) -> ResponseBuilder {
     let mut b = ResponseBuilder::new(code, reason);
-    for via in req.header_values(HeaderName::Via) {
-        b = b.header("Via", via);
+    for via in req.headers().filter(|h| h.name() == HeaderName::Via) {
+        b = b.header(&String::from_utf8_lossy(via.raw_name()), via.value());
     }
     if let Some(from) = req.header(HeaderName::From) {
         b = b.header("From", from.value());
@@ -199,7 +201,8 @@ fn logical_lines(head: &[u8]) -> Vec<String> {
     out
 }
 
-/// For a datagram that failed to parse: a `400 Bad Request` if it looks like
+/// For a datagram that failed to parse: a `400 Bad Request` (`505 Version
+/// Not Supported` for a `SIP/x.y` other than 2.0, §8.2.2) if it looks like
 /// a request (not ACK) whose Via, From, To, Call-ID and CSeq can be salvaged
 /// line by line; `None` (drop it) otherwise. Responses are never answered.
 pub fn bad_request_response(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
@@ -231,7 +234,7 @@ pub fn bad_request_response(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
             continue;
         }
         match HeaderName::from_bytes(name.trim().as_bytes()) {
-            HeaderName::Via => vias.extend(split_commas(&value).map(str::to_owned)),
+            HeaderName::Via => vias.push((name.trim().to_owned(), value)),
             HeaderName::From => _ = from.get_or_insert(value),
             HeaderName::To => _ = to.get_or_insert(value),
             HeaderName::CallId => _ = call_id.get_or_insert(value),
@@ -251,9 +254,13 @@ pub fn bad_request_response(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
         .chars()
         .filter(|c| *c != '"' && *c != '\\')
         .collect();
-    let mut b = ResponseBuilder::new(400, "Bad Request");
-    for via in vias {
-        b = b.header("Via", via);
+    let (code, reason) = match err {
+        ParseError::BadVersion => (505, "Version Not Supported"),
+        _ => (400, "Bad Request"),
+    };
+    let mut b = ResponseBuilder::new(code, reason);
+    for (name, via) in vias {
+        b = b.header(&name, via);
     }
     b = b
         .header("From", from)

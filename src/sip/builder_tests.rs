@@ -75,7 +75,9 @@ Via: SIP/2.0/UDP c;branch=z9hG4bK3\r\nFrom: <sip:a@h>;tag=1\r\nt: <sip:b@h>\r\nC
         .header("Retry-After", 30)
         .build();
     let text = String::from_utf8(out.clone()).expect("utf8");
-    assert!(text.starts_with("SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\n"));
+    // Via lines as received: same values, same grouping.
+    assert!(text.starts_with("SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1,SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\n"), "{text}");
+    assert_eq!(msg(&text).vias().expect("vias").len(), 3);
     assert!(text.ends_with("Retry-After: 30\r\nContent-Length: 0\r\n\r\n"));
     let resp = msg(&text);
     assert_eq!(resp.to_header().expect("to").tag(), Some("t1"));
@@ -181,4 +183,44 @@ fn warning_text_is_quotable() {
         ParseError::MissingHeader("Via").warning_text(),
         "Missing Via header"
     );
+}
+
+/// A many-valued Via costs the sender as much as the response: each `,a`
+/// stays two bytes, a compact `v:` line stays compact.
+#[test]
+fn response_via_lines_are_not_amplified() {
+    let many = ",SIP/2.0/UDP a".repeat(200);
+    let raw = format!(
+        "OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1{many}\r\nv: SIP/2.0/UDP x\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    let req = msg(&raw);
+    let out = response_to(&req, 404, "Not Found", Some("t")).build();
+    let text = String::from_utf8(out).expect("utf8");
+    assert_eq!(text.matches("Via: ").count(), 1, "{text}");
+    assert!(text.contains("\r\nv: SIP/2.0/UDP x\r\n"), "{text}");
+    assert_eq!(msg(&text).vias().expect("vias").len(), 202);
+    // The salvaged 400 keeps the lines too.
+    let broken = raw.replace("CSeq: 1 OPTIONS", "CSeq: 1 OPTIONS\r\nContent-Length: 99");
+    let err = Message::parse_datagram(Bytes::from(broken.clone())).expect_err("truncated");
+    let out = bad_request_response(broken.as_bytes(), &err).expect("answered");
+    assert_eq!(String::from_utf8_lossy(&out).matches("Via: ").count(), 1);
+}
+
+/// RFC 4475 `badvers`: SIP/7.0 is answered 505, not 400.
+#[test]
+fn a_foreign_sip_version_gets_505() {
+    let raw = b"OPTIONS sip:t.watson@example.org SIP/7.0\r\nVia: SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw\r\n\
+Max-Forwards: 70\r\nFrom: A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe\r\nTo: T. Watson <sip:t.watson@example.org>\r\n\
+Call-ID: badvers.31417@c.example.com\r\nCSeq: 1 OPTIONS\r\nl: 0\r\n\r\n";
+    let err = Message::parse_datagram(Bytes::from_static(raw)).expect_err("version");
+    assert_eq!(err, ParseError::BadVersion);
+    let out = bad_request_response(raw, &err).expect("answered");
+    let resp = Message::parse_datagram(Bytes::from(out)).expect("parses");
+    assert_eq!(resp.status(), Some(505));
+    assert_eq!(resp.reason(), Some("Version Not Supported"));
+    // Not SIP at all: still a malformed line, and nothing to answer.
+    let other = b"OPTIONS sip:h HTTP/1.1\r\n\r\n";
+    let err = Message::parse_datagram(Bytes::from_static(other)).expect_err("not sip");
+    assert!(matches!(err, ParseError::BadStartLine(_)));
 }

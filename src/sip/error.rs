@@ -55,6 +55,14 @@ pub enum ParseError {
     /// A request-only check was run on a response.
     #[error("not a request")]
     NotARequest,
+    /// The request line names a SIP version other than 2.0 (answered 505,
+    /// RFC 3261 §8.2.2 / RFC 4475 `badvers`).
+    #[error("unsupported SIP version")]
+    BadVersion,
+    /// A header that may appear once appears on more than one line
+    /// (RFC 3261 §7.3: only comma-list headers may repeat; RFC 4475 `multi01`).
+    #[error("repeated {0} header")]
+    RepeatedHeader(&'static str),
 }
 
 impl ParseError {
@@ -78,6 +86,8 @@ impl ParseError {
                 "CSeq method does not match request method".to_owned()
             }
             ParseError::NotARequest => "Not a request".to_owned(),
+            ParseError::BadVersion => "Unsupported SIP version".to_owned(),
+            ParseError::RepeatedHeader(h) => format!("Repeated {h} header"),
         }
     }
 
@@ -97,6 +107,8 @@ impl ParseError {
             ParseError::BodyMismatch => "body_mismatch",
             ParseError::CSeqMethodMismatch => "cseq_mismatch",
             ParseError::NotARequest => "not_a_request",
+            ParseError::BadVersion => "bad_version",
+            ParseError::RepeatedHeader(_) => "repeated_header",
         }
     }
 }

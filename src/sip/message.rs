@@ -148,6 +148,26 @@ impl Message {
             .collect()
     }
 
+    /// The size of the message on the wire as received (as it would be
+    /// written when edited).
+    pub fn wire_len(&self) -> usize {
+        let start = match (&self.start_raw, &self.start) {
+            (Some(raw), _) => raw.len(),
+            (None, StartLine::Request { method, uri }) => {
+                format!("{method} {uri} SIP/2.0\r\n").len()
+            }
+            (None, StartLine::Response { reason, .. }) => 14 + reason.len(),
+        };
+        start
+            + self
+                .headers
+                .iter()
+                .map(|h| h.raw_line().len())
+                .sum::<usize>()
+            + self.blank.len()
+            + self.body.len()
+    }
+
     /// The body, byte for byte.
     pub fn body(&self) -> &[u8] {
         &self.body
@@ -282,12 +302,16 @@ impl Message {
         self.header(HeaderName::ContentType).map(HeaderField::value)
     }
 
-    /// Checks the headers every request needs (RFC 3261 §8.1.1) and that the
+    /// Checks the headers every request needs (RFC 3261 §8.1.1), that the
+    /// ones that may appear once do (§7.3; RFC 4475 `multi01`), and that the
     /// CSeq method matches the request method.
     pub fn validate_request(&self) -> Result<(), ParseError> {
         let StartLine::Request { method, .. } = &self.start else {
             return Err(ParseError::NotARequest);
         };
+        if let Some(name) = self.repeated_single_header() {
+            return Err(ParseError::RepeatedHeader(name));
+        }
         self.top_via()?;
         self.from_header()?;
         self.to_header()?;
@@ -296,6 +320,29 @@ impl Message {
             return Err(ParseError::CSeqMethodMismatch);
         }
         Ok(())
+    }
+
+    /// The first header that must appear at most once but is on several
+    /// lines (compact forms count as the same header).
+    fn repeated_single_header(&self) -> Option<&'static str> {
+        const ONCE: [HeaderName; 6] = [
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::MaxForwards,
+            HeaderName::ContentLength,
+        ];
+        let mut seen = [false; ONCE.len()];
+        for h in &self.headers {
+            if let Some(i) = ONCE.iter().position(|n| *n == h.name()) {
+                if seen[i] {
+                    return Some(ONCE[i].as_str());
+                }
+                seen[i] = true;
+            }
+        }
+        None
     }
 
     // === edits ===

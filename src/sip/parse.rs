@@ -159,8 +159,19 @@ fn parse_start_line(buf: &Bytes, from: usize, mut to: usize) -> Result<StartLine
     if method.is_empty() || !method.iter().all(|&b| is_token_char(b)) {
         return Err(ParseError::BadStartLine("bad method"));
     }
-    if sp2 <= sp1 || !is_sip_version(&line[sp2 + 1..]) {
+    if sp2 <= sp1 {
         return Err(ParseError::BadStartLine("bad SIP version"));
+    }
+    let version = &line[sp2 + 1..];
+    if !is_sip_version(version) {
+        // `SIP/x.y` is a request we cannot speak (505); anything else is not SIP.
+        return Err(
+            if version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
+                ParseError::BadVersion
+            } else {
+                ParseError::BadStartLine("bad SIP version")
+            },
+        );
     }
     let uri =
         std::str::from_utf8(&line[sp1 + 1..sp2]).map_err(|_| ParseError::BadUri("not UTF-8"))?;

@@ -174,6 +174,12 @@ impl Uri {
         }
     }
 
+    /// Whether uacd can route or answer this scheme: `sip`, `sips`, `tel`
+    /// (anything else is 416, RFC 3261 §8.2.2.1, §16.3 item 2).
+    pub fn scheme_understood(&self) -> bool {
+        matches!(self.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel)
+    }
+
     /// Whether the scheme is `sip` or `sips`.
     pub fn is_sip(&self) -> bool {
         matches!(self.scheme, Scheme::Sip | Scheme::Sips)

@@ -7,8 +7,11 @@ pub mod client;
 pub mod invite_client;
 pub mod invite_server;
 pub mod non_invite_server;
+mod replies;
+pub mod reply_gate;
 mod server;
 
+pub use replies::Peers;
 pub use server::ALLOW;
 
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::sip::typed::Via;
 use crate::sip::{Message, Method, response_to};
 use crate::transport::{Hop, Inbound, InboundHandler, Transports};
 use client::{Action, Event, NonInviteClient, Timer, Timers};
@@ -67,13 +71,27 @@ pub trait RequestHandler: Send + Sync + 'static {
     }
 }
 
-/// Server transaction key: branch, and whether it is an INVITE.
-fn server_key(branch: &str, invite: bool) -> Box<str> {
-    let mut k = String::with_capacity(branch.len() + 2);
+/// Server transaction key (RFC 3261 §17.2.3): the top Via's branch and
+/// sent-by (host as written, any case, and port, the transport's default
+/// when absent), and whether it is an INVITE (ACK and CANCEL match the
+/// INVITE's transaction; the method they carry then tells them apart from
+/// a retransmission). `None` without a branch: nothing to match.
+fn server_key(via: &Via, invite: bool) -> Option<Box<str>> {
+    let branch = via.branch()?;
+    let port = via.port.unwrap_or(match via.transport.as_str() {
+        t if t.eq_ignore_ascii_case("TLS") => 5061,
+        _ => 5060,
+    });
+    let host = via.host.to_string().to_ascii_lowercase();
+    let mut k = String::with_capacity(branch.len() + host.len() + 10);
     k.push(if invite { 'I' } else { 'N' });
     k.push(':');
     k.push_str(branch);
-    k.into()
+    k.push(' ');
+    k.push_str(&host);
+    k.push(':');
+    k.push_str(&port.to_string());
+    Some(k.into())
 }
 
 /// Cheap-clone handle on the transaction layer.
@@ -89,6 +107,8 @@ struct LayerInner {
     hasher: std::collections::hash_map::RandomState,
     transports: OnceLock<Transports>,
     user_agent: String,
+    /// Who gets the daemon's own answers ([`reply_gate`]).
+    replies: replies::Replies,
 }
 
 impl Layer {
@@ -101,6 +121,7 @@ impl Layer {
                 hasher: Default::default(),
                 transports: OnceLock::new(),
                 user_agent: user_agent.to_owned(),
+                replies: Default::default(),
             }),
         }
     }
@@ -116,6 +137,53 @@ impl Layer {
         let _ = self.inner.router.set(router);
     }
 
+    /// `sip.monitors` and `limits.error_replies_per_ip_per_sec` for the
+    /// daemon's own answers (once, before traffic; defaults otherwise).
+    pub fn configure_replies(&self, monitors: Vec<crate::config::Cidr>, per_sec: u32) {
+        self.inner.replies.configure(monitors, per_sec);
+    }
+
+    /// Where the PBX addresses are known (once).
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        self.inner.replies.set_peers(peers);
+    }
+
+    /// Whether `ip` is a verified party: 127.0.0.1 or ::1, a `sip.monitors`
+    /// block, or a PBX address.
+    pub fn is_verified(&self, ip: std::net::IpAddr) -> bool {
+        self.is_own_address(ip) || self.inner.replies.is_verified(ip)
+    }
+
+    /// One of the addresses we listen on (the watchdog probes us from there).
+    fn is_own_address(&self, ip: std::net::IpAddr) -> bool {
+        self.inner
+            .transports
+            .get()
+            .is_some_and(|t| t.listen_addrs().iter().any(|(_, a)| a.ip() == ip))
+    }
+
+    /// Sends an answer the daemon built itself (status `code`) to
+    /// `inbound`'s source, unless [`reply_gate`] says otherwise: to an
+    /// unverified source, one larger than the request, an OPTIONS 2xx, or
+    /// an error beyond the source's budget is dropped (debug log).
+    pub fn send_own(&self, inbound: &Inbound, code: u16, bytes: Bytes) {
+        let Some(t) = self.inner.transports.get() else {
+            return;
+        };
+        let options = inbound.msg.method() == Some(&Method::Options);
+        let verdict = self.inner.replies.judge(
+            inbound.source.ip(),
+            self.is_own_address(inbound.source.ip()),
+            options,
+            code,
+            inbound.msg.wire_len(),
+            bytes.len(),
+        );
+        if verdict == reply_gate::Verdict::Send {
+            t.reply(inbound, bytes);
+        }
+    }
+
     pub fn transports(&self) -> Option<&Transports> {
         self.inner.transports.get()
     }
@@ -129,25 +197,25 @@ impl Layer {
         &self.inner.servers[(h as usize) % SHARDS]
     }
 
-    /// Holds a server transaction for the request with top Via `branch`:
-    /// its retransmissions (and, for an INVITE, its ACK and CANCEL) go to
-    /// `tx` until the returned guard is dropped.
+    /// Holds a server transaction for the request with top Via `via`: its
+    /// retransmissions (and, for an INVITE, its ACK and CANCEL) go to `tx`
+    /// until the returned guard is dropped. `None` when `via` has no branch.
     pub fn hold_server(
         &self,
-        branch: &str,
+        via: &Via,
         invite: bool,
         tx: mpsc::Sender<Upstream>,
-    ) -> ServerGuard {
-        let key = server_key(branch, invite);
+    ) -> Option<ServerGuard> {
+        let key = server_key(via, invite)?;
         self.server_shard(&key)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), tx.clone());
-        ServerGuard {
+        Some(ServerGuard {
             layer: self.clone(),
             key,
             tx,
-        }
+        })
     }
 
     /// Number of server transactions held.
@@ -159,8 +227,8 @@ impl Layer {
             .sum()
     }
 
-    fn server_for(&self, branch: &str, invite: bool) -> Option<mpsc::Sender<Upstream>> {
-        let key = server_key(branch, invite);
+    fn server_for(&self, via: &Via, invite: bool) -> Option<mpsc::Sender<Upstream>> {
+        let key = server_key(via, invite)?;
         self.server_shard(&key)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -172,19 +240,14 @@ impl Layer {
     /// transaction goes to its holder; anything else to the router (or the
     /// daemon's own answers when there is none).
     fn on_request(&self, inbound: Inbound) {
-        let Some(t) = self.inner.transports.get() else {
+        if self.inner.transports.get().is_none() {
             return;
-        };
+        }
         let matched = match (inbound.msg.method(), inbound.msg.top_via()) {
-            (Some(method), Ok(via)) => via.branch().and_then(|b| {
-                let (invite, what) = match method {
-                    Method::Invite => (true, Upstream::Retransmission),
-                    Method::Ack => (true, Upstream::Ack),
-                    Method::Cancel => (true, Upstream::Cancel),
-                    _ => (false, Upstream::Retransmission),
-                };
-                self.server_for(b, invite).map(|tx| (tx, what))
-            }),
+            (Some(method), Ok(via)) => {
+                let (invite, what) = upstream_kind(method);
+                self.server_for(&via, invite).map(|tx| (tx, what))
+            }
             _ => None,
         };
         match matched {
@@ -194,7 +257,7 @@ impl Layer {
                 let ok = response_to(&inbound.msg, 200, "OK", None)
                     .header("Server", self.inner.user_agent.as_str())
                     .build();
-                t.reply(&inbound, Bytes::from(ok));
+                self.send_own(&inbound, 200, Bytes::from(ok));
                 let _ = tx.try_send(Upstream::Cancel);
             }
             Some((tx, what)) => {
@@ -202,7 +265,7 @@ impl Layer {
             }
             None => match self.inner.router.get() {
                 Some(router) => router.on_request(inbound),
-                None => server::answer(t, &self.inner.user_agent, inbound),
+                None => server::answer(self, inbound),
             },
         }
     }
@@ -210,9 +273,7 @@ impl Layer {
     /// The daemon's own answer to a request nobody routes (OPTIONS 200,
     /// malformed 400, stray in-dialog 481, other methods 405/501).
     pub fn answer_locally(&self, inbound: Inbound) {
-        if let Some(t) = self.inner.transports.get() {
-            server::answer(t, &self.inner.user_agent, inbound);
-        }
+        server::answer(self, inbound);
     }
 
     fn shard(&self, branch: &str) -> &Mutex<HashMap<Box<str>, Slot>> {
@@ -364,7 +425,36 @@ impl Layer {
     }
 }
 
+/// What a request that matches a held server transaction is to it
+/// (§17.2.3): ACK and CANCEL look up the INVITE's transaction but are not
+/// its retransmissions; any other method looks up a non-INVITE one.
+fn upstream_kind(method: &Method) -> (bool, Upstream) {
+    match method {
+        Method::Invite => (true, Upstream::Retransmission),
+        Method::Ack => (true, Upstream::Ack),
+        Method::Cancel => (true, Upstream::Cancel),
+        _ => (false, Upstream::Retransmission),
+    }
+}
+
 impl InboundHandler for Layer {
+    fn allow_reply(
+        &self,
+        source: std::net::IpAddr,
+        code: u16,
+        request_len: usize,
+        response_len: usize,
+    ) -> bool {
+        self.inner.replies.judge(
+            source,
+            self.is_own_address(source),
+            false,
+            code,
+            request_len,
+            response_len,
+        ) == reply_gate::Verdict::Send
+    }
+
     fn handle(&self, inbound: Inbound) {
         let msg = &inbound.msg;
         crate::metrics::sip_received(msg.status(), msg.method().map_or("", |m| m.as_str()));
@@ -488,21 +578,123 @@ pub fn new_branch() -> String {
 mod guard_tests {
     use super::*;
 
+    fn via(s: &str) -> Via {
+        Via::parse(s).unwrap()
+    }
+
     #[test]
     fn a_server_guard_forgets_only_its_own_slot() {
         let layer = Layer::new("test");
         let (tx1, _rx1) = mpsc::channel(1);
         let (tx2, _rx2) = mpsc::channel(1);
-        let first = layer.hold_server("z9hG4bKsame", true, tx1);
-        let second = layer.hold_server("z9hG4bKsame", true, tx2.clone());
+        let v = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKsame");
+        let first = layer.hold_server(&v, true, tx1);
+        let second = layer.hold_server(&v, true, tx2.clone());
         drop(first);
         assert_eq!(layer.servers(), 1, "the later holder keeps the slot");
         assert!(
             layer
-                .server_for("z9hG4bKsame", true)
+                .server_for(&v, true)
                 .is_some_and(|tx| tx.same_channel(&tx2))
         );
         drop(second);
         assert_eq!(layer.servers(), 0);
+    }
+
+    #[test]
+    fn server_key_is_branch_plus_sent_by() {
+        let key = |s: &str| server_key(&via(s), true);
+        let base = key("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1");
+        assert!(base.is_some());
+        // §17.2.3: the same branch from another sent-by is another transaction.
+        assert_ne!(base, key("SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bK1"));
+        assert_ne!(
+            base,
+            key("SIP/2.0/UDP pbx.example.com:5070;branch=z9hG4bK1")
+        );
+        assert_ne!(
+            base,
+            key("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK2")
+        );
+        // Host case and an omitted default port do not matter.
+        assert_eq!(base, key("SIP/2.0/UDP PBX.Example.COM;branch=z9hG4bK1"));
+        assert_eq!(
+            key("SIP/2.0/TLS pbx.example.com;branch=z9hG4bK1"),
+            key("SIP/2.0/TLS pbx.example.com:5061;branch=z9hG4bK1")
+        );
+        // INVITE and non-INVITE transactions never share a key.
+        assert_ne!(
+            base,
+            server_key(
+                &via("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1"),
+                false
+            )
+        );
+        assert_eq!(key("SIP/2.0/UDP pbx.example.com:5060"), None);
+    }
+
+    #[test]
+    fn a_cancel_from_another_sent_by_does_not_match() {
+        let layer = Layer::new("test");
+        let (tx, _rx) = mpsc::channel(1);
+        let invite = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKcall");
+        let _held = layer.hold_server(&invite, true, tx).unwrap();
+        let (as_invite, _) = upstream_kind(&Method::Cancel);
+        assert!(layer.server_for(&invite, as_invite).is_some());
+        let stranger = via("SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKcall");
+        assert!(layer.server_for(&stranger, as_invite).is_none());
+    }
+
+    #[test]
+    fn ack_and_cancel_are_not_retransmissions() {
+        assert!(matches!(
+            upstream_kind(&Method::Cancel),
+            (true, Upstream::Cancel)
+        ));
+        assert!(matches!(upstream_kind(&Method::Ack), (true, Upstream::Ack)));
+        assert!(matches!(
+            upstream_kind(&Method::Invite),
+            (true, Upstream::Retransmission)
+        ));
+        assert!(matches!(
+            upstream_kind(&Method::Bye),
+            (false, Upstream::Retransmission)
+        ));
+    }
+
+    struct FakePeers;
+    impl Peers for FakePeers {
+        fn is_pbx(&self, ip: std::net::IpAddr) -> bool {
+            ip == std::net::IpAddr::from([192, 0, 2, 50])
+        }
+    }
+
+    #[test]
+    fn verified_parties_are_loopback_monitors_and_pbxes() {
+        let layer = Layer::new("test");
+        layer.configure_replies(vec!["198.51.100.0/24".parse().unwrap()], 10);
+        layer.set_peers(Arc::new(FakePeers));
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(layer.is_verified(ip("127.0.0.1")));
+        assert!(layer.is_verified(ip("::1")));
+        assert!(layer.is_verified(ip("198.51.100.77")));
+        assert!(layer.is_verified(ip("::ffff:198.51.100.77")));
+        assert!(layer.is_verified(ip("192.0.2.50")));
+        assert!(!layer.is_verified(ip("192.0.2.51")));
+        assert!(!layer.is_verified(ip("127.0.0.41")));
+    }
+
+    #[test]
+    fn the_transport_asks_before_its_own_400() {
+        let layer = Layer::new("test");
+        layer.configure_replies(Vec::new(), 2);
+        let stranger = "203.0.113.5".parse().unwrap();
+        // Larger than the request: never to a stranger.
+        assert!(!layer.allow_reply(stranger, 400, 100, 101));
+        // Within size it is answered (the rate is ErrorBudget's, tested in
+        // reply_gate with time as an input).
+        assert!(layer.allow_reply(stranger, 400, 100, 100));
+        // 127.0.0.1 gets its larger answer.
+        assert!(layer.allow_reply("127.0.0.1".parse().unwrap(), 400, 100, 900));
     }
 }

@@ -126,6 +126,19 @@ impl Inbound {
 /// receive loop of a socket.
 pub trait InboundHandler: Send + Sync + 'static {
     fn handle(&self, inbound: Inbound);
+    /// Whether the transport may send its own answer (`code`, e.g. the 400
+    /// to an unparsable request) of `response_len` bytes to `source`, which
+    /// sent `request_len` (the layer above applies the amplification and
+    /// rate rules).
+    fn allow_reply(
+        &self,
+        _source: std::net::IpAddr,
+        _code: u16,
+        _request_len: usize,
+        _response_len: usize,
+    ) -> bool {
+        true
+    }
 }
 
 /// Where one request goes: the socket or flow, and its address.

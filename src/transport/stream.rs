@@ -310,7 +310,15 @@ async fn read_loop<R: AsyncRead + Unpin>(t: Transports, mut r: R, flow: Flow) {
                             if warn.allow() {
                                 tracing::warn!(?flow, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP message");
                             }
-                            if let Some(resp) = bad_request_response(&frame, &err) {
+                            // A 400 or 505: an error answer, under the layer's rules.
+                            if let Some(resp) = bad_request_response(&frame, &err)
+                                && t.handler().allow_reply(
+                                    flow.remote().ip(),
+                                    400,
+                                    frame.len(),
+                                    resp.len(),
+                                )
+                            {
                                 let _ = flow.inner.tx.try_send(Bytes::from(resp));
                             }
                         }

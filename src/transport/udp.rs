@@ -58,7 +58,11 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
                 if warn.allow() {
                     tracing::warn!(%source, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP datagram");
                 }
-                if let Some(resp) = bad_request_response(data, &err) {
+                // A 400 or 505: an error answer, under the layer's rules.
+                if let Some(resp) = bad_request_response(data, &err)
+                    && t.handler()
+                        .allow_reply(source.ip(), 400, data.len(), resp.len())
+                {
                     let _ = socket.send_to(&resp, source).await;
                 }
             }

@@ -14,6 +14,7 @@
 //! | 10..=19 | `infra_selftest.rs`                         |
 //! | 20..=29 | `interop_sipp.rs`                           |
 //! | 30..=39 | `interop_kamailio.rs`                       |
+//! | 40..=49 | `security_answers.rs`                       |
 //! | 50..=59 | `operations.rs`                             |
 //! | 70..=79 | `proxy_invite.rs`                           |
 //! | 80..=85 | `api.rs`                                    |
@@ -23,7 +24,7 @@
 //! | 140..=149 | `dns_edge_resolver.rs`                  |
 //! | 160..=169 | `attack_dialog.rs`                      |
 //!
-//! 40..=49 and 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
+//! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
 //! use; the benchmarks in `bench/` use 127.0.0.90/.91 and 100..=130, so they
 //! are not run beside the tests. `registrar_faults.rs` uses 127.0.1.0/24.
