@@ -40,6 +40,13 @@ impl Directory for Registrations {
     }
 }
 
+/// An idle inbound flow is kept while a registration lives on it.
+impl transport::FlowUsers for Registrations {
+    fn uses_flow(&self, flow: u64) -> bool {
+        self.0.by_flow(flow).is_some()
+    }
+}
+
 fn entry(s: ConnectionStatus) -> ConnectionEntry {
     ConnectionEntry {
         registered: s.snapshot.status == crate::registration::RegStatus::Success,
@@ -240,6 +247,7 @@ impl App {
         ctx.timers = timers;
         let ctx = Arc::new(ctx);
         let supervisor = Supervisor::new(ctx.clone());
+        transports.set_flow_users(Arc::new(Registrations(supervisor.clone())));
         // Calls may come as soon as the first registration succeeds.
         let router = Router::new(
             ctx.clone(),

@@ -38,7 +38,9 @@ fn feed(mut sc: FrameScanner, chunks: &[&[u8]]) -> (Vec<Out>, bool, usize) {
 }
 
 fn messages(out: &[Out]) -> Vec<&Out> {
-    out.iter().filter(|o| matches!(o, Out::Message(_))).collect()
+    out.iter()
+        .filter(|o| matches!(o, Out::Message(_)))
+        .collect()
 }
 
 const A: &str = "INVITE sip:bob@h SIP/2.0\r\nVia: SIP/2.0/TCP a;branch=z9hG4bK1\r\nl: 3\r\n\r\nabc";
