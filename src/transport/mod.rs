@@ -9,11 +9,11 @@
 mod icmp;
 pub mod limits;
 mod stream;
+mod supervise;
 pub mod tls;
 mod udp;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -314,7 +314,7 @@ impl Transports {
         let this = Transports { inner };
         for (s, local) in &this.inner.udp {
             let (t, s, local) = (this.clone(), s.clone(), *local);
-            this.supervise(Transport::Udp, local, move || {
+            supervise::run(&this.inner.cancel, Transport::Udp, local, move || {
                 udp::recv_loop(t.clone(), s.clone(), local)
             });
         }
@@ -330,53 +330,11 @@ impl Transports {
             };
             let Ok(local) = l.local_addr() else { continue };
             let (t, l) = (this.clone(), Arc::new(l));
-            this.supervise(transport, local, move || {
+            supervise::run(&this.inner.cancel, transport, local, move || {
                 stream::accept_loop(t.clone(), l.clone(), tls.clone())
             });
         }
         Ok(this)
-    }
-
-    /// Runs a listener loop (`run()` makes a fresh one) until shutdown. A
-    /// loop that panics or returns before shutdown is logged at error and
-    /// started again on the same socket: the loops keep nothing but the
-    /// socket, so a restart loses nothing, while exiting would end every
-    /// registration and call because of one message that hit a bug (the
-    /// handler runs inline on the loop). Restarts back off to 5 s when a
-    /// loop keeps failing ([`limits::restart_delay`]).
-    fn supervise<F, Fut>(&self, transport: Transport, local: SocketAddr, run: F)
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let cancel = self.inner.cancel.clone();
-        tokio::spawn(async move {
-            let mut delay = None;
-            loop {
-                let started = tokio::time::Instant::now();
-                let ended = tokio::spawn(run()).await;
-                if cancel.is_cancelled() {
-                    return;
-                }
-                match ended {
-                    Ok(()) => {
-                        tracing::error!(%transport, %local, "listener loop ended; restarting it")
-                    }
-                    Err(e) if e.is_panic() => {
-                        tracing::error!(%transport, %local, "listener loop panicked; restarting it")
-                    }
-                    // Aborted: the runtime is shutting down.
-                    Err(_) => return,
-                }
-                metrics::transport_error(transport.uri_param());
-                let wait = limits::restart_delay(delay, started.elapsed());
-                delay = Some(wait);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        });
     }
 
     /// Sets who uses flows (once; later calls are ignored).
