@@ -35,10 +35,15 @@ impl FlowUsers for Used {
 }
 
 fn config(listen: &[&str], per_ip: usize, total: usize) -> Config {
+    config_with(listen, per_ip, total, "")
+}
+
+/// `extra` is more TOML, after `[limits]`.
+fn config_with(listen: &[&str], per_ip: usize, total: usize, extra: &str) -> Config {
     let listen: Vec<String> = listen.iter().map(|l| format!("{l:?}")).collect();
     let text = format!(
         "[sip]\nlisten = [{}]\n[limits]\ninbound_flows = {total}\ninbound_flows_per_ip = {per_ip}\n\
-         inbound_flow_idle_sec = 120\nheader_timeout_sec = 10\n",
+         inbound_flow_idle_sec = 120\nheader_timeout_sec = 10\n{extra}",
         listen.join(", ")
     );
     crate::config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
@@ -232,4 +237,74 @@ async fn accept_closes_flows_beyond_the_per_ip_and_total_limits() {
     wait_for(2).await;
     let _c1 = connect(3).await;
     wait_for(3).await;
+}
+
+/// A TLS listener with a fresh self-signed certificate, `handshakes` at
+/// once, handshake deadline `deadline_sec`.
+async fn tls_transports(dir: &std::path::Path, handshakes: usize, deadline_sec: u64) -> Transports {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["uacd.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let tls = format!("[tls]\ncertificate = {cert_path:?}\nprivate_key = {key_path:?}\n");
+    let mut c = config_with(&["tls:127.0.0.1:0"], 8, 8, &tls);
+    c.limits.tls_handshakes = handshakes;
+    c.limits.header_timeout_sec = deadline_sec;
+    transports(&c).await.0
+}
+
+async fn closed_within(s: &mut tokio::net::TcpStream, d: Duration) -> bool {
+    let mut b = [0u8; 16];
+    matches!(
+        tokio::time::timeout(d, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn tls_handshakes_beyond_the_limit_are_closed_at_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tls_transports(dir.path(), 1, 60).await;
+    let to = t.listen_addr(Transport::Tls).unwrap();
+    // A handshake that never starts holds the only slot (for 60 s).
+    let mut stalled = tokio::net::TcpStream::connect(to).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while t.inbound_flows() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut second = tokio::net::TcpStream::connect(to).await.unwrap();
+    assert!(closed_within(&mut second, Duration::from_secs(10)).await);
+    assert_eq!(t.inbound_flows(), 1, "the refused one gave its slot back");
+    assert!(!closed_within(&mut stalled, Duration::from_millis(50)).await);
+}
+
+#[tokio::test]
+async fn a_tls_handshake_must_finish_within_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tls_transports(dir.path(), 1, 1).await;
+    let to = t.listen_addr(Transport::Tls).unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(to).await.unwrap();
+    assert!(closed_within(&mut stalled, Duration::from_secs(20)).await);
+    // The slot is free again: a real handshake succeeds and a flow opens.
+    let client = super::super::tls::ClientTls::new(&crate::config::TlsConfig {
+        certificate: None,
+        private_key: None,
+        ca_file: None,
+        verify_server: false,
+    })
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+    let mut tls = client.connect("uacd.test", tcp).await.unwrap();
+    tls.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    tls.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"\r\n");
+    assert_eq!(t.inbound_flows(), 1);
 }
