@@ -342,9 +342,29 @@ impl Transports {
         let _ = self.inner.flow_users.set(users);
     }
 
-    /// Whether something above the transport still needs flow `id`.
-    pub(crate) fn flow_in_use(&self, id: u64) -> bool {
-        self.inner.flow_users.get().is_some_and(|u| u.uses_flow(id))
+    /// Whether something above the transport still needs `flow`: a
+    /// registration lives on it, or a handle on it is held beyond the
+    /// reader's and the flow map's (a transaction waiting to answer over it,
+    /// a call relaying its responses, a dialog).
+    pub(crate) fn flow_in_use(&self, flow: &Flow) -> bool {
+        let in_map = {
+            let flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+            match flows.get(&(flow.transport(), flow.remote())) {
+                None => Some(false),
+                Some(slot) => slot
+                    .try_lock()
+                    .ok()
+                    .map(|g| g.as_ref().is_some_and(|f| f.id() == flow.id())),
+            }
+        };
+        // A slot being connected to cannot be read: keep the flow for now.
+        let Some(in_map) = in_map else { return true };
+        flow.handles() > 1 + usize::from(in_map)
+            || self
+                .inner
+                .flow_users
+                .get()
+                .is_some_and(|u| u.uses_flow(flow.id()))
     }
 
     /// Counts an inbound flow from `ip`, or says which limit refuses it.

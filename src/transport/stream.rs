@@ -84,6 +84,11 @@ impl Flow {
         self.inner.local
     }
 
+    /// Handles on this flow alive now (this one included).
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.closed.is_cancelled()
     }
@@ -374,7 +379,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, ended: FlowEnded) {
                             clock.pinged(now);
                         }
                     }
-                    Due::IdleCheck if t.flow_in_use(flow.id()) => clock.in_use(now),
+                    Due::IdleCheck if t.flow_in_use(flow) => clock.in_use(now),
                     Due::IdleCheck => {
                         tracing::debug!(?flow, "idle inbound flow closed");
                         metrics::flow_closed(CloseReason::Idle.label());

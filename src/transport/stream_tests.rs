@@ -108,14 +108,26 @@ async fn a_message_begun_and_not_finished_in_time_closes_the_flow() {
     assert_eq!((t.flow_count(), t.inbound_flows()), (0, 0));
 }
 
+/// Whether the peer still sees the flow open after `d` (paused time: the
+/// wait is virtual).
+async fn still_open(peer: &mut DuplexStream, d: Duration) -> bool {
+    let mut b = [0u8; 1];
+    tokio::time::timeout(d, peer.read(&mut b)).await.is_err()
+}
+
 #[tokio::test(start_paused = true)]
-async fn idle_inbound_flows_close_unless_a_registration_uses_them() {
+async fn idle_inbound_flows_close_unless_a_registration_or_a_transaction_uses_them() {
     let (t, _rx) = transports(&config(&["tcp:127.0.0.1:0"], 4, 8)).await;
     let used = Arc::new(Used(Mutex::default()));
     t.set_flow_users(used.clone());
+    // The test keeps no handle on these two: it watches them from the peer.
     let (idle, mut idle_peer) = inbound(&t);
-    let (kept, _kept_peer) = inbound(&t);
+    drop(idle);
+    let (kept, mut kept_peer) = inbound(&t);
     used.0.lock().unwrap().insert(kept.id());
+    drop(kept);
+    // A transaction that will answer over this one holds a handle on it.
+    let (held, mut held_peer) = inbound(&t);
     // A keepalive ping is answered, but we send none of our own: the first
     // thing the idle peer sees after its pong is the close.
     idle_peer.write_all(b"\r\n\r\n").await.unwrap();
@@ -125,9 +137,19 @@ async fn idle_inbound_flows_close_unless_a_registration_uses_them() {
     let quiet = tokio::time::Instant::now();
     assert_eq!(read_to_close(&mut idle_peer).await, b"", "never pinged");
     assert!(quiet.elapsed() >= Duration::from_secs(120));
-    assert!(idle.is_closed());
-    tokio::time::sleep(Duration::from_secs(600)).await;
-    assert!(!kept.is_closed(), "a registration's flow stays");
+    assert!(
+        still_open(&mut kept_peer, Duration::from_secs(600)).await,
+        "a registration's flow stays"
+    );
+    assert!(
+        still_open(&mut held_peer, Duration::from_secs(1)).await,
+        "a flow something will answer over stays"
+    );
+    assert_eq!(t.inbound_flows(), 2);
+    // Once the transaction is done, the flow is idle like any other.
+    drop(held);
+    assert_eq!(read_to_close(&mut held_peer).await, b"");
+    assert!(still_open(&mut kept_peer, Duration::from_secs(1)).await);
     assert_eq!(t.inbound_flows(), 1);
 }
 
