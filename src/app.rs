@@ -351,6 +351,11 @@ impl App {
             ("store", new.store != old.store),
             ("registration", new.registration != old.registration),
             ("routing", new.routing != old.routing),
+            // Read by the transports when they bind.
+            (
+                "limits.inbound_flows, inbound_flows_per_ip, inbound_flow_idle_sec, header_timeout_sec, tls_handshakes",
+                flow_limits(&new.limits) != flow_limits(&old.limits),
+            ),
         ] {
             if changed {
                 restart.push(key);
@@ -510,6 +515,17 @@ impl App {
         self.cancel.cancel();
         tracing::info!("uacd stopped");
     }
+}
+
+/// The `[limits]` keys the transports read once, at bind.
+fn flow_limits(l: &crate::config::LimitsConfig) -> (usize, usize, u64, u64, usize) {
+    (
+        l.inbound_flows,
+        l.inbound_flows_per_ip,
+        l.inbound_flow_idle_sec,
+        l.header_timeout_sec,
+        l.tls_handshakes,
+    )
 }
 
 /// The key of the dialog tokens in our Record-Route entries: kept next to
