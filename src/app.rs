@@ -41,6 +41,13 @@ impl Directory for Registrations {
     }
 }
 
+/// An idle inbound flow is kept while a registration lives on it.
+impl transport::FlowUsers for Registrations {
+    fn uses_flow(&self, flow: u64) -> bool {
+        self.0.by_flow(flow).is_some()
+    }
+}
+
 fn entry(s: ConnectionStatus) -> ConnectionEntry {
     ConnectionEntry {
         registered: s.snapshot.status == crate::registration::RegStatus::Success,
@@ -133,6 +140,8 @@ pub struct App {
     /// The API and metrics servers; rebound by a reload that moves them.
     listeners: tokio::sync::Mutex<Listeners>,
     cancel: CancellationToken,
+    /// Fired when a server that must not stop has stopped.
+    failed: CancellationToken,
     config: Arc<Config>,
 }
 
@@ -175,15 +184,39 @@ async fn bind_http(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketA
     Ok((listener, bound))
 }
 
+/// Runs an HTTP server task; if it ends (or panics) before it was told to
+/// stop, that is logged at error and `failed` fires, so that the daemon
+/// exits non-zero and systemd restarts it. (axum contains a handler's panic
+/// in its connection's task: only the accept loop itself can end this, and
+/// then nothing would answer on the port again.)
+fn watched(
+    what: &'static str,
+    bound: SocketAddr,
+    server: impl Future<Output = ()> + Send + 'static,
+    cancel: &CancellationToken,
+    failed: &CancellationToken,
+) -> JoinHandle<()> {
+    let (cancel, failed) = (cancel.clone(), failed.clone());
+    tokio::spawn(async move {
+        let ended = tokio::spawn(server).await;
+        if !cancel.is_cancelled() {
+            let panicked = ended.is_err_and(|e| e.is_panic());
+            tracing::error!(server = what, addr = %bound, panicked, "HTTP server stopped; exiting so that the daemon is restarted");
+            failed.cancel();
+        }
+    })
+}
+
 fn start_api(
     listener: tokio::net::TcpListener,
     configured: SocketAddr,
     bound: SocketAddr,
     state: &ApiState,
-    parent: &CancellationToken,
+    (parent, failed): (&CancellationToken, &CancellationToken),
 ) -> Server {
     let cancel = parent.child_token();
-    let task = tokio::spawn(api::serve(listener, state.clone(), cancel.clone()));
+    let serve = api::serve(listener, state.clone(), cancel.clone());
+    let task = watched("api", bound, serve, &cancel, failed);
     tracing::info!(addr = %bound, "API listening");
     Server {
         configured,
@@ -198,14 +231,11 @@ fn start_metrics(
     configured: SocketAddr,
     bound: SocketAddr,
     supervisor: &Supervisor,
-    parent: &CancellationToken,
+    (parent, failed): (&CancellationToken, &CancellationToken),
 ) -> Server {
     let cancel = parent.child_token();
-    let task = tokio::spawn(api::serve_metrics(
-        listener,
-        supervisor.clone(),
-        cancel.clone(),
-    ));
+    let serve = api::serve_metrics(listener, supervisor.clone(), cancel.clone());
+    let task = watched("metrics", bound, serve, &cancel, failed);
     tracing::info!(addr = %bound, "metrics listening");
     Server {
         configured,
@@ -308,6 +338,7 @@ impl App {
             dns: ctx.dns.clone(),
             snapshot: std::sync::Mutex::new(None),
         }));
+        transports.set_flow_users(Arc::new(Registrations(supervisor.clone())));
         // Calls may come as soon as the first registration succeeds.
         let router = Router::new(
             ctx.clone(),
@@ -320,11 +351,24 @@ impl App {
         }
         let (listener, bound) = bind_http(config.api.listen).await?;
         let state = ApiState::new(&config, store.clone(), supervisor.clone());
-        let api = start_api(listener, config.api.listen, bound, &state, &cancel);
+        let failed = CancellationToken::new();
+        let api = start_api(
+            listener,
+            config.api.listen,
+            bound,
+            &state,
+            (&cancel, &failed),
+        );
         let metrics = match config.metrics.listen {
             Some(addr) => {
                 let (listener, bound) = bind_http(addr).await?;
-                Some(start_metrics(listener, addr, bound, &supervisor, &cancel))
+                Some(start_metrics(
+                    listener,
+                    addr,
+                    bound,
+                    &supervisor,
+                    (&cancel, &failed),
+                ))
             }
             None => None,
         };
@@ -337,6 +381,7 @@ impl App {
             api_state: state,
             listeners: tokio::sync::Mutex::new(Listeners { api, metrics }),
             cancel,
+            failed,
             config,
         })
     }
@@ -457,7 +502,7 @@ impl App {
                         new.api.listen,
                         bound,
                         &self.api_state,
-                        &self.cancel,
+                        (&self.cancel, &self.failed),
                     );
                     let old = std::mem::replace(&mut l.api, next);
                     tracing::info!(from = %old.bound, to = %bound, "API moved");
@@ -477,7 +522,7 @@ impl App {
                         addr,
                         bound,
                         &self.supervisor,
-                        &self.cancel,
+                        (&self.cancel, &self.failed),
                     )),
                     Err(e) => {
                         tracing::error!(error = %e, "reload: metrics.listen not moved");
@@ -505,6 +550,12 @@ impl App {
     /// How long stopping may take: API close, unregistration, margin.
     pub fn stop_budget(&self) -> Duration {
         Duration::from_secs(self.config.registration.unregister_timeout_sec + 5)
+    }
+
+    /// Resolves when a server the daemon cannot do without has stopped on
+    /// its own (logged at error): the caller stops and exits non-zero.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await
     }
 
     /// Runs until `shutdown` resolves, then stops gracefully.
@@ -566,4 +617,49 @@ fn dialog_secret(config: &Config) -> [u8; 16] {
         tracing::warn!(path = %path.display(), error = %e, "dialog key not saved; calls set up before a restart will not route in-dialog requests after it");
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+
+    #[tokio::test]
+    async fn an_http_server_that_stops_on_its_own_fails_the_daemon() {
+        let (cancel, failed) = (CancellationToken::new(), CancellationToken::new());
+        let task = watched(
+            "api",
+            addr(),
+            async { panic!("accept loop bug") },
+            &cancel,
+            &failed,
+        );
+        task.await.unwrap();
+        assert!(failed.is_cancelled());
+
+        let failed = CancellationToken::new();
+        watched("metrics", addr(), async {}, &cancel, &failed)
+            .await
+            .unwrap();
+        assert!(failed.is_cancelled(), "returning early fails it too");
+    }
+
+    #[tokio::test]
+    async fn an_http_server_told_to_stop_does_not() {
+        let (cancel, failed) = (CancellationToken::new(), CancellationToken::new());
+        let stop = cancel.clone();
+        let task = watched(
+            "api",
+            addr(),
+            async move { stop.cancelled().await },
+            &cancel,
+            &failed,
+        );
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(!failed.is_cancelled());
+    }
 }

@@ -191,8 +191,17 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
         uacd::systemd::ready(&probe.status_line());
         let watchdog = tokio::spawn(probe.run(std::time::Duration::from_secs(10)));
         let mut signals = signals;
+        let mut code = ExitCode::SUCCESS;
         loop {
-            match signals.next().await {
+            let event = tokio::select! {
+                e = signals.next() => e,
+                // Logged where it happened; systemd restarts us (Restart=).
+                _ = app.failed() => {
+                    code = ExitCode::FAILURE;
+                    break;
+                }
+            };
+            match event {
                 SignalEvent::Stop => break,
                 SignalEvent::Reload => {
                     uacd::systemd::reloading();
@@ -205,7 +214,7 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
         uacd::systemd::stopping(app.stop_budget());
         watchdog.abort();
         app.stop().await;
-        ExitCode::SUCCESS
+        code
     });
     // Blocking threads (getaddrinfo on a dead resolver) must not hold the
     // exit past the unregistration deadline.

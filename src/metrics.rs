@@ -22,9 +22,21 @@ pub const FAILOVERS: &str = "uacd_failovers_total";
 pub const DIALOGS_ACTIVE: &str = "uacd_dialogs_active";
 pub const SIP_MESSAGES: &str = "uacd_sip_messages_total";
 pub const TRANSPORT_ERRORS: &str = "uacd_transport_errors_total";
+pub const FLOWS_CLOSED: &str = "uacd_transport_flows_closed_total";
+
+/// Every `reason` of `uacd_transport_flows_closed_total`: refused at accept
+/// by a limit, or closed by a deadline.
+pub const FLOW_CLOSE_REASONS: [&str; 6] = [
+    "inbound_flows",
+    "inbound_flows_per_ip",
+    "tls_handshakes",
+    "header_timeout",
+    "idle",
+    "pong_timeout",
+];
 
 /// Every metric name with its Prometheus type, as served.
-pub const ALL: [(&str, &str); 10] = [
+pub const ALL: [(&str, &str); 11] = [
     (BUILD_INFO, "gauge"),
     (REGISTRATIONS, "gauge"),
     (REGISTER_REQUESTS, "counter"),
@@ -35,6 +47,7 @@ pub const ALL: [(&str, &str); 10] = [
     (DIALOGS_ACTIVE, "gauge"),
     (SIP_MESSAGES, "counter"),
     (TRANSPORT_ERRORS, "counter"),
+    (FLOWS_CLOSED, "counter"),
 ];
 
 /// Latency buckets (seconds): a LAN round trip up to a Timer F timeout for
@@ -94,6 +107,9 @@ pub fn install(labels: &Labels<'_>) -> Result<(), BuildError> {
     counter!(FAILOVERS).absolute(0);
     for t in labels.transports {
         counter!(TRANSPORT_ERRORS, "transport" => *t).absolute(0);
+    }
+    for r in FLOW_CLOSE_REASONS {
+        counter!(FLOWS_CLOSED, "reason" => r).absolute(0);
     }
     let _ = HANDLE.set(handle);
     let hot = HOT.get_or_init(Hot::new);
@@ -235,6 +251,10 @@ fn describe() {
         TRANSPORT_ERRORS,
         "send, connect and TLS failures by transport"
     );
+    describe_counter!(
+        FLOWS_CLOSED,
+        "inbound TCP/TLS flows refused by a [limits] bound, and flows closed by a deadline, by reason"
+    );
 }
 
 /// Sets `uacd_registrations{status}` from a count per status label
@@ -323,6 +343,12 @@ pub fn dialogs_active(delta: f64) {
 /// A send, connect or TLS failure; `transport` is `udp`, `tcp` or `tls`.
 pub fn transport_error(transport: &'static str) {
     counter!(TRANSPORT_ERRORS, "transport" => transport).increment(1);
+}
+
+/// A TCP/TLS flow refused or closed by the flow policy; `reason` is one of
+/// [`FLOW_CLOSE_REASONS`]. Rare (one per flow), so no hot handle.
+pub fn flow_closed(reason: &'static str) {
+    counter!(FLOWS_CLOSED, "reason" => reason).increment(1);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

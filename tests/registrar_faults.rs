@@ -541,7 +541,8 @@ async fn registers_over_an_ipv6_listener_on_loopback() {
     let contact = &req.contacts().unwrap()[0].uri;
     assert_eq!(contact.host.to_string(), "[::1]", "{contact}");
     assert_eq!(contact.port, Some(ours.port()));
-    reg.send(from, &ok_with_contact(&req, &our_contact(&req))).await;
+    reg.send(from, &ok_with_contact(&req, &our_contact(&req)))
+        .await;
     let snap = wait_status(&app, "v6", RegStatus::Success).await;
     assert_eq!(snap.last_registered_ip, Some(reg.addr));
     app.stop().await;

@@ -117,8 +117,9 @@ pub struct LimitsConfig {
     /// An inbound flow that received nothing for this long, and that no
     /// registration uses, is closed.
     pub inbound_flow_idle_sec: u64,
-    /// Once a message's first byte arrived on a stream, its headers must be
-    /// complete within this long or the flow is closed.
+    /// Once a message's first byte arrived on a stream, its headers (and
+    /// the body they announce) must be complete within this long or the
+    /// flow is closed; also the deadline of an inbound TLS handshake.
     pub header_timeout_sec: u64,
     /// TLS handshakes in progress at once (inbound).
     pub tls_handshakes: usize,

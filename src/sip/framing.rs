@@ -44,12 +44,19 @@ impl Frame {
 /// Call [`FrameScanner::next`] with the connection buffer (whose front must not
 /// change between calls that return `Incomplete`), consume `frame.len()` bytes
 /// after any other result, and call again.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FrameScanner {
     /// Bytes of the buffer already searched for the end of the header block.
     scanned: usize,
     /// Total message length, once the header block has been read.
     total: Option<usize>,
+    /// A lone `\r\n` at the end of the buffer is a pong (we sent a ping and
+    /// wait for the answer), rather than the first half of a ping.
+    pongs_expected: bool,
+    /// Bytes searched so far, all messages together (tests check that the
+    /// work is linear in the bytes received).
+    #[cfg(test)]
+    examined: usize,
 }
 
 /// Frames the front of `buf` without remembered state (see [`FrameScanner`]).
@@ -60,14 +67,45 @@ pub fn next_frame(buf: &[u8]) -> Frame {
     FrameScanner::new().next(buf)
 }
 
+/// After [`FrameScanner::next`] returned `Incomplete` on `buf`: whether `buf`
+/// holds the start of a message, rather than nothing or part of a
+/// `\r\n\r\n` keepalive (RFC 5626 §4.4.1 keepalives are not messages).
+pub fn message_started(buf: &[u8]) -> bool {
+    !matches!(buf, [] | [b'\r'] | [b'\r', b'\n'] | [b'\r', b'\n', b'\r'])
+}
+
+impl Default for FrameScanner {
+    fn default() -> FrameScanner {
+        FrameScanner::new()
+    }
+}
+
 impl FrameScanner {
-    /// A scanner at the start of a frame.
+    /// A scanner at the start of a frame, on a flow where we send pings: a
+    /// lone `\r\n` is a pong as soon as it arrives.
     pub fn new() -> FrameScanner {
-        FrameScanner::default()
+        FrameScanner {
+            pongs_expected: true,
+            ..FrameScanner::without_pongs()
+        }
+    }
+
+    /// A scanner for a flow where we send no pings (one a remote opened):
+    /// `\r\n` at the end of the buffer waits for the rest of a ping, so a
+    /// ping split across reads is still one ping.
+    pub fn without_pongs() -> FrameScanner {
+        FrameScanner {
+            scanned: 0,
+            total: None,
+            pongs_expected: false,
+            #[cfg(test)]
+            examined: 0,
+        }
     }
 
     fn done(&mut self, f: Frame) -> Frame {
-        *self = FrameScanner::default();
+        self.scanned = 0;
+        self.total = None;
         f
     }
 
@@ -78,6 +116,7 @@ impl FrameScanner {
             None => {
                 match buf {
                     [] | [b'\r'] | [b'\r', b'\n', b'\r'] => return Frame::Incomplete,
+                    [b'\r', b'\n'] if !self.pongs_expected => return Frame::Incomplete,
                     [b'\r', b'\n', b'\r', b'\n', ..] => return self.done(Frame::Ping),
                     [b'\r', b'\n', ..] => return self.done(Frame::Pong),
                     [b'\n', ..] | [b'\r', ..] => {
@@ -114,16 +153,24 @@ impl FrameScanner {
     /// Index just past the empty line (`\n\r\n` or `\n\n`) ending the headers.
     fn find_head_end(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(MAX_MESSAGE_SIZE);
+        // Back 3 bytes: a line end seen at the very end of the last read may
+        // be the start of the blank line.
         let from = self.scanned.saturating_sub(3).min(limit);
-        for p in memchr::memchr_iter(b'\n', &buf[from..limit]).map(|p| p + from) {
-            match buf.get(p + 1..) {
-                Some([b'\n', ..]) => return Some(p + 2),
-                Some([b'\r', b'\n', ..]) => return Some(p + 3),
-                _ => {}
-            }
+        let found = memchr::memchr_iter(b'\n', &buf[from..limit])
+            .map(|p| p + from)
+            .find_map(|p| match buf.get(p + 1..) {
+                Some([b'\n', ..]) => Some(p + 2),
+                Some([b'\r', b'\n', ..]) => Some(p + 3),
+                _ => None,
+            });
+        #[cfg(test)]
+        {
+            self.examined += found.unwrap_or(limit).saturating_sub(from);
         }
-        self.scanned = limit;
-        None
+        if found.is_none() {
+            self.scanned = limit;
+        }
+        found
     }
 }
 
@@ -151,3 +198,7 @@ fn content_length(head: &[u8]) -> Result<Option<usize>, ParseError> {
     }
     Ok(found)
 }
+
+#[cfg(test)]
+#[path = "framing_tests.rs"]
+mod tests;

@@ -1,19 +1,22 @@
 //! SIP transports (RFC 3261 §18): one UDP socket per listen address shared by
 //! every connection, one TCP/TLS flow per remote reused by everyone, stream
-//! framing by Content-Length, CRLF keepalive (RFC 5626 §3.5.1).
+//! framing by Content-Length, CRLF keepalive (RFC 5626 §4.4.1), inbound
+//! flows bounded by `[limits]`, listener loops restarted if they stop.
 //!
 //! Inbound messages are parsed here and handed to an [`InboundHandler`]
 //! (the transaction layer) without an intermediate queue or global lock.
 
 mod icmp;
+pub mod limits;
 mod stream;
+mod supervise;
 pub mod tls;
 mod udp;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +30,7 @@ use crate::sip::Message;
 pub use icmp::Watch as UnreachableWatch;
 pub use stream::Flow;
 
-/// Idle time after which a stream flow sends a CRLFCRLF ping.
+/// Idle time after which a flow we opened sends a CRLFCRLF ping.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Connect (and TLS handshake) deadline for outgoing flows.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,6 +123,13 @@ impl Inbound {
             _ => self.source,
         }
     }
+}
+
+/// Tells the transport whether something above it still needs a flow
+/// (an idle inbound flow is closed only when nothing does).
+pub trait FlowUsers: Send + Sync + 'static {
+    /// Whether a registration lives on flow `flow` (its [`Flow::id`]).
+    fn uses_flow(&self, flow: u64) -> bool;
 }
 
 /// Receives every parsed inbound message. Must not block: it runs on the
@@ -229,6 +239,31 @@ struct Inner {
     cancel: CancellationToken,
     /// Transactions waiting on UDP destinations, told of ICMP errors.
     icmp: Arc<icmp::Watches>,
+    /// Inbound flows open, in total and per source (`[limits]`).
+    admission: Mutex<limits::Admission>,
+    /// One permit per inbound TLS handshake in progress.
+    handshakes: Arc<tokio::sync::Semaphore>,
+    timeouts: limits::Timeouts,
+    /// Who uses flows (the registrations), set once the layers above exist.
+    flow_users: OnceLock<Arc<dyn FlowUsers>>,
+}
+
+/// An inbound flow's slot in [`limits::Admission`], given back on drop.
+pub(crate) struct Admitted {
+    t: Transports,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut a = self
+            .t
+            .inner
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        a.release(self.ip);
+    }
 }
 
 impl Transports {
@@ -281,18 +316,100 @@ impl Transports {
             handler,
             cancel,
             icmp: Arc::default(),
+            admission: Mutex::new(limits::Admission::new(
+                config.limits.inbound_flows,
+                config.limits.inbound_flows_per_ip,
+            )),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config.limits.tls_handshakes)),
+            timeouts: limits::Timeouts::from_limits(&config.limits, KEEPALIVE_IDLE),
+            flow_users: OnceLock::new(),
         });
         let this = Transports { inner };
         for (s, local) in &this.inner.udp {
-            tokio::spawn(udp::recv_loop(this.clone(), s.clone(), *local));
+            let (t, s, local) = (this.clone(), s.clone(), *local);
+            supervise::run(&this.inner.cancel, Transport::Udp, local, move || {
+                udp::recv_loop(t.clone(), s.clone(), local)
+            });
         }
-        for l in tcp_listeners {
-            tokio::spawn(stream::accept_loop(this.clone(), l, None));
-        }
-        for l in tls_listeners {
-            tokio::spawn(stream::accept_loop(this.clone(), l, acceptor.clone()));
+        for (l, tls) in tcp_listeners
+            .into_iter()
+            .map(|l| (l, None))
+            .chain(tls_listeners.into_iter().map(|l| (l, acceptor.clone())))
+        {
+            let transport = if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            };
+            let Ok(local) = l.local_addr() else { continue };
+            let (t, l) = (this.clone(), Arc::new(l));
+            supervise::run(&this.inner.cancel, transport, local, move || {
+                stream::accept_loop(t.clone(), l.clone(), tls.clone())
+            });
         }
         Ok(this)
+    }
+
+    /// Sets who uses flows (once; later calls are ignored).
+    pub fn set_flow_users(&self, users: Arc<dyn FlowUsers>) {
+        let _ = self.inner.flow_users.set(users);
+    }
+
+    /// Whether something above the transport still needs `flow`: a
+    /// registration lives on it, or a handle on it is held beyond the
+    /// reader's and the flow map's (a transaction waiting to answer over it,
+    /// a call relaying its responses, a dialog).
+    pub(crate) fn flow_in_use(&self, flow: &Flow) -> bool {
+        let in_map = {
+            let flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+            match flows.get(&(flow.transport(), flow.remote())) {
+                None => Some(false),
+                Some(slot) => slot
+                    .try_lock()
+                    .ok()
+                    .map(|g| g.as_ref().is_some_and(|f| f.id() == flow.id())),
+            }
+        };
+        // A slot being connected to cannot be read: keep the flow for now.
+        let Some(in_map) = in_map else { return true };
+        flow.handles() > 1 + usize::from(in_map)
+            || self
+                .inner
+                .flow_users
+                .get()
+                .is_some_and(|u| u.uses_flow(flow.id()))
+    }
+
+    /// Counts an inbound flow from `ip`, or says which limit refuses it.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Admitted, limits::Refusal> {
+        let mut a = self
+            .inner
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        a.admit(ip)?;
+        Ok(Admitted {
+            t: self.clone(),
+            ip,
+        })
+    }
+
+    /// Inbound TCP/TLS flows open now (handshakes in progress included).
+    pub fn inbound_flows(&self) -> usize {
+        let a = self
+            .inner
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        a.total()
+    }
+
+    pub(crate) fn handshake_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.inner.handshakes.clone()
+    }
+
+    pub(crate) fn timeouts(&self) -> limits::Timeouts {
+        self.inner.timeouts
     }
 
     /// `tx` gets `dest` when an ICMP "unreachable" comes back for a UDP

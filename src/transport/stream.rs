@@ -1,6 +1,7 @@
-//! TCP and TLS flows (RFC 3261 §18.3): framing by Content-Length, CRLFCRLF
-//! ping answered with CRLF and sent when idle (RFC 5626 §3.5.1), closure
-//! reported to every user of the flow.
+//! TCP and TLS flows, driving the flow policy of `limits.rs`: framing by
+//! Content-Length (RFC 3261 §18.3), CRLFCRLF pings answered with CRLF and
+//! sent on our own flows when idle (RFC 5626 §4.4.1), inbound flows bounded
+//! in number and time, closure reported to every user of the flow.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,16 +14,24 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
+use super::limits::{CloseReason, Due, FlowClock, Received, Role};
 use super::udp::RateLimited;
-use super::{CONNECT_TIMEOUT, Error, Inbound, KEEPALIVE_IDLE, Transports};
+use super::{Admitted, CONNECT_TIMEOUT, Error, Inbound, Transports};
 use crate::config::Transport;
-use crate::sip::framing::{Frame, next_frame};
+use crate::metrics;
+use crate::sip::framing::{Frame, FrameScanner, message_started};
 use crate::sip::{Message, bad_request_response};
 
 /// Messages queued towards one flow before senders wait.
 const FLOW_QUEUE: usize = 256;
 /// A write that makes no progress for this long closes the flow.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The TLS close_notify (or TCP FIN) gets this long.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The read buffer reserved per flow up front (it grows for longer messages).
+const READ_BUFFER: usize = 4096;
 
 static NEXT_FLOW_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -73,6 +82,11 @@ impl Flow {
 
     pub fn local(&self) -> SocketAddr {
         self.inner.local
+    }
+
+    /// Handles on this flow alive now (this one included).
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -138,9 +152,9 @@ pub(super) async fn connect(
                 Err(_) => return Err(Error::ConnectTimeout { transport, remote }),
                 Ok(r) => r?,
             };
-            start(t, tls, transport, remote, local, true)
+            start(t, tls, transport, remote, local, None)
         }
-        _ => start(t, tcp, transport, remote, local, true),
+        _ => start(t, tcp, transport, remote, local, None),
     };
     tracing::debug!(?flow, "flow connected");
     Ok(flow)
@@ -161,13 +175,23 @@ async fn connect_from(source: Option<IpAddr>, remote: SocketAddr) -> std::io::Re
     socket.connect(remote).await
 }
 
-pub(super) async fn accept_loop(t: Transports, listener: TcpListener, tls: Option<TlsAcceptor>) {
+/// Accepts TCP (or TLS, with `tls`) connections on `listener`. Each is
+/// counted against `limits.inbound_flows` and `limits.inbound_flows_per_ip`
+/// and closed at once beyond them; a TLS handshake needs one of the
+/// `limits.tls_handshakes` slots and must finish within
+/// `limits.header_timeout_sec`.
+pub(super) async fn accept_loop(
+    t: Transports,
+    listener: Arc<TcpListener>,
+    tls: Option<TlsAcceptor>,
+) {
     let cancel = t.cancel_token().clone();
     let transport = if tls.is_some() {
         Transport::Tls
     } else {
         Transport::Tcp
     };
+    let mut refused_log = RateLimited::new(std::time::Duration::from_secs(5));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -181,48 +205,74 @@ pub(super) async fn accept_loop(t: Transports, listener: TcpListener, tls: Optio
                 }
             },
         };
+        let admitted = match t.admit(remote.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                metrics::flow_closed(why.label());
+                if refused_log.allow() {
+                    tracing::warn!(%remote, %transport, limit = why.label(), suppressed = refused_log.take_suppressed(), "inbound flow refused");
+                }
+                // Dropped unread: the remote sees the connection closed.
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let Ok(local) = tcp.local_addr() else {
             continue;
         };
-        let t = t.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let flow = match tls {
-                None => start(&t, tcp, transport, remote, local, false),
-                Some(acceptor) => {
-                    match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => start(&t, s, transport, remote, local, false),
-                        Ok(Err(e)) => {
-                            tracing::warn!(%remote, error = %e, "inbound TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%remote, "inbound TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
+        let Some(acceptor) = tls.clone() else {
+            let flow = start(&t, tcp, transport, remote, local, Some(admitted));
             t.adopt_flow(&flow);
+            continue;
+        };
+        // Each handshake costs a signature: only so many at once.
+        let Ok(permit) = t.handshake_slots().try_acquire_owned() else {
+            metrics::flow_closed("tls_handshakes");
+            if refused_log.allow() {
+                tracing::warn!(%remote, limit = "tls_handshakes", suppressed = refused_log.take_suppressed(), "inbound flow refused");
+            }
+            continue;
+        };
+        let t = t.clone();
+        tokio::spawn(async move {
+            let deadline = t.timeouts().message;
+            let accepted = tokio::time::timeout(deadline, acceptor.accept(tcp)).await;
+            drop(permit);
+            match accepted {
+                Ok(Ok(s)) => {
+                    let flow = start(&t, s, transport, remote, local, Some(admitted));
+                    t.adopt_flow(&flow);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "inbound TLS handshake failed");
+                    metrics::transport_error(transport.uri_param());
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "inbound TLS handshake timed out");
+                    metrics::flow_closed(CloseReason::MessageTimeout.label());
+                }
+            }
         });
     }
 }
 
-/// Spawns the reader and writer tasks of a connected stream.
+/// Spawns the reader and writer tasks of a connected stream. `admitted`
+/// (inbound flows) is its slot in the flow count, given back when the
+/// reader ends.
 fn start<S>(
     t: &Transports,
     stream: S,
     transport: Transport,
     remote: SocketAddr,
     local: SocketAddr,
-    outbound: bool,
+    admitted: Option<Admitted>,
 ) -> Flow
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (tx, rx) = mpsc::channel(FLOW_QUEUE);
     let closed = t.cancel_token().child_token();
+    let outbound = admitted.is_none();
     let flow = Flow {
         inner: Arc::new(FlowInner {
             id: NEXT_FLOW_ID.fetch_add(1, Ordering::Relaxed),
@@ -236,8 +286,39 @@ where
     };
     let (reader, writer) = tokio::io::split(stream);
     tokio::spawn(write_loop(writer, rx, flow.inner.closed.clone()));
-    tokio::spawn(read_loop(t.clone(), reader, flow.clone()));
+    let ended = FlowEnded {
+        t: t.clone(),
+        flow: flow.clone(),
+        _admitted: admitted,
+    };
+    tokio::spawn(read_loop(reader, ended));
     flow
+}
+
+/// Held by a flow's reader: however it ends, a panic included, the flow is
+/// closed (the writer and every user are told), taken out of the flow map,
+/// and its slot in the inbound count given back.
+struct FlowEnded {
+    t: Transports,
+    flow: Flow,
+    _admitted: Option<Admitted>,
+}
+
+impl Drop for FlowEnded {
+    fn drop(&mut self) {
+        self.flow.close();
+        self.t.forget_flow(&self.flow);
+        tracing::debug!(flow = ?self.flow, "flow closed");
+    }
+}
+
+/// Cancels the flow when the writer ends, a panic included.
+struct CloseOnDrop(CancellationToken);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -245,13 +326,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Bytes>,
     closed: CancellationToken,
 ) {
+    let close = CloseOnDrop(closed);
     loop {
         let next = tokio::select! {
-            _ = closed.cancelled() => break,
+            _ = close.0.cancelled() => break,
             m = rx.recv() => m,
-            // Idle: CRLFCRLF ping keeps NAT bindings and lets the peer see
-            // we are alive (RFC 5626 §3.5.1).
-            _ = tokio::time::sleep(KEEPALIVE_IDLE) => Some(Bytes::from_static(b"\r\n\r\n")),
         };
         let Some(bytes) = next else { break };
         // A peer that stops reading must not hold the flow forever.
@@ -267,67 +346,115 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
     }
-    closed.cancel();
-    let _ = w.shutdown().await;
+    close.0.cancel();
+    // TLS sends close_notify here: bounded, the peer may not be reading.
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, w.shutdown()).await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(t: Transports, mut r: R, flow: Flow) {
-    let mut buf = BytesMut::with_capacity(8192);
+/// Reads and frames the stream, hands each message on, and keeps the
+/// flow's deadlines ([`FlowClock`]): pings on our own flows, idle and
+/// message timeouts, a missing pong.
+async fn read_loop<R: AsyncRead + Unpin>(mut r: R, ended: FlowEnded) {
+    let t = &ended.t;
+    let flow = &ended.flow;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut warn = RateLimited::new(std::time::Duration::from_secs(5));
+    let (role, mut scanner) = if flow.is_outbound() {
+        (Role::Outbound, FrameScanner::new())
+    } else {
+        // We never ping a flow a remote opened, so no pong comes on it.
+        (Role::Inbound, FrameScanner::without_pongs())
+    };
+    let mut clock = FlowClock::new(role, t.timeouts(), Instant::now());
     'outer: loop {
         let n = tokio::select! {
             _ = flow.closed() => break,
+            _ = tokio::time::sleep_until(clock.deadline()) => {
+                let now = Instant::now();
+                match clock.due(now) {
+                    Due::Nothing => {}
+                    Due::Ping => {
+                        // RFC 5626 §4.4.1: CRLFCRLF, answered by CRLF. A full
+                        // queue has bytes to send already; counted as the ping
+                        // either way, so the deadline moves on.
+                        let _ = flow.inner.tx.try_send(Bytes::from_static(b"\r\n\r\n"));
+                        clock.pinged(now);
+                    }
+                    Due::IdleCheck if t.flow_in_use(flow) => clock.in_use(now),
+                    Due::IdleCheck => {
+                        tracing::debug!(?flow, "idle inbound flow closed");
+                        metrics::flow_closed(CloseReason::Idle.label());
+                        break;
+                    }
+                    Due::Close(why) => {
+                        tracing::debug!(?flow, reason = why.label(), "flow closed by its deadline");
+                        metrics::flow_closed(why.label());
+                        break;
+                    }
+                }
+                continue;
+            }
             n = r.read_buf(&mut buf) => n,
         };
         match n {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        let mut rx = Received::default();
         loop {
-            match next_frame(&buf) {
+            let frame = scanner.next(&buf);
+            match &frame {
                 Frame::Incomplete => break,
                 Frame::Ping => {
-                    buf.advance(4);
                     let _ = flow.inner.tx.try_send(Bytes::from_static(b"\r\n"));
                 }
-                Frame::Pong => buf.advance(2),
+                Frame::Pong => rx.pongs += 1,
                 Frame::Invalid(err) => {
                     // The byte stream cannot be re-synchronised: close it.
                     tracing::warn!(?flow, error = %err, "unframeable data on flow, closing");
                     break 'outer;
                 }
                 Frame::Message(len) => {
-                    let frame = buf.split_to(len).freeze();
-                    match Message::parse_stream(frame.clone()) {
-                        Ok(msg) => t.handler().handle(Inbound {
-                            msg,
-                            source: flow.remote(),
-                            transport: flow.transport(),
-                            flow: Some(flow.clone()),
-                            local: flow.local(),
-                        }),
-                        Err(err) => {
-                            if warn.allow() {
-                                tracing::warn!(?flow, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP message");
-                            }
-                            // A 400 or 505: an error answer, under the layer's rules.
-                            if let Some(resp) = bad_request_response(&frame, &err)
-                                && t.handler().allow_reply(
-                                    flow.remote().ip(),
-                                    400,
-                                    frame.len(),
-                                    resp.len(),
-                                )
-                            {
-                                let _ = flow.inner.tx.try_send(Bytes::from(resp));
-                            }
-                        }
-                    }
+                    let frame = buf.split_to(*len).freeze();
+                    rx.frames += 1;
+                    deliver(t, flow, frame, &mut warn);
+                    continue;
                 }
+            }
+            rx.frames += 1;
+            buf.advance(frame.len());
+        }
+        rx.mid_message = message_started(&buf);
+        clock.received(Instant::now(), rx);
+    }
+}
+
+/// Parses one framed message and hands it to the transaction layer (a
+/// malformed one gets a 400 when it can be answered, §8.2.2).
+fn deliver(t: &Transports, flow: &Flow, frame: Bytes, warn: &mut RateLimited) {
+    match Message::parse_stream(frame.clone()) {
+        Ok(msg) => t.handler().handle(Inbound {
+            msg,
+            source: flow.remote(),
+            transport: flow.transport(),
+            flow: Some(flow.clone()),
+            local: flow.local(),
+        }),
+        Err(err) => {
+            if warn.allow() {
+                tracing::warn!(?flow, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP message");
+            }
+            // A 400 or 505: an error answer, under the layer's rules.
+            if let Some(resp) = bad_request_response(&frame, &err)
+                && t.handler()
+                    .allow_reply(flow.remote().ip(), 400, frame.len(), resp.len())
+            {
+                let _ = flow.inner.tx.try_send(Bytes::from(resp));
             }
         }
     }
-    flow.close();
-    t.forget_flow(&flow);
-    tracing::debug!(?flow, "flow closed");
 }
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;

@@ -27,7 +27,9 @@
 //! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
 //! use; the benchmarks in `bench/` use 127.0.0.90/.91 and 100..=130, so they
-//! are not run beside the tests. `registrar_faults.rs` uses 127.0.1.0/24.
+//! are not run beside the tests. `registrar_faults.rs` uses 127.0.1.0/24,
+//! `flow_limits.rs` and `flow_keepalive.rs` 127.0.2.0/24 (the attackers need
+//! many addresses; `flow_keepalive.rs` takes .50 and .51).
 //! Within a file, give each test its own address of the block, because the
 //! tests of one binary run in parallel.
 
