@@ -547,3 +547,51 @@ async fn registers_over_an_ipv6_listener_on_loopback() {
     assert_eq!(snap.last_registered_ip, Some(reg.addr));
     app.stop().await;
 }
+
+/// While registered over UDP, the registrar gets a CRLF keepalive from the
+/// socket the REGISTER left from, about every `udp_keepalive_sec` (so the
+/// NAT binding the PBX's INVITEs come back through stays open). That two
+/// connections to one registrar share one ping per round is the unit test
+/// of `transport::keepalive`.
+#[tokio::test]
+async fn udp_registrations_keep_their_nat_binding_alive() {
+    let reg = UdpRegistrar::bind("127.0.1.24").await;
+    let mut cfg = config(
+        "127.0.1.25",
+        &[("k1", &reg.uri(), "UDP"), ("k2", &reg.uri(), "UDP")],
+    );
+    cfg.registration.udp_keepalive_sec = 1;
+    let app = start(cfg).await;
+    let ours = app
+        .transports
+        .listen_addr(uacd::config::Transport::Udp)
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut registered = 0;
+    while registered < 2 {
+        let (n, from) = timeout(WAIT, reg.sock.recv_from(&mut buf))
+            .await
+            .expect("REGISTERs")
+            .unwrap();
+        let req = Message::parse_datagram(Bytes::copy_from_slice(&buf[..n])).unwrap();
+        reg.send(from, &ok_with_contact(&req, &our_contact(&req)))
+            .await;
+        registered += 1;
+    }
+    for id in ["k1", "k2"] {
+        wait_status(&app, id, RegStatus::Success).await;
+    }
+    // Keepalives keep coming, each a CRLF CRLF from our socket.
+    let mut pings = 0;
+    while pings < 3 {
+        let (n, from) = timeout(Duration::from_secs(3), reg.sock.recv_from(&mut buf))
+            .await
+            .expect("a keepalive within 3 s")
+            .unwrap();
+        if &buf[..n] == b"\r\n\r\n" {
+            assert_eq!(from, ours, "from the socket the registrations use");
+            pings += 1;
+        }
+    }
+    app.stop().await;
+}

@@ -103,6 +103,8 @@ pub struct RegistrationConfig {
     pub forbidden_retry_interval_sec: u64,
     pub max_register_rate_per_sec: u32,
     pub unregister_timeout_sec: u64,
+    /// CRLF keepalive toward each UDP registrar in use (0: off).
+    pub udp_keepalive_sec: u64,
 }
 
 /// Bounds on what the network and the API can make the daemon hold
@@ -224,6 +226,7 @@ impl Default for RegistrationConfig {
             forbidden_retry_interval_sec: 600,
             max_register_rate_per_sec: 200,
             unregister_timeout_sec: 5,
+            udp_keepalive_sec: 25,
         }
     }
 }

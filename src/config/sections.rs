@@ -48,6 +48,7 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
             "forbidden_retry_interval_sec",
             "max_register_rate_per_sec",
             "unregister_timeout_sec",
+            "udp_keepalive_sec",
         ],
     );
     let routing = section(
@@ -335,6 +336,9 @@ fn read_registration(ctx: &mut Ctx, t: &TableView<'_, '_>) -> RegistrationConfig
     }
     if let Some(v) = t.uint(ctx, "unregister_timeout_sec", 1..=60) {
         cfg.unregister_timeout_sec = v.into_inner();
+    }
+    if let Some(v) = t.uint(ctx, "udp_keepalive_sec", 0..=3600) {
+        cfg.udp_keepalive_sec = v.into_inner();
     }
     if cfg.max_retry_interval_sec < cfg.retry_interval_sec {
         let span = max.or(retry).map_or(t.span.clone(), |v| v.span());

@@ -28,6 +28,7 @@ use crate::sip::digest::{self, Credentials};
 use crate::sip::{HeaderName, Host, Message, Method};
 use crate::transaction::{TxError, new_branch};
 use crate::transport::Hop;
+use crate::transport::keepalive::KeepaliveGuard;
 
 /// What the API and metrics read about a registration.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +117,9 @@ pub(super) struct Driver {
     aim: Aim,
     /// The target that accepted the registration.
     pinned: Option<Target>,
+    /// Keeps the NAT binding toward the registrar open while registered
+    /// over UDP (`registration.udp_keepalive_sec`).
+    keepalive: Option<KeepaliveGuard>,
 }
 
 impl Driver {
@@ -153,6 +157,7 @@ impl Driver {
             route: None,
             aim: Aim::Fresh { pinned: None },
             pinned: None,
+            keepalive: None,
         }
     }
 
@@ -342,6 +347,16 @@ impl Driver {
                 (Some(Hop::Stream(f)), RegStatus::Success) => Some(f.id()),
                 _ => None,
             },
+        };
+        self.keepalive = match (&self.hop, snap.status) {
+            (Some(hop @ Hop::Udp { remote, .. }), RegStatus::Success) => {
+                match self.keepalive.take() {
+                    // Still the same registrar: keep the guard.
+                    Some(g) if g.remote() == *remote => Some(g),
+                    _ => self.ctx.transports.keep_udp_alive(hop),
+                }
+            }
+            _ => None,
         };
         if snap.status != old.status {
             tracing::info!(

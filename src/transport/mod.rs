@@ -7,6 +7,7 @@
 //! (the transaction layer) without an intermediate queue or global lock.
 
 mod icmp;
+pub mod keepalive;
 pub mod limits;
 mod stream;
 mod supervise;
@@ -246,6 +247,8 @@ struct Inner {
     timeouts: limits::Timeouts,
     /// Who uses flows (the registrations), set once the layers above exist.
     flow_users: OnceLock<Arc<dyn FlowUsers>>,
+    /// CRLF pings toward the UDP registrars in use.
+    keepalive: keepalive::UdpKeepalive,
 }
 
 /// An inbound flow's slot in [`limits::Admission`], given back on drop.
@@ -323,7 +326,11 @@ impl Transports {
             handshakes: Arc::new(tokio::sync::Semaphore::new(config.limits.tls_handshakes)),
             timeouts: limits::Timeouts::from_limits(&config.limits, KEEPALIVE_IDLE),
             flow_users: OnceLock::new(),
+            keepalive: keepalive::UdpKeepalive::new(Some(Duration::from_secs(
+                config.registration.udp_keepalive_sec,
+            ))),
         });
+        tokio::spawn(inner.keepalive.clone().run(inner.cancel.child_token()));
         let this = Transports { inner };
         for (s, local) in &this.inner.udp {
             let (t, s, local) = (this.clone(), s.clone(), *local);
@@ -478,6 +485,20 @@ impl Transports {
     /// The UDP socket to use towards `remote`: same address family, and
     /// one whose address can reach it (a loopback-bound socket only for a
     /// loopback remote), preferring a specific address over a wildcard.
+    /// Keeps the NAT binding of a UDP hop to a registrar open while the
+    /// guard is held ([`keepalive`]); `None` for streams (their flows have
+    /// their own pings) or when `registration.udp_keepalive_sec` is 0.
+    pub fn keep_udp_alive(&self, hop: &Hop) -> Option<keepalive::KeepaliveGuard> {
+        match hop {
+            Hop::Udp {
+                socket,
+                local,
+                remote,
+            } => self.inner.keepalive.hold(socket, *local, *remote),
+            Hop::Stream(_) => None,
+        }
+    }
+
     fn udp_socket_for(&self, remote: SocketAddr) -> Option<(Arc<UdpSocket>, SocketAddr)> {
         let rank = |local: &SocketAddr| -> Option<u8> {
             let ip = local.ip();
