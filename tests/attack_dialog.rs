@@ -14,6 +14,7 @@
 //! | .163 | a victim that must hear nothing |
 //! | .164 | an attacker |
 //! | .165 / .166 / .167 | uacd / PBX / TCP destination (framing test) |
+//! | .168 / .169 | uacd / a PBX "behind NAT" (its Contact names .163) |
 
 mod common;
 
@@ -630,4 +631,74 @@ Call-ID: framing-bad-{i}@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:601@{p}>\r\nCont
         ),
         _ => {}
     }
+}
+
+/// A PBX behind NAT writes its private address in Via and Contact (here
+/// the Contact is an address of .163 that must hear nothing; the Via's
+/// 10.20.30.40 gets nothing either, responses follow `received`/`rport`):
+/// the destination's in-dialog requests go back where its INVITE came
+/// from, and still do after a restart (the destination's token carries the
+/// way back).
+#[test]
+fn a_pbx_behind_nat_is_reached_where_its_invite_came_from() {
+    let dir = temp_dir("attack-nat");
+    let uacd_addr = SocketAddr::from((test_ip(168), free_udp_port(test_ip(168))));
+    let pbx = Peer::bind(169);
+    let private = Peer::bind(163);
+    let dest = Peer::bind(162);
+    let (p, d) = (pbx.addr(), dest.addr());
+    let cfg = config(uacd_addr, p, &format!("sip:1006@{d}"));
+    let mut uacd = start(&cfg, &dir, &pbx);
+    let call_id = "nat-call-1@pbx";
+    let pbx_side = (
+        "<sip:601@pbx.test>;tag=pbx1",
+        "<sip:uacd-atk@uacd.test>;tag=dst1",
+    );
+    let dest_side = (pbx_side.1, pbx_side.0);
+    let private_contact = format!("sip:601@{}", private.addr());
+    let invite = format!(
+        "INVITE sip:uacd-atk@{uacd_addr} SIP/2.0\r\nVia: SIP/2.0/UDP 10.20.30.40:5060;rport;branch=z9hG4bKnat1\r\n\
+Max-Forwards: 70\r\nFrom: {}\r\nTo: <sip:uacd-atk@uacd.test>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\nContact: <{private_contact}>\r\nContent-Length: 0\r\n\r\n",
+        pbx_side.0
+    );
+    pbx.send(&invite, uacd_addr);
+    let (fwd, _) = dest.expect("INVITE sip:1006@", call_id, "the INVITE at the destination");
+    let dest_route = route_set(&fwd, false);
+    let ok = response(
+        &fwd,
+        200,
+        "OK",
+        Some("dst1"),
+        &format!("Contact: <sip:1006@{d}>\r\n"),
+    );
+    dest.send(&ok, uacd_addr);
+    pbx.expect("SIP/2.0 200", call_id, "the 200 at the PBX");
+
+    uacd.terminate(Duration::from_secs(10));
+    let _uacd = start(&cfg, &dir, &pbx);
+    let bye = Req {
+        method: "BYE",
+        ruri: &private_contact,
+        from: d,
+        branch: "natbye1",
+        route: &dest_route,
+        from_to: dest_side,
+        call_id,
+        cseq: 5,
+        extra: "",
+    };
+    dest.send(&bye.text(), uacd_addr);
+    let (bye_at_pbx, from) = pbx.expect(
+        "BYE sip:601@",
+        call_id,
+        "the BYE at the PBX's public address",
+    );
+    assert_eq!(from, uacd_addr);
+    pbx.send(&response(&bye_at_pbx, 200, "OK", None, ""), uacd_addr);
+    dest.expect("SIP/2.0 200", call_id, "the 200 to the BYE");
+    assert!(
+        private.recv(QUIET).is_none(),
+        "uacd sent to the private Contact"
+    );
 }

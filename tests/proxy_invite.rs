@@ -453,6 +453,7 @@ Call-ID: forged-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
             holder: End::Pbx,
             from,
             to: &to,
+            back: None,
         };
         issue(&key, now_epoch(), &grant)
     };

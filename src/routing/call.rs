@@ -9,7 +9,7 @@
 //! CANCEL client transactions, arms timers and reports failed targets to the
 //! DNS greylist. Nothing here sleeps or touches a socket.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,12 +23,12 @@ use crate::transaction::client::Timers;
 use crate::transaction::invite_client::{self, InviteClient, ack_for, cancel_for};
 use crate::transaction::invite_server::{self, InviteServer};
 
-use super::dialogs::advertised_hop;
+use super::dialogs::pbx_end;
 use super::failover::{Best, BestResponse, Outcome, Policy, Verdict, decide};
 use super::forward::{
     Forward, ForwardError, branch, forward_request, loop_hash, relay_response, upstream_response,
 };
-use super::token::{self, End, Grant, HopId, TOKEN_PARAM};
+use super::token::{self, Back, End, Grant, HopId};
 
 /// Where one attempt may go, in DNS order (RFC 3263, RFC 2782): the
 /// target and our interface toward it (Via, Record-Route).
@@ -137,12 +137,10 @@ enum Phase {
 struct Attempt {
     target: usize,
     branch: String,
-    /// The dialog token in this attempt's Record-Route: the destination
-    /// end's, naming the PBX's hop and this target's address.
+    /// The destination end's dialog token, in this attempt's Record-Route.
     token: String,
     /// What was sent, for retransmission, CANCEL and the ACK of a non-2xx;
-    /// `None` once the client transaction no longer needs it (see
-    /// [`Call::shed`]).
+    /// `None` once the transaction no longer needs it ([`Call::shed`]).
     sent: Option<Sent>,
     tx: InviteClient,
     provisional: bool,
@@ -201,9 +199,8 @@ pub struct Call {
     started: Instant,
     loop_hash: u64,
     call_id: String,
-    /// Where the destination's in-dialog requests go: the hop the PBX
-    /// advertised in its INVITE.
-    pbx_hop: HopId,
+    /// Where the destination's in-dialog requests go ([`pbx_end`]).
+    pbx_end: (HopId, Option<Back>),
 }
 
 impl Call {
@@ -219,7 +216,7 @@ impl Call {
         let prev_via = invite.top_via()?;
         let loop_hash = loop_hash(&invite, Some(&prev_via))?;
         let call_id = invite.call_id()?.to_owned();
-        let pbx_hop = advertised_hop(&invite, true, |u| u.params.contains(TOKEN_PARAM));
+        let pbx_end = pbx_end(&invite, params.inbound.transport, params.source);
         let (server, server_actions) = InviteServer::start(reliable_upstream, params.timers);
         let mut call = Call {
             invite: Some(invite),
@@ -235,7 +232,7 @@ impl Call {
             started: now,
             loop_hash,
             call_id,
-            pbx_hop,
+            pbx_end,
         };
         let mut out = Vec::new();
         call.server_actions(server_actions, None, &mut out);
@@ -593,17 +590,18 @@ impl Call {
     /// PBX end's token in our Record-Route ([`upstream_response`]).
     fn upstream_copy(&self, n: usize, resp: &Message) -> Option<Message> {
         upstream_response(resp, &self.attempts[n].token, |dest_hop| {
-            self.token(End::Pbx, self.params.source.ip(), dest_hop)
+            self.token(End::Pbx, self.params.source.ip(), dest_hop, None)
         })
     }
 
     /// Our token for the `holder` end of this call's dialog ([`token`]).
-    fn token(&self, holder: End, from: std::net::IpAddr, to: &HopId) -> String {
+    fn token(&self, holder: End, from: IpAddr, to: &HopId, back: Option<Back>) -> String {
         let grant = Grant {
             call_id: &self.call_id,
             holder,
             from,
             to,
+            back,
         };
         token::issue(&self.params.secret, self.params.epoch, &grant)
     }
@@ -630,7 +628,8 @@ impl Call {
         let n = self.attempts.len();
         let Outbound { target, local } = &self.targets[t];
         let branch = branch(self.loop_hash, &format!("{:x}.{n}", self.params.nonce));
-        let token = self.token(End::Destination, target.addr.ip(), &self.pbx_hop);
+        let (pbx_hop, back) = &self.pbx_end;
+        let token = self.token(End::Destination, target.addr.ip(), pbx_hop, *back);
         // Only reached while Trying: the INVITE is shed once answered.
         let Some(invite) = &self.invite else {
             return Err(ForwardError::Answered);

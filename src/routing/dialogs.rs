@@ -26,7 +26,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::token::{End, HopId};
+use std::net::SocketAddr;
+
+use super::token::{Back, End, HopId, TOKEN_PARAM};
+use crate::config::Transport;
 use crate::sip::Message;
 
 /// A confirmed dialog with no request through us for this long is
@@ -112,6 +115,35 @@ pub fn advertised_hop(
         .ok()
         .and_then(|c| c.into_iter().next())
         .map_or_else(HopId::none, |c| HopId::of(&c.uri))
+}
+
+/// Where the destination's in-dialog requests go (its token names it): the
+/// hop the PBX advertised in its INVITE ([`advertised_hop`]) and, for a PBX
+/// behind NAT, the way back: the transport and source its INVITE came from.
+/// A PBX behind NAT advertises a private Contact that nobody outside can
+/// reach; requests to it go back where it sends from (the flow for TCP/TLS,
+/// the address and port for UDP, as RFC 3581 does for responses). It is
+/// behind NAT when its own Via names another address than the one its
+/// INVITE came from (what makes a proxy add `received`, §18.2.1) and no
+/// proxy of its side record-routed; a proxy in front of phones writes its
+/// own address in Via, and requests then go to the phone's Contact.
+pub fn pbx_end(
+    invite: &Message,
+    transport: Transport,
+    source: SocketAddr,
+) -> (HopId, Option<Back>) {
+    let ours = |u: &crate::sip::Uri| u.params.contains(TOKEN_PARAM);
+    let proxied = invite
+        .record_routes()
+        .is_ok_and(|rr| rr.iter().any(|r| !ours(&r.uri)));
+    let natted = invite
+        .top_via()
+        .is_ok_and(|v| v.host.ip().map(|ip| ip.to_canonical()) != Some(source.ip().to_canonical()));
+    let back = (natted && !proxied).then_some(Back {
+        transport,
+        addr: source,
+    });
+    (advertised_hop(invite, true, ours), back)
 }
 
 /// The Contact targets of a target refresh.
@@ -406,6 +438,36 @@ mod tests {
         }
         assert!(d.may_reach("c", End::Pbx, &hop("sip:h199.example"), t0));
         assert!(!d.may_reach("c", End::Pbx, &hop("sip:h0.example"), t0));
+    }
+
+    #[test]
+    fn only_a_pbx_behind_nat_gets_a_way_back() {
+        let source: SocketAddr = "203.0.113.7:40001".parse().unwrap();
+        let invite = |via: &str, rr: &str| {
+            crate::routing::testdata::parse(format!(
+                "INVITE sip:u@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP {via};rport;branch=z9hG4bK1\r\n\
+{rr}From: <sip:a@b>;tag=1\r\nTo: <sip:u@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:200@10.1.2.3:5060>\r\nContent-Length: 0\r\n\r\n"
+            ))
+        };
+        let contact = hop("sip:10.1.2.3:5060");
+        // Its Via names its private address: behind NAT.
+        let (to, back) = pbx_end(&invite("10.1.2.3:5060", ""), Transport::Udp, source);
+        assert_eq!(to, contact);
+        assert_eq!(
+            back,
+            Some(Back {
+                transport: Transport::Udp,
+                addr: source
+            })
+        );
+        // Its Via names where it sends from: its Contact is reachable.
+        let (to, back) = pbx_end(&invite("203.0.113.7:40001", ""), Transport::Udp, source);
+        assert_eq!((to, back), (contact, None));
+        // A proxy of its side record-routed: requests go to that proxy.
+        let rr = "Record-Route: <sip:edge.pbx.example;lr>\r\n";
+        let (to, back) = pbx_end(&invite("10.1.2.3:5060", rr), Transport::Tcp, source);
+        assert_eq!((to, back), (hop("sip:edge.pbx.example"), None));
     }
 
     #[test]

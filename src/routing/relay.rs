@@ -15,8 +15,9 @@ use super::forward::{
     response_target, stamped_top_via, stateless_branch, stateless_tag, tag_end,
 };
 use super::router::Shared;
-use super::token::{End, HopId};
+use super::token::{Back, End, HopId};
 use crate::config::Transport;
+use crate::dns::Target;
 use crate::metrics;
 use crate::sip::Method;
 use crate::transport::Inbound;
@@ -32,6 +33,8 @@ pub(super) struct Path {
     /// The token names `next`; otherwise only a target the other end moved
     /// to may be reached.
     pub hop_signed: bool,
+    /// Where a request to `next` goes instead (a PBX behind NAT).
+    pub back: Option<Back>,
 }
 
 /// An in-dialog request whose token verified: forwarded without a
@@ -66,15 +69,32 @@ pub(super) async fn request(shared: &Shared, inbound: Inbound, path: Path) {
             metrics::dialogs_active(delta as f64);
         }
     }
-    let targets = match shared.ctx.dns.resolve(&query_for(&next)).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::debug!(next = %next, error = %e, "in-dialog next hop does not resolve");
-            if !is_ack {
-                shared.reply(&inbound, 503);
+    // Toward a PBX's own Contact: back where its INVITE came from, over its
+    // flow while that lives (see `token::Back`); else as advertised.
+    let back = path.back.filter(|b| {
+        b.transport == Transport::Udp
+            || shared
+                .ctx
+                .transports
+                .open_flow(b.transport, b.addr)
+                .is_some()
+    });
+    let targets = match back {
+        Some(b) => vec![Target {
+            addr: b.addr,
+            transport: b.transport,
+            server_name: next.host.to_string().into(),
+        }],
+        None => match shared.ctx.dns.resolve(&query_for(&next)).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(next = %next, error = %e, "in-dialog next hop does not resolve");
+                if !is_ack {
+                    shared.reply(&inbound, 503);
+                }
+                return;
             }
-            return;
-        }
+        },
     };
     // Our branch carries a tag binding it to where responses go back.
     let Ok(upstream_via) =

@@ -174,6 +174,8 @@ pub enum Decision<'c> {
         holder: End,
         next: HopId,
         hop_signed: bool,
+        /// Sent there rather than to `next`'s address ([`token::Back`]).
+        back: Option<token::Back>,
     },
     /// A CANCEL with no matching server transaction: 481 (§16.10, §9.2).
     UnmatchedCancel,
@@ -296,11 +298,16 @@ pub fn classify<'c>(
             .iter()
             .filter_map(|r| r.uri.params.value(TOKEN_PARAM));
         return match token::verify_any(secret, tokens, call_id, source.addr.ip(), &next, epoch) {
-            Verdict::Valid { holder, hop_signed } => Decision::InDialog {
+            Verdict::Valid {
+                holder,
+                hop_signed,
+                back,
+            } => Decision::InDialog {
                 pop_routes: pop,
                 holder,
                 next,
                 hop_signed,
+                back,
             },
             // Forged, copied to another source, or for another dialog.
             Verdict::Invalid => reject(Reject::ForeignRoute),

@@ -40,6 +40,7 @@ fn dest_token(to: &str) -> String {
             holder: super::token::End::Destination,
             from: DEST,
             to: &to,
+            back: None,
         },
     )
 }
@@ -341,6 +342,7 @@ fn rfc3261_16_12_in_dialog_bye_with_our_token_is_routed() {
             holder: super::token::End::Destination,
             next: super::token::HopId::of(&"sip:198.51.100.7:5060".parse().expect("uri")),
             hop_signed: true,
+            back: None,
         }
     );
 }

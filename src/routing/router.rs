@@ -192,12 +192,14 @@ async fn request(
             holder,
             next,
             hop_signed,
+            back,
         } => {
             let path = relay::Path {
                 pop_routes,
                 holder,
                 next,
                 hop_signed,
+                back,
             };
             relay::request(&shared, inbound, path).await
         }

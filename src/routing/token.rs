@@ -15,7 +15,13 @@
 //!   (§12.1.1, §12.1.2: the Record-Route entry nearest to us, else the
 //!   Contact), as host, port, transport and scheme;
 //! - an epoch (hours since the Unix epoch), so a token ages out after
-//!   [`MAX_AGE_HOURS`].
+//!   [`MAX_AGE_HOURS`];
+//! - for the destination's token, the way back to the PBX ([`Back`]): the
+//!   transport and source address its INVITE came from. A PBX behind NAT
+//!   advertises a private Contact; its in-dialog requests are then sent
+//!   where its INVITE came from (the flow for TCP/TLS, the address and port
+//!   for UDP), as a registered phone's are, and that survives a restart
+//!   because the token carries it.
 //!
 //! An in-dialog request is relayed only when a token in our Route entries
 //! verifies for its Call-ID and its source ([`verify`]), and only to the hop
@@ -27,8 +33,9 @@
 //! Pure: the key, the epoch and the addresses are inputs.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use crate::config::Transport;
 use crate::sip::{Host, Scheme, Uri};
 
 /// The Record-Route URI parameter carrying the token.
@@ -137,6 +144,51 @@ fn push_host(s: &mut String, host: &Host) {
     }
 }
 
+/// Where requests toward the PBX go instead of its hop's address: the
+/// transport and source of its INVITE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Back {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Back {
+    /// `<t><ip hex><port hex>` (URI-parameter safe, no `.`).
+    fn encode(self) -> String {
+        let t = match self.transport {
+            Transport::Udp => 'u',
+            Transport::Tcp => 't',
+            Transport::Tls => 's',
+        };
+        let ip = match self.addr.ip().to_canonical() {
+            IpAddr::V4(v4) => format!("{:08x}", u32::from(v4)),
+            IpAddr::V6(v6) => format!("{:032x}", u128::from(v6)),
+        };
+        format!("{t}{ip}{:04x}", self.addr.port())
+    }
+
+    fn decode(s: &str) -> Option<Back> {
+        let transport = match s.get(..1)? {
+            "u" => Transport::Udp,
+            "t" => Transport::Tcp,
+            "s" => Transport::Tls,
+            _ => return None,
+        };
+        let hex = s.get(1..)?;
+        let (ip, port) = hex.split_at_checked(hex.len().checked_sub(4)?)?;
+        let ip = match ip.len() {
+            8 => IpAddr::from(std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?)),
+            32 => IpAddr::from(std::net::Ipv6Addr::from(u128::from_str_radix(ip, 16).ok()?)),
+            _ => return None,
+        };
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(Back {
+            transport,
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+}
+
 /// One token's content.
 #[derive(Clone, Copy, Debug)]
 pub struct Grant<'a> {
@@ -147,6 +199,8 @@ pub struct Grant<'a> {
     pub from: IpAddr,
     /// The next hop the holder's requests may go to.
     pub to: &'a HopId,
+    /// Where requests to that hop are sent instead (see [`Back`]).
+    pub back: Option<Back>,
 }
 
 /// The epoch of a Unix time in seconds.
@@ -183,18 +237,32 @@ fn holder_mac(key: &[u8; 16], epoch: u32, holder: End, call_id: &str, from: IpAd
     )
 }
 
-fn hop_mac(key: &[u8; 16], holder_mac: &str, hop: &HopId) -> String {
+fn hop_mac(key: &[u8; 16], holder_mac: &str, hop: &HopId, back: &str) -> String {
     super::tag(
         key,
-        &[b"rh\0", holder_mac.as_bytes(), b"\0", hop.as_bytes()],
+        &[
+            b"rh\0",
+            holder_mac.as_bytes(),
+            b"\0",
+            hop.as_bytes(),
+            b"\0",
+            back.as_bytes(),
+        ],
     )
 }
 
-/// The token for `grant`, issued at `epoch`: `<epoch>.<end>.<mac>.<mac>`.
+/// The token for `grant`, issued at `epoch`:
+/// `<epoch>.<end>.<mac>.<mac>[.<back>]`.
 pub fn issue(key: &[u8; 16], epoch: u32, grant: &Grant<'_>) -> String {
     let m1 = holder_mac(key, epoch, grant.holder, grant.call_id, grant.from);
-    let m2 = hop_mac(key, &m1, grant.to);
-    format!("{epoch:x}.{}.{m1}.{m2}", grant.holder.letter())
+    let back = grant.back.map(Back::encode).unwrap_or_default();
+    let m2 = hop_mac(key, &m1, grant.to, &back);
+    let mut t = format!("{epoch:x}.{}.{m1}.{m2}", grant.holder.letter());
+    if !back.is_empty() {
+        t.push('.');
+        t.push_str(&back);
+    }
+    t
 }
 
 /// What a token says about one in-dialog request.
@@ -202,8 +270,13 @@ pub fn issue(key: &[u8; 16], epoch: u32, grant: &Grant<'_>) -> String {
 pub enum Verdict {
     /// Issued by us for this Call-ID to the end at this source; `hop_signed`:
     /// the request's next hop is the one the token names (otherwise it may
-    /// go only to a target that end's peer moved to, §12.2).
-    Valid { holder: End, hop_signed: bool },
+    /// go only to a target that end's peer moved to, §12.2). `back`: where a
+    /// request to the signed hop is sent ([`Back`]).
+    Valid {
+        holder: End,
+        hop_signed: bool,
+        back: Option<Back>,
+    },
     /// Forged, altered, for another dialog, from another source, or expired.
     Invalid,
 }
@@ -219,7 +292,8 @@ pub fn verify(
     now: u32,
 ) -> Verdict {
     let mut parts = token.split('.');
-    let (Some(epoch), Some(end), Some(m1), Some(m2), None) = (
+    let (Some(epoch), Some(end), Some(m1), Some(m2), back_text, None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -227,6 +301,11 @@ pub fn verify(
         parts.next(),
     ) else {
         return Verdict::Invalid;
+    };
+    let back = match back_text.map(Back::decode) {
+        None => None,
+        Some(Some(b)) => Some(b),
+        Some(None) => return Verdict::Invalid,
     };
     let (Ok(epoch), Some(holder)) = (u32::from_str_radix(epoch, 16), End::from_letter(end)) else {
         return Verdict::Invalid;
@@ -238,9 +317,11 @@ pub fn verify(
     if !super::tags_match(m1, &expected) {
         return Verdict::Invalid;
     }
+    let hop_signed = super::tags_match(m2, &hop_mac(key, &expected, next, back_text.unwrap_or("")));
     Verdict::Valid {
         holder,
-        hop_signed: super::tags_match(m2, &hop_mac(key, &expected, next)),
+        hop_signed,
+        back: back.filter(|_| hop_signed),
     }
 }
 
@@ -287,6 +368,7 @@ mod tests {
             holder: End::Pbx,
             from: PBX,
             to: &to,
+            back: None,
         };
         issue(&KEY, NOW, &grant)
     }
@@ -297,6 +379,7 @@ mod tests {
         let ok = Verdict::Valid {
             holder: End::Pbx,
             hop_signed: true,
+            back: None,
         };
         let to = hop("sip:203.0.113.5:5070;transport=TCP");
         assert_eq!(
@@ -316,6 +399,7 @@ mod tests {
         let genuine_elsewhere = Verdict::Valid {
             holder: End::Pbx,
             hop_signed: false,
+            back: None,
         };
         for other in [
             "sip:192.0.2.66:5070;transport=tcp",
@@ -402,13 +486,72 @@ mod tests {
             ),
             Verdict::Valid {
                 holder: End::Pbx,
-                hop_signed: true
+                hop_signed: true,
+                back: None,
             }
         );
         assert_eq!(
             verify_any(&KEY, ["junk"], "c1", PBX, &next, NOW),
             Verdict::Invalid
         );
+    }
+
+    #[test]
+    fn the_way_back_is_carried_signed_and_only_for_the_signed_hop() {
+        let to = hop("sip:200@10.0.0.9:5060");
+        for addr in ["198.51.100.7:40123", "[2001:db8::7]:5061"] {
+            for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+                let back = Back {
+                    transport,
+                    addr: addr.parse().unwrap(),
+                };
+                let grant = Grant {
+                    call_id: "c1",
+                    holder: End::Destination,
+                    from: PBX,
+                    to: &to,
+                    back: Some(back),
+                };
+                let t = issue(&KEY, NOW, &grant);
+                assert_eq!(
+                    verify(&KEY, &t, "c1", PBX, &to, NOW),
+                    Verdict::Valid {
+                        holder: End::Destination,
+                        hop_signed: true,
+                        back: Some(back)
+                    },
+                    "{t}"
+                );
+                // Toward another hop the way back does not apply.
+                assert_eq!(
+                    verify(&KEY, &t, "c1", PBX, &hop("sip:10.0.0.10"), NOW),
+                    Verdict::Valid {
+                        holder: End::Destination,
+                        hop_signed: false,
+                        back: None
+                    }
+                );
+                // A way back swapped for another is not ours.
+                let other = Back {
+                    transport,
+                    addr: "192.0.2.66:5060".parse().unwrap(),
+                };
+                let (head, _) = t.rsplit_once('.').unwrap();
+                let forged = format!("{head}.{}", other.encode());
+                assert!(matches!(
+                    verify(&KEY, &forged, "c1", PBX, &to, NOW),
+                    Verdict::Valid {
+                        hop_signed: false,
+                        back: None,
+                        ..
+                    }
+                ));
+                assert_eq!(
+                    verify(&KEY, &format!("{head}.x12"), "c1", PBX, &to, NOW),
+                    Verdict::Invalid
+                );
+            }
+        }
     }
 
     #[test]

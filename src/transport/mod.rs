@@ -620,6 +620,23 @@ impl Transports {
 
     /// Records a flow accepted from a remote so that our requests and
     /// responses to that remote reuse it.
+    /// The open TCP/TLS flow to or from `remote`, if there is one; never
+    /// connects (a peer's ephemeral port takes no new connection).
+    pub fn open_flow(&self, transport: Transport, remote: SocketAddr) -> Option<Hop> {
+        let slot = self
+            .inner
+            .flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(transport, remote))
+            .cloned()?;
+        let guard = slot.try_lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|f| !f.is_closed())
+            .map(|f| Hop::Stream(f.clone()))
+    }
+
     pub(crate) fn adopt_flow(&self, flow: &Flow) {
         let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
         let slot = flows.entry((flow.transport(), flow.remote())).or_default();
