@@ -618,8 +618,6 @@ impl Transports {
         }
     }
 
-    /// Records a flow accepted from a remote so that our requests and
-    /// responses to that remote reuse it.
     /// The open TCP/TLS flow to or from `remote`, if there is one; never
     /// connects (a peer's ephemeral port takes no new connection).
     pub fn open_flow(&self, transport: Transport, remote: SocketAddr) -> Option<Hop> {
@@ -637,6 +635,8 @@ impl Transports {
             .map(|f| Hop::Stream(f.clone()))
     }
 
+    /// Records a flow accepted from a remote so that our requests and
+    /// responses to that remote reuse it.
     pub(crate) fn adopt_flow(&self, flow: &Flow) {
         let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
         let slot = flows.entry((flow.transport(), flow.remote())).or_default();
