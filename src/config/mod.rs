@@ -36,6 +36,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub routing: RoutingConfig,
     pub limits: LimitsConfig,
+    pub trace: TraceConfig,
     /// The file's connections. `App` moves them into the store at start-up
     /// (and a reload's into the store again): the running config has none.
     pub connections: Vec<Connection>,
@@ -105,6 +106,25 @@ pub struct RegistrationConfig {
     pub unregister_timeout_sec: u64,
     /// CRLF keepalive toward each UDP registrar in use (0: off).
     pub udp_keepalive_sec: u64,
+}
+
+/// SIP tracing (`[trace]`); the log side needs no key
+/// (`RUST_LOG=info,uacd::sip=trace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// A HEP v3 collector (Homer, sngrep -L) that gets every SIP message.
+    pub hep: Option<SocketAddr>,
+    /// The capture agent id in each HEP packet.
+    pub hep_capture_id: u32,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            hep: None,
+            hep_capture_id: 2001,
+        }
+    }
 }
 
 /// Bounds on what the network and the API can make the daemon hold
@@ -328,6 +348,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
             "registration",
             "routing",
             "limits",
+            "trace",
             "connection",
         ],
     );

@@ -13,7 +13,7 @@ use super::reader::{At, Ctx, TableView, empty_view};
 use super::types::{Cidr, ListenAddr, ProxyUri, PublicAddress, Secret, Transport};
 use super::{
     ApiConfig, ApiToken, Config, DnsConfig, LimitsConfig, MetricsConfig, RegistrationConfig,
-    RoutingConfig, Seen, SipConfig, StoreConfig, TlsConfig, parse_nameserver,
+    RoutingConfig, Seen, SipConfig, StoreConfig, TlsConfig, TraceConfig, parse_nameserver,
 };
 
 const ANY: std::ops::RangeInclusive<u64> = 0..=u64::MAX;
@@ -57,6 +57,7 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         &["timeout_1xx_sec", "timeout_2xx_sec", "failover_codes"],
     );
     let limits = section(ctx, "limits", LIMIT_KEYS);
+    let trace = section(ctx, "trace", &["hep", "hep_capture_id"]);
 
     let tls = read_tls(ctx, &tls);
     let sip = read_sip(ctx, &sip, &tls);
@@ -78,6 +79,12 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         registration: read_registration(ctx, &registration),
         routing: read_routing(ctx, &routing),
         limits: read_limits(ctx, &limits),
+        trace: TraceConfig {
+            hep: socket_addr(ctx, &trace, "hep"),
+            hep_capture_id: trace
+                .uint(ctx, "hep_capture_id", 0..=u64::from(u32::MAX))
+                .map_or(2001, |v| u32::try_from(v.into_inner()).unwrap_or(u32::MAX)),
+        },
         connections,
         generated_passwords,
     }

@@ -12,6 +12,7 @@ pub mod limits;
 mod stream;
 mod supervise;
 pub mod tls;
+pub mod trace;
 mod udp;
 
 use std::collections::HashMap;
@@ -193,6 +194,13 @@ impl Hop {
 
     pub async fn send(&self, bytes: Bytes) -> Result<(), Error> {
         metrics::sip_message(Direction::Out, &bytes);
+        trace::message(
+            trace::Dir::Out,
+            self.transport(),
+            self.local(),
+            self.remote(),
+            &bytes,
+        );
         let sent = match self {
             // A datagram socket is nearly always writable: try at once and
             // wait (boxed) only when the buffer is full. Awaiting send_to
@@ -277,6 +285,15 @@ impl Transports {
         cancel: CancellationToken,
     ) -> Result<Transports, Error> {
         let tls_client = tls::ClientTls::new(&config.tls)?;
+        if let Some(collector) = config.trace.hep {
+            trace::export_hep(collector, config.trace.hep_capture_id).map_err(|source| {
+                Error::Bind {
+                    transport: Transport::Udp,
+                    addr: collector,
+                    source,
+                }
+            })?;
+        }
         let mut udp = Vec::new();
         let mut tcp_listeners = Vec::new();
         let mut tls_listeners = Vec::new();
@@ -598,6 +615,13 @@ impl Transports {
     ) {
         metrics::sip_message(Direction::Out, &bytes);
         if let Some(flow) = flow {
+            trace::message(
+                trace::Dir::Out,
+                flow.transport(),
+                flow.local(),
+                flow.remote(),
+                &bytes,
+            );
             if !flow.try_send(bytes) {
                 tracing::debug!(?flow, "response dropped: flow closed or congested");
             }
@@ -611,6 +635,7 @@ impl Transports {
             .find(|(_, l)| *l == local)
             .map(|(s, _)| s.clone())
             .or_else(|| self.udp_socket_for(dest).map(|(s, _)| s));
+        trace::message(trace::Dir::Out, Transport::Udp, local, dest, &bytes);
         if let Some(s) = socket
             && let Err(e) = s.try_send_to(&bytes, dest)
         {

@@ -432,6 +432,13 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, ended: FlowEnded) {
 /// Parses one framed message and hands it to the transaction layer (a
 /// malformed one gets a 400 when it can be answered, §8.2.2).
 fn deliver(t: &Transports, flow: &Flow, frame: Bytes, warn: &mut RateLimited) {
+    super::trace::message(
+        super::trace::Dir::In,
+        flow.transport(),
+        flow.local(),
+        flow.remote(),
+        &frame,
+    );
     match Message::parse_stream(frame.clone()) {
         Ok(msg) => t.handler().handle(Inbound {
             msg,
@@ -449,6 +456,13 @@ fn deliver(t: &Transports, flow: &Flow, frame: Bytes, warn: &mut RateLimited) {
                 && t.handler()
                     .allow_reply(flow.remote().ip(), 400, frame.len(), resp.len())
             {
+                super::trace::message(
+                    super::trace::Dir::Out,
+                    flow.transport(),
+                    flow.local(),
+                    flow.remote(),
+                    &resp,
+                );
                 let _ = flow.inner.tx.try_send(Bytes::from(resp));
             }
         }

@@ -45,6 +45,7 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
         {
             continue;
         }
+        super::trace::message(super::trace::Dir::In, Transport::Udp, local, source, data);
         let bytes = Bytes::copy_from_slice(data);
         match Message::parse_datagram(bytes) {
             Ok(msg) => t.handler().handle(Inbound {
@@ -63,6 +64,13 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
                     && t.handler()
                         .allow_reply(source.ip(), 400, data.len(), resp.len())
                 {
+                    super::trace::message(
+                        super::trace::Dir::Out,
+                        Transport::Udp,
+                        local,
+                        source,
+                        &resp,
+                    );
                     let _ = socket.send_to(&resp, source).await;
                 }
             }

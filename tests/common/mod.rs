@@ -22,6 +22,7 @@
 //! | 88..=89 | `api_contract.rs`                           |
 //! | 90..=99 | `dns_failover.rs`                           |
 //! | 140..=149 | `dns_edge_resolver.rs`                  |
+//! | 150..=159 | `sip_trace.rs`                          |
 //! | 160..=169 | `attack_dialog.rs`                      |
 //!
 //! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
@@ -717,6 +718,12 @@ impl Uacd {
     /// config without a `[store]` section gets `<dir>/uacd.db`, so that tests
     /// never share (or need) `/var/lib/uacd`.
     pub fn start(config_toml: &str, dir: &Path) -> Uacd {
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "uacd=debug".into());
+        Uacd::start_logging(config_toml, dir, &log)
+    }
+
+    /// [`Uacd::start`] with `RUST_LOG=<rust_log>`.
+    pub fn start_logging(config_toml: &str, dir: &Path, rust_log: &str) -> Uacd {
         let config = dir.join("uacd.toml");
         let mut text = config_toml.to_owned();
         if !text.lines().any(|l| l.trim() == "[store]") {
@@ -725,10 +732,7 @@ impl Uacd {
         fs::write(&config, text).expect("write uacd.toml");
         let mut cmd = Command::new(uacd_bin());
         cmd.arg("run").arg("--config").arg(&config).current_dir(dir);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "uacd=debug".into()),
-        );
+        cmd.env("RUST_LOG", rust_log);
         let child = Child::spawn("uacd", cmd, dir);
         Uacd {
             child,
