@@ -29,6 +29,7 @@ pub mod config;
 pub mod context;
 pub mod crypto;
 pub mod dns;
+pub mod lograte;
 pub mod metrics;
 pub mod registration;
 pub mod routing;

@@ -23,6 +23,16 @@ pub const DIALOGS_ACTIVE: &str = "uacd_dialogs_active";
 pub const SIP_MESSAGES: &str = "uacd_sip_messages_total";
 pub const TRANSPORT_ERRORS: &str = "uacd_transport_errors_total";
 pub const FLOWS_CLOSED: &str = "uacd_transport_flows_closed_total";
+pub const LOG_SUPPRESSED: &str = "uacd_log_lines_suppressed_total";
+
+/// Every `kind` of `uacd_log_lines_suppressed_total` (the network-caused
+/// log lines that are rate-limited).
+pub const LOG_KINDS: [&str; 4] = [
+    "malformed",
+    "unframeable",
+    "flow_refused",
+    "in_dialog_refused",
+];
 
 /// Every `reason` of `uacd_transport_flows_closed_total`: refused at accept
 /// by a limit, or closed by a deadline.
@@ -36,7 +46,7 @@ pub const FLOW_CLOSE_REASONS: [&str; 6] = [
 ];
 
 /// Every metric name with its Prometheus type, as served.
-pub const ALL: [(&str, &str); 11] = [
+pub const ALL: [(&str, &str); 12] = [
     (BUILD_INFO, "gauge"),
     (REGISTRATIONS, "gauge"),
     (REGISTER_REQUESTS, "counter"),
@@ -48,6 +58,7 @@ pub const ALL: [(&str, &str); 11] = [
     (SIP_MESSAGES, "counter"),
     (TRANSPORT_ERRORS, "counter"),
     (FLOWS_CLOSED, "counter"),
+    (LOG_SUPPRESSED, "counter"),
 ];
 
 /// Latency buckets (seconds): a LAN round trip up to a Timer F timeout for
@@ -110,6 +121,9 @@ pub fn install(labels: &Labels<'_>) -> Result<(), BuildError> {
     }
     for r in FLOW_CLOSE_REASONS {
         counter!(FLOWS_CLOSED, "reason" => r).absolute(0);
+    }
+    for k in LOG_KINDS {
+        counter!(LOG_SUPPRESSED, "kind" => k).absolute(0);
     }
     let _ = HANDLE.set(handle);
     let hot = HOT.get_or_init(Hot::new);
@@ -255,6 +269,10 @@ fn describe() {
         FLOWS_CLOSED,
         "inbound TCP/TLS flows refused by a [limits] bound, and flows closed by a deadline, by reason"
     );
+    describe_counter!(
+        LOG_SUPPRESSED,
+        "network-caused log lines not written (rate-limited per kind), by kind"
+    );
 }
 
 /// Sets `uacd_registrations{status}` from a count per status label
@@ -349,6 +367,12 @@ pub fn transport_error(transport: &'static str) {
 /// [`FLOW_CLOSE_REASONS`]. Rare (one per flow), so no hot handle.
 pub fn flow_closed(reason: &'static str) {
     counter!(FLOWS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// A network-caused log line of `kind` (one of [`LOG_KINDS`]) was
+/// suppressed.
+pub fn log_suppressed(kind: &'static str) {
+    counter!(LOG_SUPPRESSED, "kind" => kind).increment(1);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,9 @@
 //! | .150 | HEP collector |
 //! | .151 | registrar |
 //! | .152 | uacd |
+//! | .153 / .154 | uacd / a stranger flooding it (log rate test) |
 
+mod api_client;
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -192,4 +194,73 @@ expiration_sec = 600
     );
     assert!(got[2].2.contains("response=\"<redacted>\""));
     assert!(got.iter().all(|(_, _, p)| !p.contains(&response)));
+}
+
+/// Network-caused log lines are rate-limited per kind: a flood of
+/// malformed datagrams writes one line per interval, whose `suppressed`
+/// field and `uacd_log_lines_suppressed_total{kind="malformed"}` count the
+/// rest.
+#[test]
+fn a_flood_of_garbage_writes_a_line_per_interval_and_counts_the_rest() {
+    let dir = temp_dir("log-rate");
+    let uacd_addr = SocketAddr::from((test_ip(153), free_udp_port(test_ip(153))));
+    let api = SocketAddr::from((test_ip(153), free_tcp_port(test_ip(153))));
+    let config = format!(
+        r#"[sip]
+listen = ["udp:{uacd_addr}"]
+[api]
+listen = "{api}"
+[[api.tokens]]
+token = "log-rate-test-token-01"
+user_id = "1"
+"#
+    );
+    let uacd = Uacd::start(&config, &dir);
+    common::wait_for_udp_listener(test_ip(153), uacd_addr.port(), WAIT).expect("listening");
+    common::wait_for_tcp_listener(test_ip(153), api.port(), WAIT).expect("API");
+    let stranger = UdpSocket::bind((test_ip(154), 0)).unwrap();
+    let api = api_client::Api::new(api, "log-rate-test-token-01");
+    let want = "uacd_log_lines_suppressed_total{kind=\"malformed\"}";
+    // (logged, suppressed) as the log and /metrics tell.
+    let counts = || {
+        let m = api.get("/metrics");
+        let suppressed = m
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(want))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let log = std::fs::read_to_string(uacd.log_path()).unwrap();
+        let lines = log.matches("dropping malformed SIP datagram").count() as u64;
+        (lines, suppressed)
+    };
+    // 300 in bursts of 30, each sent once the previous one is accounted
+    // for (300 at once can overflow the socket buffer): every datagram is
+    // either logged or counted as suppressed.
+    let (mut lines, mut suppressed) = (0, 0);
+    for burst in 0..10u64 {
+        for i in 0..30 {
+            let garbage = format!("NOT SIP {burst}-{i}\r\n\r\n");
+            stranger.send_to(garbage.as_bytes(), uacd_addr).unwrap();
+        }
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline && lines + suppressed < 30 * (burst + 1) {
+            (lines, suppressed) = counts();
+        }
+    }
+    assert_eq!(
+        lines + suppressed,
+        300,
+        "{lines} logged, {suppressed} suppressed"
+    );
+    // One line per 5 s: the flood takes milliseconds, so a handful at most.
+    assert!(
+        (1..=10).contains(&lines),
+        "{lines} lines for 300 malformed datagrams"
+    );
+    let log = std::fs::read_to_string(uacd.log_path()).unwrap();
+    assert!(
+        log.contains("suppressed=0"),
+        "the first line says none were suppressed"
+    );
 }

@@ -55,7 +55,9 @@ pub(super) async fn request(shared: &Shared, inbound: Inbound, path: Path) {
         .dialogs
         .may_reach(call_id, path.holder, &path.next, now)
     {
-        tracing::warn!(source = %inbound.source, call_id, next = %next, "in-dialog request to a hop the other end of its dialog did not advertise; refused");
+        if let Some(suppressed) = crate::lograte::allow(crate::lograte::Kind::InDialogRefused) {
+            tracing::warn!(source = %inbound.source, call_id, next = %next, suppressed, "in-dialog request to a hop the other end of its dialog did not advertise; refused");
+        }
         if !is_ack {
             shared.reply(&inbound, 403);
         }

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio::time::Instant;
 
 use super::limits::{CloseReason, Due, FlowClock, Received, Role};
-use super::udp::RateLimited;
 use super::{Admitted, CONNECT_TIMEOUT, Error, Inbound, Transports};
 use crate::config::Transport;
+use crate::lograte::{self, Kind};
 use crate::metrics;
 use crate::sip::framing::{Frame, FrameScanner, message_started};
 use crate::sip::{Message, bad_request_response};
@@ -191,7 +191,6 @@ pub(super) async fn accept_loop(
     } else {
         Transport::Tcp
     };
-    let mut refused_log = RateLimited::new(std::time::Duration::from_secs(5));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -209,8 +208,8 @@ pub(super) async fn accept_loop(
             Ok(a) => a,
             Err(why) => {
                 metrics::flow_closed(why.label());
-                if refused_log.allow() {
-                    tracing::warn!(%remote, %transport, limit = why.label(), suppressed = refused_log.take_suppressed(), "inbound flow refused");
+                if let Some(suppressed) = lograte::allow(Kind::FlowRefused) {
+                    tracing::warn!(%remote, %transport, limit = why.label(), suppressed, "inbound flow refused");
                 }
                 // Dropped unread: the remote sees the connection closed.
                 continue;
@@ -228,8 +227,8 @@ pub(super) async fn accept_loop(
         // Each handshake costs a signature: only so many at once.
         let Ok(permit) = t.handshake_slots().try_acquire_owned() else {
             metrics::flow_closed("tls_handshakes");
-            if refused_log.allow() {
-                tracing::warn!(%remote, limit = "tls_handshakes", suppressed = refused_log.take_suppressed(), "inbound flow refused");
+            if let Some(suppressed) = lograte::allow(Kind::FlowRefused) {
+                tracing::warn!(%remote, limit = "tls_handshakes", suppressed, "inbound flow refused");
             }
             continue;
         };
@@ -358,7 +357,6 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, ended: FlowEnded) {
     let t = &ended.t;
     let flow = &ended.flow;
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut warn = RateLimited::new(std::time::Duration::from_secs(5));
     let (role, mut scanner) = if flow.is_outbound() {
         (Role::Outbound, FrameScanner::new())
     } else {
@@ -411,13 +409,15 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, ended: FlowEnded) {
                 Frame::Pong => rx.pongs += 1,
                 Frame::Invalid(err) => {
                     // The byte stream cannot be re-synchronised: close it.
-                    tracing::warn!(?flow, error = %err, "unframeable data on flow, closing");
+                    if let Some(suppressed) = lograte::allow(Kind::Unframeable) {
+                        tracing::warn!(?flow, error = %err, suppressed, "unframeable data on flow, closing");
+                    }
                     break 'outer;
                 }
                 Frame::Message(len) => {
                     let frame = buf.split_to(*len).freeze();
                     rx.frames += 1;
-                    deliver(t, flow, frame, &mut warn);
+                    deliver(t, flow, frame);
                     continue;
                 }
             }
@@ -431,7 +431,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, ended: FlowEnded) {
 
 /// Parses one framed message and hands it to the transaction layer (a
 /// malformed one gets a 400 when it can be answered, §8.2.2).
-fn deliver(t: &Transports, flow: &Flow, frame: Bytes, warn: &mut RateLimited) {
+fn deliver(t: &Transports, flow: &Flow, frame: Bytes) {
     super::trace::message(
         super::trace::Dir::In,
         flow.transport(),
@@ -448,8 +448,8 @@ fn deliver(t: &Transports, flow: &Flow, frame: Bytes, warn: &mut RateLimited) {
             local: flow.local(),
         }),
         Err(err) => {
-            if warn.allow() {
-                tracing::warn!(?flow, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP message");
+            if let Some(suppressed) = lograte::allow(Kind::Malformed) {
+                tracing::warn!(?flow, error = %err, suppressed, "dropping malformed SIP message");
             }
             // A 400 or 505: an error answer, under the layer's rules.
             if let Some(resp) = bad_request_response(&frame, &err)

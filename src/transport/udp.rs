@@ -5,13 +5,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 
 use super::{Inbound, Transports};
 use crate::config::Transport;
+use crate::lograte::{self, Kind};
 use crate::sip::{Message, bad_request_response};
 
 pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -22,7 +22,6 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: SocketAddr) {
     let mut buf = vec![0u8; 65_536];
-    let mut warn = RateLimited::new(Duration::from_secs(5));
     let cancel = t.cancel_token().clone();
     loop {
         let (n, source) = tokio::select! {
@@ -56,8 +55,8 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
                 local,
             }),
             Err(err) => {
-                if warn.allow() {
-                    tracing::warn!(%source, error = %err, suppressed = warn.take_suppressed(), "dropping malformed SIP datagram");
+                if let Some(suppressed) = lograte::allow(Kind::Malformed) {
+                    tracing::warn!(%source, error = %err, suppressed, "dropping malformed SIP datagram");
                 }
                 // A 400 or 505: an error answer, under the layer's rules.
                 if let Some(resp) = bad_request_response(data, &err)
@@ -75,41 +74,5 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
                 }
             }
         }
-    }
-}
-
-/// Lets one log line through per interval and counts the rest, so a flood
-/// of garbage cannot fill the disk.
-pub(crate) struct RateLimited {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimited {
-    pub(crate) fn new(every: Duration) -> Self {
-        RateLimited {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    pub(crate) fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.every => {
-                self.suppressed += 1;
-                false
-            }
-            _ => {
-                self.last = Some(now);
-                true
-            }
-        }
-    }
-
-    pub(crate) fn take_suppressed(&mut self) -> u64 {
-        std::mem::take(&mut self.suppressed)
     }
 }
