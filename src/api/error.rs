@@ -102,6 +102,14 @@ impl ApiError {
         e
     }
 
+    /// 422 for a query parameter that is well-formed but unusable (the v1
+    /// API's answer to an improper filter).
+    pub fn unprocessable_parameter(parameter: &str, detail: impl Into<String>) -> ApiError {
+        let mut e = ApiError::bad_parameter(parameter, detail);
+        e.status = StatusCode::UNPROCESSABLE_ENTITY;
+        e
+    }
+
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::one(
             StatusCode::PAYLOAD_TOO_LARGE,

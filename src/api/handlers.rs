@@ -44,6 +44,7 @@ impl ApiState {
         let q = ListQuery {
             user_id: user_id.to_owned(),
             name_contains: None,
+            user_name_contains: None,
             sort: crate::store::Sort {
                 key: crate::store::SortKey::CreatedAt,
                 descending: false,
@@ -122,11 +123,19 @@ pub async fn list(
     let q = ListQuery {
         user_id: caller.user_id,
         name_contains: p.name_contains,
+        user_name_contains: p.user_name_contains,
         sort: p.sort,
         page_number: p.page_number,
         page_size: p.page_size,
     };
-    let page = state.inner.store.run(move |s| s.list(&q)).await?;
+    let page = if p.none {
+        crate::store::Page {
+            rows: Vec::new(),
+            total: 0,
+        }
+    } else {
+        state.inner.store.run(move |s| s.list(&q)).await?
+    };
     let items: Vec<Value> = page.rows.iter().map(|r| state.object(r)).collect();
     Ok(Json(json!({
         "data": items,

@@ -1,7 +1,11 @@
 //! Query strings: the list's `page[number]`, `page[size]`,
-//! `filter[connection_name][contains]` and `sort`, and the product's
-//! `credential_type`, `connection_id`, `user_id`. Unknown or repeated
-//! parameters are a 400 naming the parameter.
+//! `filter[connection_name][contains]` and `sort`, the same list's v1
+//! parameters (`page`, `per_page`, `filter_connection_name`,
+//! `filter_auth_user_name`, `filter_ip_address`, `order_by`,
+//! `sort_direction`, `with_ips`, `with_auth`, `with_fqdns`, `mode`), and
+//! the product's `credential_type`, `connection_id`, `user_id`. Unknown or
+//! repeated parameters, and v1 and v2 forms of the same thing mixed, are a
+//! 400 naming the parameter.
 
 use std::collections::HashMap;
 
@@ -10,12 +14,22 @@ use crate::store::{Sort, SortKey};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 250;
+/// v1: `per_page` defaults to 100, at most 1000.
+pub const V1_DEFAULT_PAGE_SIZE: u32 = 100;
+pub const V1_MAX_PAGE_SIZE: u32 = 1000;
+/// v1 filters need at least this many characters.
+pub const V1_MIN_FILTER: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListParams {
     pub page_number: u32,
     pub page_size: u32,
     pub name_contains: Option<String>,
+    /// v1 `filter_auth_user_name`.
+    pub user_name_contains: Option<String>,
+    /// v1 `filter_ip_address`: only IP-authenticated connections, and a UAC
+    /// connection is credential-based: nothing matches.
+    pub none: bool,
     pub sort: Sort,
 }
 
@@ -85,16 +99,121 @@ pub fn parse_sort(v: Option<&str>) -> Result<Sort, ApiError> {
     Ok(Sort { key, descending })
 }
 
+/// v1 `order_by` (default `created_at`) and `sort_direction=reverse`:
+/// `created_at` newest first, `connection_name` A-Z, `active` enabled
+/// first; `auth_type` orders credential-based connections first, and every
+/// UAC connection is one, so it orders as `created_at` does.
+fn parse_v1_order(order_by: Option<&str>, direction: Option<&str>) -> Result<Sort, ApiError> {
+    let (key, descending) = match order_by.unwrap_or("created_at") {
+        "created_at" | "auth_type" => (SortKey::CreatedAt, true),
+        "connection_name" => (SortKey::ConnectionName, false),
+        "active" => (SortKey::Active, true),
+        _ => {
+            return Err(ApiError::bad_parameter(
+                "order_by",
+                "must be one of created_at, connection_name, auth_type, active",
+            ));
+        }
+    };
+    let reverse = match direction {
+        None => false,
+        Some("reverse") => true,
+        Some(_) => return Err(ApiError::bad_parameter("sort_direction", "must be reverse")),
+    };
+    Ok(Sort {
+        key,
+        descending: descending != reverse,
+    })
+}
+
+/// A v1 filter: at least [`V1_MIN_FILTER`] characters (422 otherwise, as
+/// the v1 API answers an improper filter).
+fn v1_filter(q: &HashMap<String, String>, key: &str) -> Result<Option<String>, ApiError> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) if v.chars().count() >= V1_MIN_FILTER => Ok(Some(v.clone())),
+        Some(_) => Err(ApiError::unprocessable_parameter(
+            key,
+            format!("needs at least {V1_MIN_FILTER} characters"),
+        )),
+    }
+}
+
 pub fn parse_list(raw: Option<&str>) -> Result<ListParams, ApiError> {
     const PAGE_NUMBER: &str = "page[number]";
     const PAGE_SIZE: &str = "page[size]";
     const CONTAINS: &str = "filter[connection_name][contains]";
-    let q = pairs(raw, &[PAGE_NUMBER, PAGE_SIZE, CONTAINS, "sort"])?;
+    const V1: [&str; 11] = [
+        "page",
+        "per_page",
+        "filter_connection_name",
+        "filter_auth_user_name",
+        "filter_ip_address",
+        "order_by",
+        "sort_direction",
+        "with_ips",
+        "with_auth",
+        "with_fqdns",
+        "mode",
+    ];
+    let mut allowed = vec![PAGE_NUMBER, PAGE_SIZE, CONTAINS, "sort"];
+    allowed.extend(V1);
+    let q = pairs(raw, &allowed)?;
+    // One form per concern: the second one named is the offending one.
+    for (v2, v1) in [
+        (PAGE_NUMBER, "page"),
+        (PAGE_SIZE, "per_page"),
+        (PAGE_NUMBER, "per_page"),
+        (PAGE_SIZE, "page"),
+        (CONTAINS, "filter_connection_name"),
+        ("sort", "order_by"),
+        ("sort", "sort_direction"),
+    ] {
+        if q.contains_key(v2) && q.contains_key(v1) {
+            return Err(ApiError::bad_parameter(
+                v1,
+                format!("cannot be combined with {v2} (v1 and v2 list parameters mixed)"),
+            ));
+        }
+    }
+    for key in ["with_ips", "with_auth", "with_fqdns"] {
+        if q.get(key).is_some_and(|v| v != "true" && v != "false") {
+            return Err(ApiError::bad_parameter(key, "must be true or false"));
+        }
+    }
+    if q.get("mode").is_some_and(|m| m != "typeahead") {
+        return Err(ApiError::bad_parameter("mode", "must be typeahead"));
+    }
+    let v1 = V1.iter().any(|k| q.contains_key(*k));
+    let (page_number, page_size) = if v1 {
+        (
+            int_in(&q, "page", 1..=u32::MAX, 1)?,
+            int_in(&q, "per_page", 1..=V1_MAX_PAGE_SIZE, V1_DEFAULT_PAGE_SIZE)?,
+        )
+    } else {
+        (
+            int_in(&q, PAGE_NUMBER, 1..=u32::MAX, 1)?,
+            int_in(&q, PAGE_SIZE, 1..=MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)?,
+        )
+    };
+    let sort = if q.contains_key("order_by") || q.contains_key("sort_direction") {
+        parse_v1_order(
+            q.get("order_by").map(String::as_str),
+            q.get("sort_direction").map(String::as_str),
+        )?
+    } else {
+        parse_sort(q.get("sort").map(String::as_str))?
+    };
     Ok(ListParams {
-        page_number: int_in(&q, PAGE_NUMBER, 1..=u32::MAX, 1)?,
-        page_size: int_in(&q, PAGE_SIZE, 1..=MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)?,
-        name_contains: q.get(CONTAINS).filter(|s| !s.is_empty()).cloned(),
-        sort: parse_sort(q.get("sort").map(String::as_str))?,
+        page_number,
+        page_size,
+        name_contains: match v1_filter(&q, "filter_connection_name")? {
+            Some(f) => Some(f),
+            None => q.get(CONTAINS).filter(|s| !s.is_empty()).cloned(),
+        },
+        user_name_contains: v1_filter(&q, "filter_auth_user_name")?,
+        none: q.contains_key("filter_ip_address"),
+        sort,
     })
 }
 
@@ -201,6 +320,69 @@ mod tests {
         ] {
             let e = parse_list(Some(q)).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
+            assert_eq!(param_of(&e), Some(param), "{q}");
+        }
+    }
+
+    #[test]
+    fn v1_list_parameters_with_their_meaning_and_limits() {
+        let p = parse_list(Some("page=2&per_page=1000&filter_connection_name=ofF&order_by=connection_name&sort_direction=reverse&with_ips=true&mode=typeahead")).unwrap();
+        assert_eq!((p.page_number, p.page_size), (2, 1000));
+        assert_eq!(p.name_contains.as_deref(), Some("ofF"));
+        assert_eq!(
+            p.sort,
+            Sort {
+                key: SortKey::ConnectionName,
+                descending: true
+            },
+            "A-Z reversed"
+        );
+        let p = parse_list(Some("filter_auth_user_name=uacd")).unwrap();
+        assert_eq!(p.page_size, V1_DEFAULT_PAGE_SIZE);
+        assert_eq!(p.user_name_contains.as_deref(), Some("uacd"));
+        assert!(!p.none);
+        assert!(
+            parse_list(Some("filter_ip_address=192.0.2.1"))
+                .unwrap()
+                .none
+        );
+        for (q, key, descending) in [
+            ("order_by=created_at", SortKey::CreatedAt, true),
+            ("order_by=auth_type", SortKey::CreatedAt, true),
+            ("order_by=active", SortKey::Active, true),
+            (
+                "order_by=active&sort_direction=reverse",
+                SortKey::Active,
+                false,
+            ),
+            ("sort_direction=reverse", SortKey::CreatedAt, false),
+        ] {
+            assert_eq!(
+                parse_list(Some(q)).unwrap().sort,
+                Sort { key, descending },
+                "{q}"
+            );
+        }
+        for (q, param, status) in [
+            ("filter_connection_name=ab", "filter_connection_name", 422),
+            ("filter_auth_user_name=u", "filter_auth_user_name", 422),
+            ("per_page=1001", "per_page", 400),
+            ("page=0", "page", 400),
+            ("page=2&page[size]=10", "page", 400),
+            ("page[number]=2&per_page=10", "per_page", 400),
+            (
+                "filter[connection_name][contains]=abc&filter_connection_name=abc",
+                "filter_connection_name",
+                400,
+            ),
+            ("sort=created_at&order_by=active", "order_by", 400),
+            ("order_by=name", "order_by", 400),
+            ("sort_direction=up", "sort_direction", 400),
+            ("with_auth=yes", "with_auth", 400),
+            ("mode=full", "mode", 400),
+        ] {
+            let e = parse_list(Some(q)).unwrap_err();
+            assert_eq!(e.status.as_u16(), status, "{q}");
             assert_eq!(param_of(&e), Some(param), "{q}");
         }
     }

@@ -47,6 +47,8 @@ pub enum SortKey {
     CreatedAt,
     UpdatedAt,
     ConnectionName,
+    /// `active` (ascending: inactive first).
+    Active,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct ListQuery {
     pub user_id: String,
     /// Case-insensitive (ASCII) substring of `connection_name`.
     pub name_contains: Option<String>,
+    /// Case-insensitive (ASCII) substring of `user_name`.
+    pub user_name_contains: Option<String>,
     pub sort: Sort,
     /// 1-based.
     pub page_number: u32,

@@ -305,6 +305,47 @@ fn update_row(conn: &rusqlite::Connection, row: &Row) -> Result<bool, StoreError
 }
 
 /// `LIKE` pattern for "contains `s`", with `\` as the escape character.
+/// `ORDER BY` of a listing, its page size and offset.
+fn order_and_page(q: &ListQuery) -> (String, i64, i64) {
+    let column = match q.sort.key {
+        SortKey::CreatedAt => "created_at",
+        SortKey::UpdatedAt => "updated_at",
+        SortKey::ConnectionName => "connection_name",
+        SortKey::Active => "json_extract(settings, '$.active')",
+    };
+    let dir = if q.sort.descending { "DESC" } else { "ASC" };
+    let size = i64::from(q.page_size.max(1));
+    let offset = (i64::from(q.page_number.max(1)) - 1).saturating_mul(size);
+    (format!("{column} {dir}, seq {dir}"), size, offset)
+}
+
+impl SqliteStore {
+    /// A listing filtered by `user_name` too (the v1 `filter_auth_user_name`):
+    /// rare, so counted and paged by a plain scan of the owner's rows.
+    fn list_filtered(
+        &self,
+        conn: &rusqlite::Connection,
+        q: &ListQuery,
+        name: Option<String>,
+        user_name: String,
+    ) -> Result<Page, StoreError> {
+        let filter = "user_id = ?1 AND (?2 IS NULL OR connection_name LIKE ?2 ESCAPE '\\')
+                      AND user_name LIKE ?5 ESCAPE '\\'";
+        let total: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM connections WHERE {filter}"))?
+            .query_row(params![q.user_id, name, 0, 0, user_name], |r| r.get(0))?;
+        let (order, size, offset) = order_and_page(q);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE {filter} ORDER BY {order} LIMIT ?3 OFFSET ?4"
+        ))?;
+        let rows = collect(&mut stmt, params![q.user_id, name, size, offset, user_name])?;
+        Ok(Page {
+            rows,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+}
+
 fn like_contains(s: &str) -> String {
     let mut p = String::with_capacity(s.len() + 2);
     p.push('%');
@@ -339,6 +380,9 @@ impl Store for SqliteStore {
         let conn = self.reader();
         // Without a name filter the count and the page come from an index alone.
         let pattern = q.name_contains.as_deref().map(like_contains);
+        if let Some(user_pattern) = q.user_name_contains.as_deref().map(like_contains) {
+            return self.list_filtered(&conn, q, pattern, user_pattern);
+        }
         // A name filter is evaluated on the (user_id, connection_name) index
         // alone (it covers seq, the rowid): the page query then sorts only
         // the matching rows instead of visiting every row of the owner in
@@ -369,17 +413,10 @@ impl Store for SqliteStore {
                 .unwrap_or(0);
             i64::try_from(n).unwrap_or(i64::MAX)
         };
-        let column = match q.sort.key {
-            SortKey::CreatedAt => "created_at",
-            SortKey::UpdatedAt => "updated_at",
-            SortKey::ConnectionName => "connection_name",
-        };
-        let dir = if q.sort.descending { "DESC" } else { "ASC" };
-        let size = i64::from(q.page_size.max(1));
-        let offset = (i64::from(q.page_number.max(1)) - 1).saturating_mul(size);
+        let (order, size, offset) = order_and_page(q);
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM connections WHERE {filter}
-             ORDER BY {column} {dir}, seq {dir} LIMIT ?3 OFFSET ?4"
+             ORDER BY {order} LIMIT ?3 OFFSET ?4"
         ))?;
         let rows = collect(&mut stmt, params![q.user_id, pattern, size, offset])?;
         Ok(Page {

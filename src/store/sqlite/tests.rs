@@ -111,6 +111,7 @@ fn list_filters_by_owner_and_name_sorts_and_pages() {
     let q = |contains: Option<&str>, key, descending, page_number, page_size| ListQuery {
         user_id: "1".into(),
         name_contains: contains.map(str::to_owned),
+        user_name_contains: None,
         sort: Sort { key, descending },
         page_number,
         page_size,
@@ -185,6 +186,7 @@ fn unfiltered_totals_follow_inserts_deletes_and_syncs() {
     let q = |user: &str| ListQuery {
         user_id: user.into(),
         name_contains: None,
+        user_name_contains: None,
         sort: Sort {
             key: SortKey::CreatedAt,
             descending: true,
@@ -210,4 +212,65 @@ fn unfiltered_totals_follow_inserts_deletes_and_syncs() {
     s.sync_file(&mut [conn("f", "F", "2")], &BTreeSet::new(), 5)
         .unwrap();
     assert_eq!(s.list(&q("2")).unwrap().total, 1);
+}
+
+#[test]
+fn list_filters_by_user_name_and_sorts_by_active() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    for (i, (user_name, active)) in [
+        ("uacd-lab-1", true),
+        ("uacd-office", false),
+        ("other", true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = conn(&format!("c{i}"), &format!("N{i}"), "1");
+        c.user_name = (*user_name).into();
+        c.active = *active;
+        s.insert(&row(c, i as i64)).unwrap();
+    }
+    let ids = |q: ListQuery| {
+        let p = s.list(&q).unwrap();
+        (
+            p.total,
+            p.rows
+                .into_iter()
+                .map(|r| r.connection.id)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let q = |user_name: Option<&str>, name: Option<&str>, key, descending| ListQuery {
+        user_id: "1".into(),
+        name_contains: name.map(str::to_owned),
+        user_name_contains: user_name.map(str::to_owned),
+        sort: Sort { key, descending },
+        page_number: 1,
+        page_size: 10,
+    };
+    assert_eq!(
+        ids(q(Some("UACD"), None, SortKey::CreatedAt, false)),
+        (2, vec!["c0".into(), "c1".into()])
+    );
+    assert_eq!(
+        ids(q(Some("uacd"), Some("n1"), SortKey::CreatedAt, false)),
+        (1, vec!["c1".into()])
+    );
+    assert_eq!(
+        ids(q(Some("_"), None, SortKey::CreatedAt, false)),
+        (0, vec![]),
+        "LIKE wildcards are literal"
+    );
+    let (_, by_active) = ids(q(None, None, SortKey::Active, true));
+    assert_eq!(
+        by_active.last().map(String::as_str),
+        Some("c1"),
+        "active first: {by_active:?}"
+    );
+    let (_, reversed) = ids(q(None, None, SortKey::Active, false));
+    assert_eq!(
+        reversed.first().map(String::as_str),
+        Some("c1"),
+        "{reversed:?}"
+    );
 }
