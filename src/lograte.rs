@@ -72,24 +72,14 @@ impl Gate {
     }
 }
 
-static GATES: [Gate; 4] = [
-    Gate {
-        last_ms: AtomicU64::new(0),
-        suppressed: AtomicU64::new(0),
-    },
-    Gate {
-        last_ms: AtomicU64::new(0),
-        suppressed: AtomicU64::new(0),
-    },
-    Gate {
-        last_ms: AtomicU64::new(0),
-        suppressed: AtomicU64::new(0),
-    },
-    Gate {
-        last_ms: AtomicU64::new(0),
-        suppressed: AtomicU64::new(0),
-    },
-];
+/// A gate that has logged nothing yet.
+#[allow(clippy::declare_interior_mutable_const)]
+const FRESH: Gate = Gate {
+    last_ms: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+static GATES: [Gate; 4] = [FRESH; 4];
 
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();

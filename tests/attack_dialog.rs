@@ -271,6 +271,39 @@ fn start(config: &str, dir: &std::path::Path, pbx: &Peer) -> Uacd {
     }
 }
 
+/// What both ends saw of an answered call.
+struct Answered {
+    /// The INVITE as the destination got it.
+    invite: String,
+    /// The 200 as the PBX got it.
+    ok: String,
+}
+
+/// The PBX calls through uacd (its Via sent-by and Contact as given), the
+/// destination answers 200 with its Contact.
+fn answered_call(
+    (pbx, dest, uacd): (&Peer, &Peer, SocketAddr),
+    call_id: &str,
+    via: &str,
+    contact: &str,
+) -> Answered {
+    let branch: String = call_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let invite = format!(
+        "INVITE sip:uacd-atk@{uacd} SIP/2.0\r\nVia: SIP/2.0/UDP {via};rport;branch=z9hG4bK{branch}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:601@pbx.test>;tag=pbx1\r\nTo: <sip:uacd-atk@uacd.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    pbx.send(&invite, uacd);
+    let (fwd, _) = dest.expect("INVITE sip:1006@", call_id, "the INVITE at the destination");
+    let contact = format!("Contact: <sip:1006@{}>\r\n", dest.addr());
+    dest.send(&response(&fwd, 200, "OK", Some("dst1"), &contact), uacd);
+    let (ok, _) = pbx.expect("SIP/2.0 200", call_id, "the 200 at the PBX");
+    Answered { invite: fwd, ok }
+}
+
 #[test]
 fn dialog_tokens_reach_only_the_dialogs_two_ends() {
     let dir = temp_dir("attack-dialog");
@@ -291,25 +324,15 @@ fn dialog_tokens_reach_only_the_dialogs_two_ends() {
         "<sip:uacd-atk@uacd.test>;tag=dst1",
     );
     let dest_side = (pbx_side.1, pbx_side.0);
-    let invite = format!(
-        "INVITE sip:uacd-atk@{uacd_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {p};rport;branch=z9hG4bKinv1\r\n\
-Max-Forwards: 70\r\nFrom: {}\r\nTo: <sip:uacd-atk@uacd.test>\r\nCall-ID: {call_id}\r\n\
-CSeq: 1 INVITE\r\nContact: <sip:601@{p}>\r\nContent-Length: 0\r\n\r\n",
-        pbx_side.0
+    let call = answered_call(
+        (&pbx, &dest, uacd_addr),
+        call_id,
+        &p.to_string(),
+        &format!("sip:601@{p}"),
     );
-    pbx.send(&invite, uacd_addr);
-    let (fwd, _) = dest.expect("INVITE sip:1006@", call_id, "the INVITE at the destination");
+    let (fwd, ok_up) = (call.invite, call.ok);
     let dest_token = token_in(&fwd);
     let dest_route = route_set(&fwd, false);
-    let ok = response(
-        &fwd,
-        200,
-        "OK",
-        Some("dst1"),
-        &format!("Contact: <sip:1006@{d}>\r\n"),
-    );
-    dest.send(&ok, uacd_addr);
-    let (ok_up, _) = pbx.expect("SIP/2.0 200", call_id, "the 200 at the PBX");
     let pbx_token = token_in(&ok_up);
     let pbx_route = route_set(&ok_up, true);
     assert_ne!(pbx_token, dest_token, "each end has its own token");
@@ -656,24 +679,13 @@ fn a_pbx_behind_nat_is_reached_where_its_invite_came_from() {
     );
     let dest_side = (pbx_side.1, pbx_side.0);
     let private_contact = format!("sip:601@{}", private.addr());
-    let invite = format!(
-        "INVITE sip:uacd-atk@{uacd_addr} SIP/2.0\r\nVia: SIP/2.0/UDP 10.20.30.40:5060;rport;branch=z9hG4bKnat1\r\n\
-Max-Forwards: 70\r\nFrom: {}\r\nTo: <sip:uacd-atk@uacd.test>\r\nCall-ID: {call_id}\r\n\
-CSeq: 1 INVITE\r\nContact: <{private_contact}>\r\nContent-Length: 0\r\n\r\n",
-        pbx_side.0
+    let call = answered_call(
+        (&pbx, &dest, uacd_addr),
+        call_id,
+        "10.20.30.40:5060",
+        &private_contact,
     );
-    pbx.send(&invite, uacd_addr);
-    let (fwd, _) = dest.expect("INVITE sip:1006@", call_id, "the INVITE at the destination");
-    let dest_route = route_set(&fwd, false);
-    let ok = response(
-        &fwd,
-        200,
-        "OK",
-        Some("dst1"),
-        &format!("Contact: <sip:1006@{d}>\r\n"),
-    );
-    dest.send(&ok, uacd_addr);
-    pbx.expect("SIP/2.0 200", call_id, "the 200 at the PBX");
+    let dest_route = route_set(&call.invite, false);
 
     uacd.terminate(Duration::from_secs(10));
     let _uacd = start(&cfg, &dir, &pbx);

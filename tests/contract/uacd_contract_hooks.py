@@ -33,7 +33,6 @@ def _safe(value):
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    unmix_list_parameters(case)
     body = case.body
     if not isinstance(body, dict):
         return
@@ -44,24 +43,3 @@ def before_call(context, case, kwargs):
         if isinstance(ext.get(key), str):
             ext[key] = _safe(ext[key])
 
-
-# The list accepts its v2 parameters or the v1 ones, not both forms of the
-# same thing in one request (400 naming the parameter, which the unit tests
-# and the README cover); no OpenAPI parameter list can say "not with". A
-# generated request that mixes them keeps its v2 form.
-V1_OF_V2 = {
-    "page[number]": ("page", "per_page"),
-    "page[size]": ("page", "per_page"),
-    "filter[connection_name][contains]": ("filter_connection_name",),
-    "sort": ("order_by", "sort_direction"),
-}
-
-
-def unmix_list_parameters(case):
-    query = case.query
-    if not isinstance(query, dict) or case.path != "/v2/uac_connections":
-        return
-    for v2, v1s in V1_OF_V2.items():
-        if v2 in query:
-            for v1 in v1s:
-                query.pop(v1, None)
