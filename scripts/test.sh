@@ -13,6 +13,9 @@
 #   3. cargo fmt --check, scripts/check-layout.py (module imports and file
 #      sizes), cargo clippy -D warnings, cargo test --all-targets,
 #      cargo test --doc (there is a lib); fails on the first failure.
+#   4. scripts/fuzz.sh smoke: every fuzz target (fuzz/) for 20 s under
+#      libFuzzer; fails on a crash, panic, hang or OOM (needs g++, step 1).
+#      Skipped when test names are given (a filtered run).
 # Interop tests fail (never skip) when a peer is missing.
 # Usage: scripts/test.sh [extra cargo test args, e.g. a test name filter]
 set -euo pipefail
@@ -31,7 +34,7 @@ apt_install() {
 
 # --- 1. peers -------------------------------------------------------------
 # package:command-that-proves-it
-PEERS=(gcc:cc libc6-dev:/usr/include/stdio.h sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
+PEERS=(gcc:cc g++:c++ libc6-dev:/usr/include/stdio.h sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
   kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so dnsmasq-base:/usr/sbin/dnsmasq
   openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze)
 missing=()
@@ -121,6 +124,12 @@ run_tests cargo test --all-targets "$@"
 if [ -f src/lib.rs ]; then
   log "cargo test --doc"
   run_tests cargo test --doc "$@"
+fi
+
+# --- 4. fuzz smoke ----------------------------------------------------------
+if [ $# -eq 0 ]; then
+  log "scripts/fuzz.sh smoke (every fuzz target, ${FUZZ_SMOKE_SECONDS:-20} s each)"
+  scripts/fuzz.sh smoke
 fi
 log "all checks passed"
 # One closing line with the totals over every test binary.
