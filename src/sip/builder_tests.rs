@@ -154,6 +154,29 @@ fn framing_two_messages_partial_and_pings() {
     assert_eq!(next_frame(b"\r\n"), Frame::Pong);
 }
 
+/// Found by fuzz/fuzz_targets/route.rs: the framer took `l:` on a folded
+/// line for Content-Length while the parser (rightly) read it as part of
+/// Content-Type, so a forwarded copy that gained a Content-Length did not
+/// frame on a stream.
+#[test]
+fn framing_ignores_header_names_on_folded_lines_and_the_start_line() {
+    let folded =
+        b"INVITE sip:h SIP/2.0\r\nc: application/sdp\r\n l:5\r\nContent-Length: 2\r\n\r\nabXYZ";
+    assert_eq!(next_frame(folded), Frame::Message(folded.len() - 3));
+    let m = Message::parse_stream(Bytes::from_static(&folded[..folded.len() - 3])).expect("parses");
+    assert_eq!(m.body(), b"ab");
+    let only_folded = b"OPTIONS sip:h SIP/2.0\r\nSubject: a\r\n\tl: 3\r\n\r\nxyz";
+    assert_eq!(
+        next_frame(only_folded),
+        Frame::Message(only_folded.len() - 3)
+    );
+    // A folded Content-Length value is still joined (§7.3.1).
+    let cl_folded = b"OPTIONS sip:h SIP/2.0\r\nContent-Length:\r\n 3\r\n\r\nxyz";
+    assert_eq!(next_frame(cl_folded), Frame::Message(cl_folded.len()));
+    let start = b"l:3 sip:h SIP/2.0\r\nVia: x\r\n\r\nxyz";
+    assert_eq!(next_frame(start), Frame::Message(start.len() - 3));
+}
+
 #[test]
 fn warning_text_is_quotable() {
     let errs = [
