@@ -61,6 +61,36 @@ fn bad_request_response_drops_what_it_cannot_answer() {
     assert_eq!(bad_request_response(b"", &err), None);
 }
 
+/// Found by fuzz/fuzz_targets/parser.rs: a request refused for too many
+/// header fields got a 400 echoing every Via, which had too many fields to
+/// parse itself.
+#[test]
+fn bad_request_response_is_never_more_fields_than_a_parser_accepts() {
+    let many = |n: usize| {
+        let mut raw = String::from("OPTIONS sip:h SIP/2.0\r\n");
+        for i in 0..n {
+            raw.push_str(&format!("Via: SIP/2.0/UDP h{i};branch=z9hG4bK{i}\r\n"));
+        }
+        raw + "From: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    };
+    let err = ParseError::TooManyHeaders;
+    let fits = bad_request_response(many(MAX_HEADERS - 6).as_bytes(), &err).expect("answered");
+    assert!(Message::parse_datagram(Bytes::from(fits)).is_ok());
+    assert_eq!(
+        bad_request_response(many(MAX_HEADERS).as_bytes(), &err),
+        None
+    );
+    // Comma-separated values count one field each, as they are echoed.
+    let line = vec!["SIP/2.0/UDP h"; MAX_HEADERS].join(",");
+    let raw = format!(
+        "OPTIONS sip:h SIP/2.0\r\nVia: {line}\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    assert_eq!(
+        bad_request_response(raw.as_bytes(), &ParseError::Truncated),
+        None
+    );
+}
+
 #[test]
 fn response_to_copies_dialog_headers() {
     let req = msg(
