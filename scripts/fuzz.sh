@@ -20,7 +20,7 @@
 #   scripts/fuzz.sh list                  names the targets
 #
 # A crash or hang leaves its input in fuzz/artifacts/TARGET/ (not committed);
-# move it to fuzz/regressions/ with the fix. Builds go to FUZZ_TARGET_DIR
+# move it to fuzz/regressions/TARGET/ with the fix: every run replays those. Builds go to FUZZ_TARGET_DIR
 # (default fuzz/target), never the main crate's target dir: every dependency is
 # instrumented. Long runs are niced (FUZZ_NICE, default 19).
 set -euo pipefail
@@ -91,22 +91,25 @@ run() {
   local t=$1 out=$2 work=$3
   shift 3
   mkdir -p "$work" "fuzz/artifacts/$t"
+  # Inputs that once failed are replayed first, as seeds.
+  local seeds=("fuzz/corpus/$t")
+  [ -d "fuzz/regressions/$t" ] && seeds+=("fuzz/regressions/$t")
   set +e
-  nice -n "$NICE" "$(bin_of "$t")" "$work" "fuzz/corpus/$t" \
+  nice -n "$NICE" "$(bin_of "$t")" "$work" "${seeds[@]}" \
     "$(dict_of "$t")" -max_len="$MAX_LEN" -timeout="$TIMEOUT_SEC" -rss_limit_mb=2048 \
     -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 "$@" >"$out" 2>&1
   local rc=$?
   set -e
   local execs secs
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -1)
-  secs=$(grep -o 'DONE.* in [0-9]* second' "$out" | grep -o '[0-9]* second' | tail -1 || true)
+  secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1 s/p' "$out" | tail -1)
   if [ "$rc" -ne 0 ] || grep -qE '^==[0-9]+== ERROR|deadly signal|panicked at|ALARM: working on the last Unit|out-of-memory' "$out"; then
     log "$t: FAILED (exit $rc); the input is in fuzz/artifacts/$t/:"
     grep -E 'panicked at|ERROR|ALARM|out-of-memory|Test unit written|^thread' "$out" | head -20 >&2 || true
     tail -30 "$out" >&2
     return 1
   fi
-  log "$t: ${execs:-?} executions${secs:+ in $secs(s)}, corpus $(find "$work" -type f | wc -l) new + $(find "fuzz/corpus/$t" -type f | wc -l) seeds, no crash"
+  log "$t: ${execs:-?} executions${secs:+ in $secs}, corpus $(find "$work" -type f | wc -l) new + $(find "fuzz/corpus/$t" -type f | wc -l) seeds, no crash"
 }
 
 case ${1:-} in

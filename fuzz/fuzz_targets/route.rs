@@ -22,7 +22,7 @@ use uacd::routing::forward::{Forward, branch, forward_request, loop_hash};
 use uacd::routing::route::{
     ConnectionView, Decision, Directory, Source, classify, dialog_token, find_connection,
 };
-use uacd::sip::{Frame, HeaderName, Host, Message, next_frame};
+use uacd::sip::{Frame, HeaderName, Host, MAX_HEADERS, Message, ParseError, next_frame};
 
 const US: [u8; 4] = [192, 0, 2, 10];
 const PBX: [u8; 4] = [198, 51, 100, 7];
@@ -165,6 +165,9 @@ fn check_forwarded(msg: &Message, out: &Message, our_branch: &str) {
     );
     let again = match Message::parse_stream(Bytes::from(wire.clone())) {
         Ok(m) => m,
+        // Our Via, Record-Route and Max-Forwards can take a request at the
+        // field limit past it: the next hop may refuse it, nothing worse.
+        Err(ParseError::TooManyHeaders) if out.headers().count() > MAX_HEADERS => return,
         Err(e) => panic!(
             "forwarded copy does not parse: {e:?}\n{}",
             String::from_utf8_lossy(&wire)
