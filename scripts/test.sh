@@ -15,6 +15,9 @@
 #      cargo test --doc (there is a lib), then scripts/package-test.sh (the
 #      Debian package built with cargo-deb, installed, run as its user,
 #      purged); fails on the first failure.
+#   4. scripts/fuzz.sh smoke: every fuzz target (fuzz/) for 20 s under
+#      libFuzzer; fails on a crash, panic, hang or OOM (needs g++, step 1).
+#      Skipped when test names are given (a filtered run).
 # Interop tests fail (never skip) when a peer is missing.
 # Usage: scripts/test.sh [extra cargo test args, e.g. a test name filter]
 set -euo pipefail
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 # --- 1. peers -------------------------------------------------------------
 # package:command-that-proves-it
-PEERS=(sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
+PEERS=(g++:c++ sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
   kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so dnsmasq-base:/usr/sbin/dnsmasq
   openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze lintian:lintian)
 ensure_packages "${C_TOOLCHAIN[@]}" "${PEERS[@]}"
@@ -93,6 +96,12 @@ if [ -f src/lib.rs ]; then
 fi
 log "scripts/package-test.sh (the Debian package, installed and run as its user)"
 scripts/package-test.sh
+
+# --- 4. fuzz smoke ----------------------------------------------------------
+if [ $# -eq 0 ]; then
+  log "scripts/fuzz.sh smoke (every fuzz target, ${FUZZ_SMOKE_SECONDS:-20} s each)"
+  scripts/fuzz.sh smoke
+fi
 
 log "all checks passed"
 # One closing line with the totals over every test binary.

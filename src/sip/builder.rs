@@ -4,12 +4,12 @@
 
 use std::fmt::Display;
 
-use crate::sip::MAX_MESSAGE_SIZE;
 use crate::sip::Method;
 use crate::sip::error::ParseError;
 use crate::sip::header::HeaderName;
 use crate::sip::message::Message;
 use crate::sip::params::is_token_char;
+use crate::sip::{MAX_HEADERS, MAX_MESSAGE_SIZE};
 
 /// Header lines and body shared by both builders.
 #[derive(Clone, Debug, Default)]
@@ -245,6 +245,11 @@ pub fn bad_request_response(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
     let (from, to, call_id, cseq) = (from?, to?, call_id?, cseq?);
     let cseq_method = cseq.split_whitespace().nth(1)?;
     if vias.is_empty() || cseq_method == "ACK" {
+        return None;
+    }
+    // A 400 with more fields than any parser of ours accepts (the Vias plus
+    // From, To, Call-ID, CSeq, Warning, Content-Length) is not sent.
+    if vias.len() + 6 > MAX_HEADERS {
         return None;
     }
 

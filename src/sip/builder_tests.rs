@@ -65,6 +65,36 @@ fn bad_request_response_drops_what_it_cannot_answer() {
     assert_eq!(bad_request_response(b"", &err), None);
 }
 
+/// Found by fuzz/fuzz_targets/parser.rs: a request refused for too many
+/// header fields got a 400 echoing every Via, which had too many fields to
+/// parse itself.
+#[test]
+fn bad_request_response_is_never_more_fields_than_a_parser_accepts() {
+    let many = |n: usize| {
+        let mut raw = String::from("OPTIONS sip:h SIP/2.0\r\n");
+        for i in 0..n {
+            raw.push_str(&format!("Via: SIP/2.0/UDP h{i};branch=z9hG4bK{i}\r\n"));
+        }
+        raw + "From: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    };
+    let err = ParseError::TooManyHeaders;
+    let fits = bad_request_response(many(MAX_HEADERS - 6).as_bytes(), &err).expect("answered");
+    assert!(Message::parse_datagram(Bytes::from(fits)).is_ok());
+    assert_eq!(
+        bad_request_response(many(MAX_HEADERS).as_bytes(), &err),
+        None
+    );
+    // Comma-separated values count one field each, as they are echoed.
+    let line = vec!["SIP/2.0/UDP h"; MAX_HEADERS].join(",");
+    let raw = format!(
+        "OPTIONS sip:h SIP/2.0\r\nVia: {line}\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    assert_eq!(
+        bad_request_response(raw.as_bytes(), &ParseError::Truncated),
+        None
+    );
+}
+
 #[test]
 fn response_to_copies_dialog_headers() {
     let req = msg(
@@ -158,6 +188,29 @@ fn framing_two_messages_partial_and_pings() {
     );
     assert_eq!(next_frame(b"\r\n\r"), Frame::Incomplete);
     assert_eq!(next_frame(b"\r\n"), Frame::Pong);
+}
+
+/// Found by fuzz/fuzz_targets/route.rs: the framer took `l:` on a folded
+/// line for Content-Length while the parser (rightly) read it as part of
+/// Content-Type, so a forwarded copy that gained a Content-Length did not
+/// frame on a stream.
+#[test]
+fn framing_ignores_header_names_on_folded_lines_and_the_start_line() {
+    let folded =
+        b"INVITE sip:h SIP/2.0\r\nc: application/sdp\r\n l:5\r\nContent-Length: 2\r\n\r\nabXYZ";
+    assert_eq!(next_frame(folded), Frame::Message(folded.len() - 3));
+    let m = Message::parse_stream(Bytes::from_static(&folded[..folded.len() - 3])).expect("parses");
+    assert_eq!(m.body(), b"ab");
+    let only_folded = b"OPTIONS sip:h SIP/2.0\r\nSubject: a\r\n\tl: 3\r\n\r\nxyz";
+    assert_eq!(
+        next_frame(only_folded),
+        Frame::Message(only_folded.len() - 3)
+    );
+    // A folded Content-Length value is still joined (§7.3.1).
+    let cl_folded = b"OPTIONS sip:h SIP/2.0\r\nContent-Length:\r\n 3\r\n\r\nxyz";
+    assert_eq!(next_frame(cl_folded), Frame::Message(cl_folded.len()));
+    let start = b"l:3 sip:h SIP/2.0\r\nVia: x\r\n\r\nxyz";
+    assert_eq!(next_frame(start), Frame::Message(start.len() - 3));
 }
 
 #[test]

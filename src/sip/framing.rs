@@ -175,10 +175,16 @@ impl FrameScanner {
 }
 
 /// Reads Content-Length (or compact `l`) from a header block; all must agree.
+/// The start line and continuation lines (§7.3.1: a line starting with SP or
+/// HT belongs to the field above) name no header, as in the parser: a folded
+/// `Subject: x\r\n l: 9` must not set the frame length the parser ignores.
 fn content_length(head: &[u8]) -> Result<Option<usize>, ParseError> {
     let mut found = None;
-    let mut lines = head.split(|&b| b == b'\n').peekable();
+    let mut lines = head.split(|&b| b == b'\n').skip(1).peekable();
     while let Some(line) = lines.next() {
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
