@@ -84,15 +84,15 @@ fn bad_request_response_is_never_more_fields_than_a_parser_accepts() {
         bad_request_response(many(MAX_HEADERS).as_bytes(), &err),
         None
     );
-    // Comma-separated values count one field each, as they are echoed.
+    // Via lines are echoed as received: many comma-separated values on one
+    // line stay one field, and the answer parses.
     let line = vec!["SIP/2.0/UDP h"; MAX_HEADERS].join(",");
     let raw = format!(
         "OPTIONS sip:h SIP/2.0\r\nVia: {line}\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
     );
-    assert_eq!(
-        bad_request_response(raw.as_bytes(), &ParseError::Truncated),
-        None
-    );
+    let one_line = bad_request_response(raw.as_bytes(), &ParseError::Truncated).expect("answered");
+    let resp = Message::parse_datagram(Bytes::from(one_line)).expect("parses");
+    assert_eq!(resp.header_values(HeaderName::Via).len(), MAX_HEADERS);
 }
 
 #[test]
