@@ -271,6 +271,13 @@ fn start(config: &str, dir: &std::path::Path, pbx: &Peer) -> Uacd {
     }
 }
 
+/// From and To of the answered call's requests, as the PBX writes them (the
+/// destination writes them the other way round).
+const PBX_SIDE: (&str, &str) = (
+    "<sip:601@pbx.test>;tag=pbx1",
+    "<sip:uacd-atk@uacd.test>;tag=dst1",
+);
+
 /// What both ends saw of an answered call.
 struct Answered {
     /// The INVITE as the destination got it.
@@ -319,11 +326,7 @@ fn dialog_tokens_reach_only_the_dialogs_two_ends() {
 
     // A call: PBX → uacd → destination, answered and ACKed.
     let call_id = "atk-call-1@pbx";
-    let pbx_side = (
-        "<sip:601@pbx.test>;tag=pbx1",
-        "<sip:uacd-atk@uacd.test>;tag=dst1",
-    );
-    let dest_side = (pbx_side.1, pbx_side.0);
+    let (pbx_side, dest_side) = (PBX_SIDE, (PBX_SIDE.1, PBX_SIDE.0));
     let call = answered_call(
         (&pbx, &dest, uacd_addr),
         call_id,
@@ -673,11 +676,7 @@ fn a_pbx_behind_nat_is_reached_where_its_invite_came_from() {
     let cfg = config(uacd_addr, p, &format!("sip:1006@{d}"));
     let mut uacd = start(&cfg, &dir, &pbx);
     let call_id = "nat-call-1@pbx";
-    let pbx_side = (
-        "<sip:601@pbx.test>;tag=pbx1",
-        "<sip:uacd-atk@uacd.test>;tag=dst1",
-    );
-    let dest_side = (pbx_side.1, pbx_side.0);
+    let dest_side = (PBX_SIDE.1, PBX_SIDE.0);
     let private_contact = format!("sip:601@{}", private.addr());
     let call = answered_call(
         (&pbx, &dest, uacd_addr),
