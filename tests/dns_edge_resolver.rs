@@ -48,12 +48,16 @@ fn dns_ip() -> Ipv4Addr {
     test_ip(144)
 }
 
-/// What dnsmasq answers to `kind name`, asked with uacd's own resolver.
-fn ask(dns: SocketAddr, kind: &str, name: &str) -> Result<usize, LookupError> {
+/// Runs `query` on uacd's own resolver, pointed at `dns` only.
+fn with_resolver<T>(
+    dns: SocketAddr,
+    prefer_ipv6: bool,
+    query: impl AsyncFnOnce(&Hickory) -> T,
+) -> T {
     let config = uacd::config::DnsConfig {
         nameservers: vec![dns],
         greylist_sec: 0,
-        ..Default::default()
+        prefer_ipv6,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -61,11 +65,16 @@ fn ask(dns: SocketAddr, kind: &str, name: &str) -> Result<usize, LookupError> {
         .expect("runtime");
     rt.block_on(async {
         let h = Hickory::new(&config).expect("resolver");
-        match kind {
-            "NAPTR" => h.naptr(name).await.map(|a| a.records.len()),
-            "SRV" => h.srv(name).await.map(|a| a.records.len()),
-            _ => h.ip(name).await.map(|a| a.records.len()),
-        }
+        query(&h).await
+    })
+}
+
+/// What dnsmasq answers to `kind name`, asked with uacd's own resolver.
+fn ask(dns: SocketAddr, kind: &str, name: &str) -> Result<usize, LookupError> {
+    with_resolver(dns, false, async |h| match kind {
+        "NAPTR" => h.naptr(name).await.map(|a| a.records.len()),
+        "SRV" => h.srv(name).await.map(|a| a.records.len()),
+        _ => h.ip(name).await.map(|a| a.records.len()),
     })
 }
 
@@ -198,17 +207,7 @@ fn dual_stack_hosts_give_both_families_in_the_configured_order() {
         &dir,
     );
     let resolve = |prefer_ipv6: bool, name: &str| -> Vec<std::net::IpAddr> {
-        let config = uacd::config::DnsConfig {
-            nameservers: vec![dns.addr],
-            greylist_sec: 0,
-            prefer_ipv6,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let h = Hickory::new(&config).expect("resolver");
+        with_resolver(dns.addr, prefer_ipv6, async |h| {
             h.ip(name).await.expect("resolves").records
         })
     };
