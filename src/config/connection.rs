@@ -35,6 +35,29 @@ pub struct Connection {
     pub external_uac_settings: ExternalUacSettings,
     #[serde(default)]
     pub internal_uac_settings: InternalUacSettings,
+    /// Calls from the PBX to `destination_uri`.
+    #[serde(default)]
+    pub inbound: CallSettings,
+    /// Calls from the internal side toward the PBX.
+    #[serde(default)]
+    pub outbound: CallSettings,
+}
+
+/// Per-connection call settings of one direction (`inbound`, `outbound`);
+/// `None` falls back to the daemon-wide value (`routing.timeout_*_sec`) or
+/// no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSettings {
+    /// 1..=120: no provisional response by then, fail over.
+    #[serde(default)]
+    pub timeout_1xx_secs: Option<u32>,
+    /// 1..=600: ringing for longer, give up (408).
+    #[serde(default)]
+    pub timeout_2xx_secs: Option<u32>,
+    /// Concurrent calls of this direction; beyond it, 486.
+    #[serde(default)]
+    pub channel_limit: Option<u32>,
 }
 
 /// How we register to the PBX.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub use connection::{
-    Connection, ExternalUacSettings, FieldIssue, InternalUacSettings, generated_id,
+    CallSettings, Connection, ExternalUacSettings, FieldIssue, InternalUacSettings, generated_id,
     generated_user_name,
 };
 pub use types::{
@@ -54,6 +54,10 @@ pub struct SipConfig {
     /// Sources (besides loopback and the PBXes) whose OPTIONS to the daemon
     /// itself are answered: health checks and monitors.
     pub monitors: Vec<Cidr>,
+    /// `sip.domain`: when set, each connection's `fqdn` is
+    /// `<user_name>.<domain>`, and an INVITE for that host is a call toward
+    /// the connection's PBX.
+    pub domain: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +182,12 @@ pub struct RoutingConfig {
     pub timeout_1xx_sec: u64,
     pub timeout_2xx_sec: u64,
     pub failover_codes: Vec<u16>,
+    /// The only sources of calls toward a PBX (the internal side); empty
+    /// turns that direction off.
+    pub internal_sources: Vec<Cidr>,
+    /// Put the internal caller's identity (its From) in
+    /// P-Asserted-Identity of a call toward a PBX (RFC 3325).
+    pub assert_caller_identity: bool,
 }
 
 impl Default for SipConfig {
@@ -196,6 +206,7 @@ impl Default for SipConfig {
             public_address: None,
             user_agent: "uacd".into(),
             monitors: Vec::new(),
+            domain: None,
         }
     }
 }
@@ -257,6 +268,8 @@ impl Default for RoutingConfig {
             timeout_1xx_sec: 2,
             timeout_2xx_sec: 120,
             failover_codes: vec![408, 480, 503, 504],
+            internal_sources: Vec::new(),
+            assert_caller_identity: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
-use super::connection::{self, Connection, ExternalUacSettings, InternalUacSettings};
+use super::connection::{self, CallSettings, Connection, ExternalUacSettings, InternalUacSettings};
 use super::reader::{At, Ctx, TableView, empty_view};
 use super::types::{Cidr, ListenAddr, ProxyUri, PublicAddress, Secret, Transport};
 use super::{
@@ -581,6 +581,8 @@ fn read_connection(
         internal_uac_settings: InternalUacSettings {
             destination_uri: text(ctx, &int_view, "destination_uri"),
         },
+        inbound: CallSettings::default(),
+        outbound: CallSettings::default(),
     };
     let id_known = t.has("id") || !conn.connection_name.is_empty();
     conn.fill_defaults(default_user);

@@ -247,6 +247,7 @@ From: <sip:a@pbx>;tag=1\r\nTo: <sip:b@us>;tag=d{code}\r\nCall-ID: c1\r\nCSeq: 1 
             timeout_1xx_sec: 5,
             timeout_2xx_sec: 60,
             failover_codes: vec![486, 500],
+            ..RoutingConfig::default()
         };
         let p = Policy::from_config(&c);
         assert_eq!(p.timeout_1xx, Duration::from_secs(5));
