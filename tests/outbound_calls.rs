@@ -541,6 +541,10 @@ fn pbx_config_takes_a_call_from_its_registered_phone() {
         .remote(format!("{}:{port}", pbx_ip()))
         .args(["-s", "2000", "-key", "user", "telnyx-reg"])
         .args(["-au", "telnyx-reg", "-ap", "s3cret"])
+        // SIPp's digest uri is sip:<remote_ip>:<remote_port> unless told;
+        // pbx.cfg wants the Request-URI
+        .arg("-auth_uri")
+        .arg(format!("2000@{}:{port}", pbx_ip()))
         .args(["-m", "1", "-timeout", "20", "-timeout_error"])
         .start();
     phone.wait_success(WAIT);
