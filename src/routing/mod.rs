@@ -5,15 +5,19 @@
 //!   admits requests and dispatches them;
 //! - `call` (one proxied INVITE, with `failover`'s rules) driven by
 //!   `executor`;
+//! - `outbound` (the two views of a call toward a PBX, digest answers)
+//!   and `calls` (channel limits, the views of open calls), used by both;
 //! - `dialogs` (where a dialog's requests may go) and `forward` (the bytes
 //!   of a forwarded request or relayed response) driven by `relay`, the
 //!   stateless in-dialog path (§16.11).
 
 pub mod call;
+pub mod calls;
 pub mod dialogs;
 mod executor;
 pub mod failover;
 pub mod forward;
+pub mod outbound;
 mod relay;
 pub mod route;
 mod router;
