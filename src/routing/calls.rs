@@ -54,8 +54,32 @@ struct Entry {
     /// Counted against the connection's limit of `direction`.
     counted: bool,
     mapping: Option<Mapping>,
+    /// The caller's in-dialog requests toward the PBX still unanswered
+    /// (a call toward a PBX), oldest first, at most [`MAX_PENDING`].
+    pending: Vec<Pending>,
     answered: bool,
     expires: Instant,
+}
+
+/// At most this many in-dialog requests of one call wait for the PBX's
+/// answer at once (RFC 3261 §14.1 allows one INVITE, plus BYE, INFO...).
+pub const MAX_PENDING: usize = 4;
+
+/// An in-dialog request relayed toward a PBX, kept until its final
+/// response so that a challenge to it can be answered (§22.2).
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// The branch of the caller's Via: its retransmissions carry it.
+    pub origin_branch: String,
+    /// The branch of our Via on what was sent last.
+    pub branch: String,
+    /// What was sent last (in the PBX's view, with our Via).
+    pub request: crate::sip::Message,
+    pub target: crate::dns::Target,
+    /// Resent with credentials: a retransmission from the caller is
+    /// answered with `request` again, not mapped anew.
+    pub resent: bool,
+    pub answered: super::outbound::Answered,
 }
 
 #[derive(Debug)]
@@ -184,6 +208,7 @@ impl Calls {
                 direction,
                 counted,
                 mapping,
+                pending: Vec::new(),
                 answered: false,
                 expires: now + SETUP,
             },
@@ -231,6 +256,44 @@ impl Calls {
         {
             m.cseq_offset = offset;
         }
+    }
+
+    /// The connection of a held call.
+    pub fn connection(&self, call_id: &str) -> Option<Arc<str>> {
+        self.lock().map.get(call_id).map(|e| e.connection.clone())
+    }
+
+    /// Keeps `p` until its final response; the oldest goes beyond
+    /// [`MAX_PENDING`].
+    pub fn add_pending(&self, call_id: &str, p: Pending) {
+        if let Some(e) = self.lock().map.get_mut(call_id) {
+            e.pending.retain(|q| q.origin_branch != p.origin_branch);
+            if e.pending.len() >= MAX_PENDING {
+                e.pending.remove(0);
+            }
+            e.pending.push(p);
+        }
+    }
+
+    /// The pending request a retransmission from the caller (its Via
+    /// branch `origin_branch`) stands for, once it was resent.
+    pub fn resent(&self, call_id: &str, origin_branch: &str) -> Option<Pending> {
+        self.lock()
+            .map
+            .get(call_id)?
+            .pending
+            .iter()
+            .find(|p| p.resent && p.origin_branch == origin_branch)
+            .cloned()
+    }
+
+    /// Removes and returns the pending request whose last copy went out
+    /// with our branch `branch`.
+    pub fn take_pending(&self, call_id: &str, branch: &str) -> Option<Pending> {
+        let mut inner = self.lock();
+        let e = inner.map.get_mut(call_id)?;
+        let i = e.pending.iter().position(|p| p.branch == branch)?;
+        Some(e.pending.remove(i))
     }
 
     /// Open calls of `connection` in `direction` (counted ones).

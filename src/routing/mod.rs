@@ -12,6 +12,7 @@
 //!   stateless in-dialog path (§16.11).
 
 pub mod call;
+mod call_events;
 pub mod calls;
 pub mod dialogs;
 mod executor;
@@ -23,6 +24,8 @@ pub mod route;
 mod router;
 pub mod token;
 
+#[cfg(test)]
+mod call_outbound_tests;
 #[cfg(test)]
 mod call_tests;
 #[cfg(test)]

@@ -217,15 +217,8 @@ pub fn answer_challenge(
             answered.realms.push(ch.realm.clone());
         }
         let nc = answered.counts.next(&ch.realm, &ch.nonce);
-        let value = digest::authorization(
-            ch,
-            creds,
-            method.as_str(),
-            &uri,
-            request.body(),
-            cnonce,
-            nc,
-        );
+        let value =
+            digest::authorization(ch, creds, method.as_str(), &uri, request.body(), cnonce, nc);
         out.push((answer_header, value));
     }
     Ok(out)

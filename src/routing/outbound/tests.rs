@@ -70,7 +70,10 @@ Content-Length: 0
 ");
     map.apply(&mut bye, Side::Pbx);
     assert_eq!(header(&bye, HeaderName::CSeq), "12 BYE");
-    assert_eq!(header(&bye, HeaderName::To), "<sip:2000@pbx.test:5070>;tag=pbx9");
+    assert_eq!(
+        header(&bye, HeaderName::To),
+        "<sip:2000@pbx.test:5070>;tag=pbx9"
+    );
     let mut ok = msg("SIP/2.0 200 OK
 Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKapp2
 From: \"Front Desk\" <sip:telnyx-reg@pbx.test:5070>;tag=caller1
@@ -86,7 +89,10 @@ Content-Length: 0
         header(&ok, HeaderName::From),
         "\"Front Desk\" <sip:app@10.0.0.1>;tag=caller1"
     );
-    assert_eq!(header(&ok, HeaderName::To), "<sip:2000@u1.uac.test>;tag=pbx9");
+    assert_eq!(
+        header(&ok, HeaderName::To),
+        "<sip:2000@u1.uac.test>;tag=pbx9"
+    );
 }
 
 #[test]
@@ -104,7 +110,10 @@ Content-Length: 0
 ");
     map.apply(&mut bye, Side::Internal);
     assert_eq!(header(&bye, HeaderName::CSeq), "7 BYE");
-    assert_eq!(header(&bye, HeaderName::From), "<sip:2000@u1.uac.test>;tag=pbx9");
+    assert_eq!(
+        header(&bye, HeaderName::From),
+        "<sip:2000@u1.uac.test>;tag=pbx9"
+    );
     assert_eq!(
         header(&bye, HeaderName::To),
         "\"Front Desk\" <sip:app@10.0.0.1>;tag=caller1"
@@ -121,7 +130,10 @@ Content-Length: 0
 ");
     map.apply(&mut ok, Side::Pbx);
     assert_eq!(header(&ok, HeaderName::CSeq), "7 BYE");
-    assert_eq!(header(&ok, HeaderName::From), "<sip:2000@pbx.test:5070>;tag=pbx9");
+    assert_eq!(
+        header(&ok, HeaderName::From),
+        "<sip:2000@pbx.test:5070>;tag=pbx9"
+    );
 }
 
 #[test]
@@ -181,7 +193,10 @@ fn a_401_is_answered_once_with_authorization_and_a_second_one_refused() {
     assert_eq!(auth[0].0, "Authorization");
     let parsed = parse_authorization(&auth[0].1).unwrap();
     assert_eq!(parsed.username, "telnyx-reg");
-    assert_eq!(parsed.uri, "sip:2000@u1.uac.test", "the Request-URI as sent");
+    assert_eq!(
+        parsed.uri, "sip:2000@u1.uac.test",
+        "the Request-URI as sent"
+    );
     assert_eq!(parsed.nc, Some(1));
     // The same realm again, not stale: the password is wrong.
     assert_eq!(
