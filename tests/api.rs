@@ -421,9 +421,12 @@ fn another_tenants_connection_is_invisible_in_every_verb() {
     // not nothing).
     let m = a.get("/metrics");
     for series in [
-        "uacd_calls_total{result=\"answered\"} 0",
-        "uacd_calls_total{result=\"503\"} 0",
-        "uacd_calls_total{result=\"rejected_source\"} 0",
+        "uacd_calls_total{direction=\"inbound\",result=\"answered\"} 0",
+        "uacd_calls_total{direction=\"inbound\",result=\"503\"} 0",
+        "uacd_calls_total{direction=\"inbound\",result=\"rejected_source\"} 0",
+        "uacd_calls_total{direction=\"outbound\",result=\"answered\"} 0",
+        "uacd_calls_total{direction=\"outbound\",result=\"480\"} 0",
+        "uacd_calls_total{direction=\"outbound\",result=\"rejected_source\"} 0",
         "uacd_register_requests_total{response=\"200\"} 0",
         "uacd_register_requests_total{response=\"timeout\"} 0",
         "uacd_sip_messages_total{direction=\"in\",kind=\"INVITE\"} 0",

@@ -18,7 +18,7 @@ use super::forward::query_for;
 use super::router::{Held, Shared};
 use crate::config::Transport;
 use crate::dns::Failure;
-use crate::metrics::{self, CallResult};
+use crate::metrics::{self, CallDirection, CallResult};
 use crate::sip::{Message, Method, Uri};
 use crate::transaction::{ClientGuard, Upstream};
 use crate::transport::{Hop, Inbound, ReplyTo, UnreachableWatch};
@@ -344,7 +344,7 @@ impl CallTask {
                 } else {
                     CallResult::Status(outcome.status)
                 };
-                metrics::call_result(result, Some(outcome.setup));
+                metrics::call_result(CallDirection::Inbound, result, Some(outcome.setup));
                 for _ in 0..outcome.failovers {
                     metrics::failover();
                 }
