@@ -40,9 +40,13 @@ pub enum Direction {
 impl Direction {
     /// The `direction` label of `uacd_calls_total`.
     pub fn label(self) -> &'static str {
+        self.metric().label()
+    }
+
+    pub fn metric(self) -> crate::metrics::CallDirection {
         match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
+            Direction::Inbound => crate::metrics::CallDirection::Inbound,
+            Direction::Outbound => crate::metrics::CallDirection::Outbound,
         }
     }
 }

@@ -208,7 +208,7 @@ pub(super) async fn run(
         // The line is busy (RFC 3261 §21.4.24), not uacd: a 503 would make
         // many PBXes take the whole trunk out of service for Retry-After.
         tracing::info!(connection_id = %conn.id, direction = direction.label(), "channel limit reached: 486");
-        metrics::call_result(CallResult::Status(486), None);
+        metrics::call_result(direction.metric(), CallResult::Status(486), None);
         shared.reply(&inbound, 486);
         return;
     }
@@ -271,6 +271,7 @@ pub(super) async fn run(
         resp_tx,
         timers: HashMap::new(),
         connection_id: conn.id.clone(),
+        direction,
         call_id,
         queue: Vec::new(),
         permit: Some(permit),
@@ -340,6 +341,7 @@ struct CallTask {
     resp_tx: mpsc::Sender<Box<Message>>,
     timers: HashMap<CallTimer, Instant>,
     connection_id: String,
+    direction: Direction,
     call_id: String,
     /// Events produced while carrying out actions (send failures).
     queue: Vec<CallEvent>,
@@ -498,7 +500,7 @@ impl CallTask {
                 } else {
                     CallResult::Status(outcome.status)
                 };
-                metrics::call_result(result, Some(outcome.setup));
+                metrics::call_result(self.direction.metric(), result, Some(outcome.setup));
                 for _ in 0..outcome.failovers {
                     metrics::failover();
                 }

@@ -20,7 +20,7 @@ use super::route::{self, ConnectionEntry, ConnectionView, Decision, Directory, R
 use crate::config::Transport;
 use crate::context::{Context, Interface, Local};
 use crate::dns::Query;
-use crate::metrics::{self, CallResult};
+use crate::metrics::{self, CallDirection, CallResult};
 use crate::sip::{Message, Method, response_to};
 use crate::transaction::{RequestHandler, ServerGuard, Upstream};
 use crate::transport::Inbound;
@@ -126,7 +126,7 @@ impl Router {
     fn spawn_request(&self, inbound: Inbound, held: Option<Held>) {
         let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
             if inbound.msg.method() == Some(&Method::Invite) {
-                metrics::call_result(CallResult::Status(503), None);
+                metrics::call_result(CallDirection::Inbound, CallResult::Status(503), None);
             }
             if inbound.msg.method() != Some(&Method::Ack) {
                 tracing::debug!(source = %inbound.source, "overloaded: 503");
@@ -187,21 +187,26 @@ async fn request(
         // The daemon's own 400 names the problem in a Warning header.
         Decision::Reject(Reject::Malformed) => {
             if is_invite {
-                metrics::call_result(CallResult::Malformed, None);
+                metrics::call_result(CallDirection::Inbound, CallResult::Malformed, None);
             }
             shared.ctx.layer.answer_locally(inbound)
         }
         // Its 420 lists the tags in Unsupported.
         Decision::Reject(Reject::BadExtension) => {
             if is_invite {
-                metrics::call_result(CallResult::Status(420), None);
+                metrics::call_result(CallDirection::Inbound, CallResult::Status(420), None);
             }
             shared.ctx.layer.answer_locally(inbound)
         }
         Decision::Reject(why) => {
             tracing::debug!(source = %inbound.source, reason = why.label(), code = why.code(), "request rejected");
             if is_invite {
-                metrics::call_result(call_result(why), None);
+                let direction = if view.as_ref().is_some_and(|v| v.toward_pbx) {
+                    CallDirection::Outbound
+                } else {
+                    CallDirection::Inbound
+                };
+                metrics::call_result(direction, call_result(why), None);
             }
             shared.reply(&inbound, why.code());
         }
