@@ -24,6 +24,7 @@
 //! | 140..=149 | `dns_edge_resolver.rs`                  |
 //! | 150..=159 | `sip_trace.rs`                          |
 //! | 160..=169 | `attack_dialog.rs`                      |
+//! | 180..=189 | `outbound_calls.rs`                     |
 //!
 //! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
@@ -494,7 +495,8 @@ impl SippRun {
 
 // === Kamailio ===
 
-/// Options for `Kamailio::start` (tests/kamailio/registrar.cfg).
+/// Options for `Kamailio::start` (tests/kamailio/registrar.cfg, or another
+/// config of that directory: `cfg`).
 #[derive(Clone, Debug)]
 pub struct KamailioOpts {
     pub ip: Ipv4Addr,
@@ -511,6 +513,10 @@ pub struct KamailioOpts {
     pub max_expires: Option<u32>,
     /// Also route INVITEs to registered users (record-routed, stateful).
     pub pbx: bool,
+    /// The config file in tests/kamailio/ (default `registrar.cfg`).
+    pub cfg: &'static str,
+    /// More `-A` defines for that config, e.g. `WITH_407`, `EXT_ADDR="..."`.
+    pub defines: Vec<String>,
 }
 
 impl KamailioOpts {
@@ -524,6 +530,8 @@ impl KamailioOpts {
             min_expires: None,
             max_expires: None,
             pbx: false,
+            cfg: "registrar.cfg",
+            defines: Vec::new(),
         }
     }
 }
@@ -567,7 +575,7 @@ impl Kamailio {
     pub fn start(mut opts: KamailioOpts, dir: &Path) -> Kamailio {
         let kam = peer_path("kamailio");
         peer_path("kamcmd");
-        let cfg = repo_dir().join("tests/kamailio/registrar.cfg");
+        let cfg = repo_dir().join("tests/kamailio").join(opts.cfg);
         let ctl = format!("unix:{}", dir.join("kamailio_ctl").display());
         let mut defines = vec![
             format!("LISTEN_ADDR={}", opts.ip),
@@ -585,6 +593,7 @@ impl Kamailio {
         if let Some(m) = opts.max_expires {
             defines.push(format!("MAX_EXPIRES={m}"));
         }
+        defines.extend(opts.defines.iter().cloned());
         if let Some(tls_port) = opts.tls_port {
             let (cert, key) = opts
                 .tls_cert

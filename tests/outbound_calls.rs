@@ -1,0 +1,988 @@
+//! Calls toward the PBX through the registration (issue 17), on
+//! 127.0.0.180..189: uacd registers to Kamailio (tests/kamailio/pbx.cfg), an
+//! internal application (SIPp) calls `2000@uacd-o1.uac.test` through uacd,
+//! and the PBX, which challenges INVITEs from its registered user, routes the
+//! call to the extension (SIPp). Every SIPp run checks its side of the dialog
+//! (its own CSeq and tags) and exits 0 only if all held; the PBX logs one line
+//! per request it saw (`PBX saw INVITE from <ip:port> <proto> cseq=.. ...`),
+//! which the tests read for what reached the PBX.
+//!
+//! | address | role |
+//! |---|---|
+//! | .180 | uacd |
+//! | .181 | internal SIPp (the only `routing.internal_sources`) |
+//! | .182 | SIPp outside `internal_sources` |
+//! | .183 | extension 2000 (SIPp behind the PBX) |
+//! | .184 | Kamailio (PBX), or a silent registrar |
+//! | .185 | phone on the PBX calling the registration (PBX → destination) |
+//! | .186 | uacd's `destination_uri` (SIPp) |
+//!
+//! Tests of this file run in parallel: each uses its own ports.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{
+    Kamailio, KamailioOpts, Sipp, SippRun, Uacd, free_udp_port, poll_until, require_peer, tail,
+    temp_dir, test_ip, wait_for_udp_listener,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+const FQDN: &str = "uacd-o1.uac.test";
+
+fn uacd_ip() -> Ipv4Addr {
+    test_ip(180)
+}
+fn internal_ip() -> Ipv4Addr {
+    test_ip(181)
+}
+fn outsider_ip() -> Ipv4Addr {
+    test_ip(182)
+}
+fn ext_ip() -> Ipv4Addr {
+    test_ip(183)
+}
+fn pbx_ip() -> Ipv4Addr {
+    test_ip(184)
+}
+fn phone_ip() -> Ipv4Addr {
+    test_ip(185)
+}
+fn dest_ip() -> Ipv4Addr {
+    test_ip(186)
+}
+
+/// What the registrar side is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pbx {
+    /// tests/kamailio/pbx.cfg
+    Kamailio,
+    /// A UDP socket that takes every datagram and answers nothing (the
+    /// registration never succeeds).
+    Silent,
+}
+
+struct Opts {
+    pbx: Pbx,
+    /// `UDP` or `TCP`: the registration's (and the call's) transport.
+    transport: &'static str,
+    /// `-A` defines for pbx.cfg besides the addresses (`WITH_407`, ...).
+    kam_defines: Vec<String>,
+    /// Lines for `[routing]`.
+    routing: &'static str,
+    /// Tables after the connection (`[connection.outbound]` ...).
+    connection: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            pbx: Pbx::Kamailio,
+            transport: "UDP",
+            kam_defines: Vec::new(),
+            routing: "",
+            connection: "",
+        }
+    }
+}
+
+/// Datagrams a silent registrar received, and the thread that reads them.
+struct Silent {
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Silent {
+    fn start(ip: Ipv4Addr, port: u16) -> Silent {
+        let sock = UdpSocket::bind((ip, port)).expect("bind the silent registrar");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, st2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 65535];
+            while !st2.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    s2.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        });
+        Silent {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self, method: &str) -> usize {
+        let start = format!("{method} ");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.starts_with(&start))
+            .count()
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Setup {
+    dir: PathBuf,
+    uacd: Uacd,
+    uacd_port: u16,
+    kam: Option<Kamailio>,
+    silent: Option<Silent>,
+    kam_port: u16,
+    ext_port: u16,
+    dest_port: u16,
+}
+
+fn setup(name: &str, o: Opts) -> Setup {
+    require_peer("sipp");
+    let dir = temp_dir(name);
+    let uacd_port = free_udp_port(uacd_ip());
+    let kam_port = free_udp_port(pbx_ip());
+    let ext_port = free_udp_port(ext_ip());
+    let dest_port = free_udp_port(dest_ip());
+    let (kam, silent) = match o.pbx {
+        Pbx::Kamailio => {
+            require_peer("kamailio");
+            require_peer("kamcmd");
+            let kdir = dir.join("kamailio");
+            std::fs::create_dir_all(&kdir).unwrap();
+            let mut opts = KamailioOpts::new(pbx_ip(), kam_port, "s3cret");
+            opts.cfg = "pbx.cfg";
+            opts.defines = vec![format!("EXT_ADDR=\"{}:{ext_port}\"", ext_ip())];
+            opts.defines.extend(o.kam_defines);
+            (Some(Kamailio::start(opts, &kdir)), None)
+        }
+        Pbx::Silent => (None, Some(Silent::start(pbx_ip(), kam_port))),
+    };
+    let config = format!(
+        r#"[sip]
+listen = ["udp:{ip}:{uacd_port}", "tcp:{ip}:{uacd_port}"]
+domain = "uac.test"
+[api]
+listen = "127.0.0.1:0"
+[[api.tokens]]
+token = "test-token-0123456"
+user_id = "1"
+[registration]
+retry_interval_sec = 2
+max_retry_interval_sec = 2
+[routing]
+internal_sources = ["{internal}/32"]
+assert_caller_identity = false
+{routing}
+[[connection]]
+id = "o1"
+connection_name = "Kamailio PBX"
+user_name = "uacd-o1"
+[connection.external_uac_settings]
+proxy = "sip:{pbx}:{kam_port}"
+transport = "{transport}"
+username = "telnyx-reg"
+password = "s3cret"
+expiration_sec = 600
+[connection.internal_uac_settings]
+destination_uri = "sip:1006@{dest}:{dest_port}"
+{connection}
+"#,
+        ip = uacd_ip(),
+        internal = internal_ip(),
+        routing = o.routing,
+        pbx = pbx_ip(),
+        transport = o.transport,
+        dest = dest_ip(),
+        connection = o.connection,
+    );
+    let uacd = Uacd::start(&config, &dir);
+    if o.pbx == Pbx::Kamailio {
+        uacd.wait_for_log("status=success", WAIT);
+    }
+    Setup {
+        dir,
+        uacd,
+        uacd_port,
+        kam,
+        silent,
+        kam_port,
+        ext_port,
+        dest_port,
+    }
+}
+
+/// One `PBX saw ...` line of pbx.cfg's log.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    /// ip:port the request came from
+    src: String,
+    proto: String,
+    f: HashMap<String, String>,
+}
+
+impl Seen {
+    fn get(&self, k: &str) -> &str {
+        self.f.get(k).map(String::as_str).unwrap_or("")
+    }
+    fn cseq(&self) -> u32 {
+        self.get("cseq")
+            .parse()
+            .unwrap_or_else(|_| panic!("no cseq in {self:?}"))
+    }
+}
+
+fn parse_seen(line: &str) -> Option<Seen> {
+    let rest = line.split("PBX saw ").nth(1)?;
+    let mut it = rest.split_whitespace();
+    let method = it.next()?.to_owned();
+    if it.next()? != "from" {
+        return None;
+    }
+    let src = it.next()?.to_owned();
+    let proto = it.next()?.to_owned();
+    let f = it
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Some(Seen {
+        method,
+        src,
+        proto,
+        f,
+    })
+}
+
+impl Setup {
+    fn kam(&self) -> &Kamailio {
+        self.kam.as_ref().expect("this setup has Kamailio")
+    }
+
+    fn pbx_log(&self) -> String {
+        std::fs::read_to_string(self.kam().log_path()).unwrap_or_default()
+    }
+
+    /// The requests of `method` the PBX saw, in order.
+    fn pbx_saw(&self, method: &str) -> Vec<Seen> {
+        self.pbx_log()
+            .lines()
+            .filter_map(parse_seen)
+            .filter(|s| s.method == method)
+            .collect()
+    }
+
+    fn uacd_log(&self) -> String {
+        std::fs::read_to_string(self.uacd.log_path()).unwrap_or_default()
+    }
+
+    /// What each side saw, for failure messages.
+    fn report(&self) -> String {
+        let pbx = match &self.kam {
+            Some(k) => tail(k.log_path(), 40),
+            None => format!(
+                "silent registrar got {} REGISTER, {} INVITE",
+                self.silent.as_ref().map_or(0, |s| s.requests("REGISTER")),
+                self.silent.as_ref().map_or(0, |s| s.requests("INVITE"))
+            ),
+        };
+        format!(
+            "--- PBX log:\n{pbx}\n--- uacd log:\n{}",
+            tail(self.uacd.log_path(), 60)
+        )
+    }
+
+    /// "uacd-ip:port": where the PBX sees our UDP requests come from.
+    fn uacd_addr(&self) -> String {
+        format!("{}:{}", uacd_ip(), self.uacd_port)
+    }
+
+    /// The extension 2000 behind the PBX; waits until it listens.
+    fn ext(&self, step: &str, scenario: &str, extra: &[&str]) -> SippRun {
+        let run = Sipp::new(scenario, &self.dir)
+            .name(&format!("{step}-ext-{}", scenario.trim_end_matches(".xml")))
+            .local(ext_ip(), self.ext_port)
+            .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+            .args(extra.iter().copied())
+            .start();
+        wait_for_udp_listener(ext_ip(), self.ext_port, WAIT).expect("extension SIPp listens");
+        run
+    }
+
+    /// uacd's destination for PBX → destination calls; waits until it listens.
+    fn dest(&self, step: &str, scenario: &str, extra: &[&str]) -> SippRun {
+        let run = Sipp::new(scenario, &self.dir)
+            .name(&format!(
+                "{step}-dest-{}",
+                scenario.trim_end_matches(".xml")
+            ))
+            .local(dest_ip(), self.dest_port)
+            .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+            .args(extra.iter().copied())
+            .start();
+        wait_for_udp_listener(dest_ip(), self.dest_port, WAIT).expect("destination SIPp listens");
+        run
+    }
+
+    /// An internal application at `from` calling extension 2000 through uacd.
+    fn call_from(&self, from: Ipv4Addr, step: &str, scenario: &str, extra: &[&str]) -> SippRun {
+        Sipp::new(scenario, &self.dir)
+            .name(&format!("{step}-int-{}", scenario.trim_end_matches(".xml")))
+            .local(from, free_udp_port(from))
+            .remote(format!("{}:{}", uacd_ip(), self.uacd_port))
+            .args(["-s", "2000", "-key", "fqdn", FQDN])
+            .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+            .args(extra.iter().copied())
+            .start()
+    }
+
+    fn call(&self, step: &str, scenario: &str, extra: &[&str]) -> SippRun {
+        self.call_from(internal_ip(), step, scenario, extra)
+    }
+
+    /// A phone on the PBX calling the registration (`telnyx-reg` at the PBX):
+    /// the PBX looks it up and sends the call to uacd.
+    fn phone(&self, step: &str, scenario: &str, extra: &[&str]) -> SippRun {
+        Sipp::new(scenario, &self.dir)
+            .name(&format!(
+                "{step}-phone-{}",
+                scenario.trim_end_matches(".xml")
+            ))
+            .local(phone_ip(), free_udp_port(phone_ip()))
+            .remote(format!("{}:{}", pbx_ip(), self.kam_port))
+            .args(["-s", "telnyx-reg", "-key", "fqdn"])
+            .arg(format!("{}:{}", pbx_ip(), self.kam_port))
+            .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+            .args(extra.iter().copied())
+            .start()
+    }
+
+    fn wait_ok(&self, run: &mut SippRun, who: &str) {
+        let s = run.wait(WAIT);
+        assert!(
+            s.success(),
+            "{who} failed: {s}\n{}\n{}",
+            run.report(),
+            self.report()
+        );
+    }
+}
+
+fn sipp_log(run: &SippRun) -> String {
+    std::fs::read_to_string(run.logs_path()).unwrap_or_default()
+}
+
+fn sipp_messages(run: &SippRun) -> String {
+    std::fs::read_to_string(run.messages_path()).unwrap_or_default()
+}
+
+/// `key=value` of the first `<prefix> ...` line of a SIPp `-trace_logs` file.
+fn logged(run: &SippRun, prefix: &str, key: &str) -> String {
+    let log = sipp_log(run);
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in the SIPp log:\n{}", run.report()));
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_owned()
+}
+
+fn final_status(run: &SippRun) -> String {
+    sipp_log(run)
+        .lines()
+        .find_map(|l| l.split("FINAL ").nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no FINAL in the SIPp log:\n{}", run.report()))
+}
+
+/// Waits until the SIPp run logged a line starting with `prefix`.
+fn wait_logged(s: &Setup, run: &SippRun, prefix: &str) {
+    if poll_until(WAIT, || {
+        sipp_log(run).lines().any(|l| l.starts_with(prefix))
+    })
+    .is_err()
+    {
+        panic!("no {prefix:?} from SIPp\n{}\n{}", run.report(), s.report());
+    }
+}
+
+/// Sends an INFO straight to `internal-call-held.xml` (not through uacd):
+/// its trigger to hang up. The Call-ID is read from its message log.
+fn release_held_call(run: &SippRun, ip: Ipv4Addr) {
+    let msgs = sipp_messages(run);
+    let call_id = msgs
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Call-ID: "))
+        .expect("the held call's Call-ID in its message log")
+        .to_owned();
+    let port: u16 = msgs
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Contact: <sip:app@"))
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|hp| hp.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the held call's port in its Contact");
+    let sock = UdpSocket::bind((ip, 0)).expect("bind trigger socket");
+    let me = sock.local_addr().unwrap();
+    let info = format!(
+        "INFO sip:app@{ip}:{port} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {me};branch=z9hG4bK-test-trigger\r\n\
+From: <sip:test@{ip}>;tag=trigger\r\nTo: <sip:app@{ip}>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(info.as_bytes(), (ip, port))
+        .expect("send INFO");
+}
+
+/// Checks the two INVITEs of an authenticated call at the PBX: the first
+/// without credentials, the second with `hdr` (`Authorization` or
+/// `Proxy-Authorization`) as telnyx-reg, CSeq one above, same From tag; both
+/// as a registered phone sends them, from the registration's address.
+fn assert_authenticated_invites(s: &Setup, hdr: &str) -> (Seen, Seen) {
+    let inv = s.pbx_saw("INVITE");
+    assert_eq!(
+        inv.len(),
+        2,
+        "one challenged INVITE and one answer:\n{inv:#?}\n{}",
+        s.report()
+    );
+    let (a, b) = (inv[0].clone(), inv[1].clone());
+    assert_eq!(a.get("auth"), "no", "{a:?}");
+    assert_eq!(b.get("auth"), "yes", "{b:?}");
+    assert_eq!(b.get("hdr"), hdr, "{b:?}");
+    assert_eq!(b.get("au"), "telnyx-reg", "{b:?}");
+    assert_eq!(
+        b.cseq(),
+        a.cseq() + 1,
+        "CSeq + 1 on the resend: {a:?} {b:?}"
+    );
+    for i in [&a, &b] {
+        assert_eq!(
+            i.get("ruri"),
+            format!("sip:2000@{}:{}", pbx_ip(), s.kam_port),
+            "{i:?}"
+        );
+        assert_eq!(
+            i.get("from"),
+            format!("sip:telnyx-reg@{}", pbx_ip()),
+            "{i:?}"
+        );
+        assert_eq!(i.get("to"), format!("sip:2000@{}", pbx_ip()), "{i:?}");
+        assert_eq!(i.get("ttag"), "<null>", "{i:?}");
+        assert_eq!(i.get("callid"), a.get("callid"), "one Call-ID: {i:?}");
+    }
+    assert_eq!(a.get("ftag"), b.get("ftag"));
+    assert!(
+        s.pbx_log()
+            .contains("PBX authenticated INVITE from telnyx-reg"),
+        "{}",
+        s.report()
+    );
+    (a, b)
+}
+
+/// The internal side saw none of the PBX's challenges.
+fn assert_no_challenge_seen(run: &SippRun) {
+    let m = sipp_messages(run);
+    assert!(
+        !m.contains("SIP/2.0 401") && !m.contains("SIP/2.0 407"),
+        "a challenge reached the internal side:\n{m}"
+    );
+}
+
+fn assert_no_secret(s: &Setup) {
+    assert!(!s.uacd_log().contains("s3cret"), "password in uacd's log");
+}
+
+#[test]
+fn pbx_config_takes_a_call_from_its_registered_phone() {
+    // The PBX config alone (no uacd): a SIPp phone registers with digest,
+    // calls 2000, answers the INVITE challenge and reaches the extension.
+    require_peer("sipp");
+    require_peer("kamailio");
+    let dir = temp_dir("ob-pbx-selftest");
+    let port = free_udp_port(pbx_ip());
+    let ext_port = free_udp_port(ext_ip());
+    let mut opts = KamailioOpts::new(pbx_ip(), port, "s3cret");
+    opts.cfg = "pbx.cfg";
+    opts.defines = vec![format!("EXT_ADDR=\"{}:{ext_port}\"", ext_ip())];
+    let kam = Kamailio::start(opts, &dir);
+    let mut ext = Sipp::new("uas-answer.xml", &dir)
+        .local(ext_ip(), ext_port)
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    wait_for_udp_listener(ext_ip(), ext_port, WAIT).unwrap();
+    let mut phone = Sipp::new("phone-register-call.xml", &dir)
+        .local(phone_ip(), free_udp_port(phone_ip()))
+        .remote(format!("{}:{port}", pbx_ip()))
+        .args(["-s", "2000", "-key", "user", "telnyx-reg"])
+        .args(["-au", "telnyx-reg", "-ap", "s3cret"])
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    phone.wait_success(WAIT);
+    ext.wait_success(WAIT);
+    let log = std::fs::read_to_string(kam.log_path()).unwrap();
+    assert!(
+        log.contains("PBX challenges INVITE from telnyx-reg cseq=1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("PBX authenticated INVITE from telnyx-reg cseq=2"),
+        "{log}"
+    );
+}
+
+#[test]
+fn scenario_pairs_work_through_the_pbx_alone() {
+    // The internal-side and extension scenarios against each other through
+    // Kamailio without INVITE auth (no uacd): proves the scenarios and their
+    // checks with a real record-routing proxy in the middle.
+    require_peer("sipp");
+    require_peer("kamailio");
+    let dir = temp_dir("ob-scenario-pairs");
+    let port = free_udp_port(pbx_ip());
+    let ext_port = free_udp_port(ext_ip());
+    let mut opts = KamailioOpts::new(pbx_ip(), port, "s3cret");
+    opts.cfg = "pbx.cfg";
+    opts.defines = vec![
+        format!("EXT_ADDR=\"{}:{ext_port}\"", ext_ip()),
+        "WITHOUT_INVITE_AUTH".into(),
+    ];
+    let kam = Kamailio::start(opts, &dir);
+    let pairs: [(&str, &str, &[&str]); 6] = [
+        ("internal-call.xml", "uas-answer.xml", &[]),
+        ("internal-call-remote-bye.xml", "uas-hangup.xml", &[]),
+        ("internal-reinvite.xml", "uas-answer-reinvite.xml", &[]),
+        ("internal-reinvited.xml", "uas-reinvite.xml", &[]),
+        (
+            "internal-expect-status.xml",
+            "uas-busy.xml",
+            &["-key", "status", "486"],
+        ),
+        ("internal-call-held.xml", "uas-answer.xml", &[]),
+    ];
+    for (n, (int, ext, extra)) in pairs.into_iter().enumerate() {
+        let mut e = Sipp::new(ext, &dir)
+            .name(&format!("{n}-ext"))
+            .local(ext_ip(), ext_port)
+            .args(["-m", "1", "-timeout", "20", "-timeout_error", "-d", "100"])
+            .start();
+        wait_for_udp_listener(ext_ip(), ext_port, WAIT).unwrap();
+        let mut c = Sipp::new(int, &dir)
+            .name(&format!("{n}-int"))
+            .local(internal_ip(), free_udp_port(internal_ip()))
+            .remote(format!("{}:{port}", pbx_ip()))
+            .args(["-s", "2000", "-key", "fqdn", FQDN])
+            .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+            .args(extra.iter().copied())
+            .start();
+        if int == "internal-call-held.xml" {
+            poll_until(WAIT, || sipp_log(&c).contains("ANSWERED")).expect("held call answered");
+            release_held_call(&c, internal_ip());
+        }
+        let kam_log = || tail(kam.log_path(), 30);
+        let s = c.wait(WAIT);
+        assert!(s.success(), "{int}: {s}\n{}\n{}", c.report(), kam_log());
+        let s = e.wait(WAIT);
+        assert!(s.success(), "{ext}: {s}\n{}\n{}", e.report(), kam_log());
+    }
+}
+
+#[test]
+fn call_answered_and_hung_up_by_the_internal_side() {
+    let s = setup("ob-internal-bye", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &["-d", "200"]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let (_, inv) = assert_authenticated_invites(&s, "Authorization");
+    assert_eq!(inv.src, s.uacd_addr(), "{inv:?}");
+    assert_eq!(inv.proto, "udp");
+    // the PBX leg keeps the internal caller's From tag
+    assert_eq!(inv.get("ftag"), logged(&c, "ANSWERED", "mytag"));
+    assert_eq!(
+        sipp_log(&ext)
+            .lines()
+            .find_map(|l| l.strip_prefix("RURI "))
+            .map(str::trim),
+        Some(format!("sip:2000@{}:{}", pbx_ip(), s.kam_port).as_str())
+    );
+    let bye = s.pbx_saw("BYE");
+    assert_eq!(bye.len(), 1, "{bye:#?}\n{}", s.report());
+    assert_eq!(bye[0].src, s.uacd_addr());
+    assert!(
+        bye[0].cseq() > inv.cseq(),
+        "the PBX leg's CSeq goes on from the authenticated INVITE: {bye:?} {inv:?}"
+    );
+    assert_eq!(bye[0].get("callid"), inv.get("callid"));
+    assert_eq!(bye[0].get("ftag"), inv.get("ftag"));
+    assert_no_secret(&s);
+}
+
+#[test]
+fn call_answered_and_hung_up_by_the_extension() {
+    let s = setup("ob-remote-bye", Opts::default());
+    let mut ext = s.ext("1", "uas-hangup.xml", &["-d", "200"]);
+    let mut c = s.call("1", "internal-call-remote-bye.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let (_, inv) = assert_authenticated_invites(&s, "Authorization");
+    let bye = s.pbx_saw("BYE");
+    assert_eq!(bye.len(), 1, "{bye:#?}\n{}", s.report());
+    assert_eq!(bye[0].src, format!("{}:{}", ext_ip(), s.ext_port));
+    // the extension's BYE is for the PBX leg's dialog: To tag = our From tag
+    assert_eq!(bye[0].get("ttag"), inv.get("ftag"));
+    // and reaches the internal side in its own dialog (the scenario checks
+    // the tags); its CSeq is the extension's own
+    assert_eq!(logged(&c, "BYE", "cseq"), "1");
+}
+
+#[test]
+fn invite_challenged_with_401_is_answered_once_with_the_credentials() {
+    let s = setup("ob-401", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_authenticated_invites(&s, "Authorization");
+    assert_no_challenge_seen(&c);
+    assert_eq!(logged(&c, "ANSWERED", "cseq"), "1");
+    assert_no_secret(&s);
+}
+
+#[test]
+fn invite_challenged_with_407_is_answered_with_proxy_authorization() {
+    let s = setup(
+        "ob-407",
+        Opts {
+            kam_defines: vec!["WITH_407".into()],
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_authenticated_invites(&s, "Proxy-Authorization");
+    assert_no_challenge_seen(&c);
+    assert_eq!(logged(&c, "ANSWERED", "cseq"), "1");
+}
+
+#[test]
+fn wrong_invite_password_gives_403_without_a_loop() {
+    // REGISTER is accepted; every INVITE is checked against another password.
+    let s = setup(
+        "ob-wrong-password",
+        Opts {
+            kam_defines: vec!["INVITE_PASSWORD=\"not-s3cret\"".into()],
+            ..Opts::default()
+        },
+    );
+    let mut c = s.call(
+        "1",
+        "internal-expect-status.xml",
+        &["-key", "status", "403"],
+    );
+    s.wait_ok(&mut c, "internal side");
+    assert_eq!(final_status(&c), "403");
+    assert_no_challenge_seen(&c);
+    let inv = s.pbx_saw("INVITE");
+    assert!(
+        inv.len() <= 2,
+        "at most one answer to the challenge:\n{inv:#?}"
+    );
+    assert_eq!(
+        inv.len(),
+        2,
+        "the first challenge is answered once:\n{inv:#?}\n{}",
+        s.report()
+    );
+    assert_eq!(inv[1].get("auth"), "yes");
+    assert_eq!(inv[1].cseq(), inv[0].cseq() + 1);
+    assert_eq!(s.pbx_log().matches("PBX challenges INVITE").count(), 2);
+    assert_no_secret(&s);
+}
+
+#[test]
+fn reinvite_from_the_internal_side() {
+    let s = setup("ob-reinvite-internal", Opts::default());
+    let mut ext = s.ext("1", "uas-answer-reinvite.xml", &[]);
+    let mut c = s.call("1", "internal-reinvite.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_eq!(logged(&c, "REANSWERED", "cseq"), "2");
+    let first: u32 = logged(&ext, "INVITE", "cseq").parse().unwrap();
+    let again: u32 = logged(&ext, "REINVITE", "cseq").parse().unwrap();
+    assert_eq!(
+        again,
+        first + 1,
+        "the internal side's CSeq 1 → 2 is 2 → 3 on the PBX leg"
+    );
+    let inv = s.pbx_saw("INVITE");
+    assert_eq!(inv.len(), 3, "{inv:#?}");
+    assert_eq!(inv[2].src, s.uacd_addr());
+    assert_ne!(inv[2].get("ttag"), "<null>", "in-dialog: {:?}", inv[2]);
+}
+
+#[test]
+fn reinvite_from_the_extension() {
+    let s = setup("ob-reinvite-ext", Opts::default());
+    let mut ext = s.ext("1", "uas-reinvite.xml", &[]);
+    let mut c = s.call("1", "internal-reinvited.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let inv = s.pbx_saw("INVITE");
+    assert_eq!(inv.len(), 3, "{inv:#?}");
+    assert_eq!(inv[2].src, format!("{}:{}", ext_ip(), s.ext_port));
+    // the internal side saw the re-INVITE in its own dialog (the scenario
+    // checks To = its tag, From = the far end's) with the extension's CSeq
+    assert_eq!(logged(&c, "REINVITE", "cseq"), "1");
+    let bye = s.pbx_saw("BYE");
+    assert_eq!(bye.len(), 1, "{bye:#?}");
+    assert_eq!(bye[0].src, s.uacd_addr());
+}
+
+#[test]
+fn cancel_before_answer_gives_487() {
+    let s = setup("ob-cancel", Opts::default());
+    let mut ext = s.ext("1", "uas-ring-cancel.xml", &[]);
+    let mut c = s.call("1", "internal-cancel.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_eq!(final_status(&c), "487");
+    let (_, inv) = assert_authenticated_invites(&s, "Authorization");
+    let cancel = s.pbx_saw("CANCEL");
+    assert_eq!(cancel.len(), 1, "{cancel:#?}\n{}", s.report());
+    assert_eq!(
+        cancel[0].cseq(),
+        inv.cseq(),
+        "the CANCEL matches the authenticated INVITE (RFC 3261 9.1)"
+    );
+    assert_eq!(cancel[0].src, s.uacd_addr());
+}
+
+#[test]
+fn busy_extension_486_is_relayed() {
+    let s = setup("ob-busy", Opts::default());
+    let mut ext = s.ext("1", "uas-busy.xml", &[]);
+    let mut c = s.call(
+        "1",
+        "internal-expect-status.xml",
+        &["-key", "status", "486"],
+    );
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_eq!(final_status(&c), "486");
+    assert_eq!(s.pbx_saw("INVITE").len(), 2, "{}", s.report());
+}
+
+#[test]
+fn call_goes_over_the_registration_tcp_flow() {
+    let s = setup(
+        "ob-tcp",
+        Opts {
+            transport: "TCP",
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let reg = s.pbx_saw("REGISTER");
+    let reg = reg.last().expect("a REGISTER");
+    assert_eq!(reg.proto, "tcp", "{reg:?}");
+    let (a, b) = assert_authenticated_invites(&s, "Authorization");
+    for i in [&a, &b] {
+        assert_eq!(i.proto, "tcp", "{i:?}");
+        assert_eq!(
+            i.src,
+            reg.src,
+            "the INVITE comes over the REGISTER's connection\n{}",
+            s.report()
+        );
+    }
+    let bye = s.pbx_saw("BYE");
+    assert_eq!(bye.len(), 1, "{bye:#?}");
+    assert_eq!(bye[0].src, reg.src);
+}
+
+#[test]
+fn not_registered_gives_480_and_sends_nothing() {
+    let s = setup(
+        "ob-not-registered",
+        Opts {
+            pbx: Pbx::Silent,
+            ..Opts::default()
+        },
+    );
+    let silent = s.silent.as_ref().unwrap();
+    // the registration is under way (the registrar got a REGISTER) and
+    // never answered
+    poll_until(WAIT, || silent.requests("REGISTER") >= 1)
+        .unwrap_or_else(|_| panic!("no REGISTER\n{}", s.report()));
+    let mut c = s.call(
+        "1",
+        "internal-expect-status.xml",
+        &["-key", "status", "480"],
+    );
+    s.wait_ok(&mut c, "internal side");
+    assert_eq!(final_status(&c), "480");
+    assert_eq!(silent.requests("INVITE"), 0, "{}", s.report());
+}
+
+#[test]
+fn source_outside_internal_sources_gets_403_and_nothing_reaches_the_pbx() {
+    let s = setup("ob-outsider", Opts::default());
+    let mut c = s.call_from(
+        outsider_ip(),
+        "1",
+        "internal-expect-status.xml",
+        &["-key", "status", "403"],
+    );
+    s.wait_ok(&mut c, "outsider");
+    assert_eq!(final_status(&c), "403");
+    assert!(s.pbx_saw("INVITE").is_empty(), "{}", s.report());
+}
+
+#[test]
+fn outbound_channel_limit_rejects_the_second_call_with_486() {
+    let s = setup(
+        "ob-outbound-limit",
+        Opts {
+            connection: "[connection.outbound]\nchannel_limit = 1\n",
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut held = s.call("1", "internal-call-held.xml", &[]);
+    wait_logged(&s, &held, "ANSWERED");
+    let mut second = s.call(
+        "2",
+        "internal-expect-status.xml",
+        &["-key", "status", "486"],
+    );
+    s.wait_ok(&mut second, "second call");
+    assert_eq!(final_status(&second), "486");
+    release_held_call(&held, internal_ip());
+    s.wait_ok(&mut held, "first call");
+    s.wait_ok(&mut ext, "extension");
+    let calls: std::collections::HashSet<String> = s
+        .pbx_saw("INVITE")
+        .iter()
+        .map(|i| i.get("callid").to_owned())
+        .collect();
+    assert_eq!(
+        calls.len(),
+        1,
+        "the second call reached the PBX\n{}",
+        s.report()
+    );
+}
+
+#[test]
+fn inbound_channel_limit_rejects_the_second_pbx_call_with_486() {
+    let s = setup(
+        "ob-inbound-limit",
+        Opts {
+            connection: "[connection.inbound]\nchannel_limit = 1\n",
+            ..Opts::default()
+        },
+    );
+    let mut dest = s.dest("1", "uas-answer.xml", &[]);
+    let mut held = s.phone("1", "internal-call-held.xml", &[]);
+    wait_logged(&s, &held, "ANSWERED");
+    let mut second = s.phone(
+        "2",
+        "internal-expect-status.xml",
+        &["-key", "status", "486"],
+    );
+    s.wait_ok(&mut second, "second PBX call");
+    assert_eq!(final_status(&second), "486");
+    release_held_call(&held, phone_ip());
+    s.wait_ok(&mut held, "first PBX call");
+    s.wait_ok(&mut dest, "destination");
+    let log = s.pbx_log();
+    assert!(
+        log.contains(&format!("PBX got reply 486 INVITE from {}", s.uacd_addr())),
+        "the 486 came from uacd:\n{}",
+        s.report()
+    );
+}
+
+#[test]
+fn inbound_timeout_1xx_of_the_connection_overrides_the_global_one() {
+    // routing.timeout_1xx_sec = 20, the connection's 1: the silent destination
+    // must be given up on well within the phone's 10 s. The PBX's own timer
+    // is set beyond that (FR_TIMER) so that the 408 is uacd's.
+    let s = setup(
+        "ob-inbound-1xx",
+        Opts {
+            kam_defines: vec!["FR_TIMER=30000".into()],
+            routing: "timeout_1xx_sec = 20",
+            connection: "[connection.inbound]\ntimeout_1xx_secs = 1\n",
+            ..Opts::default()
+        },
+    );
+    let _dest = s.dest("1", "uas-silent.xml", &["-d", "25000"]);
+    let mut c = s.phone(
+        "1",
+        "internal-expect-status.xml",
+        &["-key", "status", "408", "-timeout", "10"],
+    );
+    s.wait_ok(&mut c, "phone");
+    assert_eq!(final_status(&c), "408");
+    assert!(
+        s.pbx_log()
+            .contains(&format!("PBX got reply 408 INVITE from {}", s.uacd_addr())),
+        "the 408 came from uacd:\n{}",
+        s.report()
+    );
+}
+
+#[test]
+fn bye_challenged_by_the_pbx_is_authenticated() {
+    // The PBX challenges in-dialog requests of its registered user too.
+    let s = setup(
+        "ob-bye-auth",
+        Opts {
+            kam_defines: vec!["WITH_INDIALOG_AUTH".into()],
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let bye = s.pbx_saw("BYE");
+    assert_eq!(
+        bye.len(),
+        2,
+        "challenged once, answered once:\n{bye:#?}\n{}",
+        s.report()
+    );
+    assert_eq!(bye[0].get("auth"), "no");
+    assert_eq!(bye[1].get("auth"), "yes");
+    assert_eq!(bye[1].cseq(), bye[0].cseq() + 1);
+    assert_no_challenge_seen(&c);
+}
