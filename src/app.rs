@@ -308,10 +308,16 @@ impl App {
         let config = Arc::new(config);
         let cancel = CancellationToken::new();
         let layer = Layer::new(&config.sip.user_agent);
-        layer.configure_replies(
-            config.sip.monitors.clone(),
-            config.limits.error_replies_per_ip_per_sec,
-        );
+        // The internal side is as trusted as a monitor: its calls toward a
+        // PBX get their 403/480/486 whatever their size.
+        let verified = config
+            .sip
+            .monitors
+            .iter()
+            .chain(&config.routing.internal_sources)
+            .cloned()
+            .collect();
+        layer.configure_replies(verified, config.limits.error_replies_per_ip_per_sec);
         let transports =
             Transports::bind(&config, Arc::new(layer.clone()), cancel.child_token()).await?;
         layer.attach(transports.clone());

@@ -130,7 +130,13 @@ pub fn install(labels: &Labels<'_>) -> Result<(), BuildError> {
     // Every labelled counter exists from the start, at 0 for each label
     // value it knows: a rate() or an alert on a series that has not
     // happened yet then sees 0, not nothing.
-    for series in [&hot.sip_in, &hot.sip_out, &hot.register, &hot.calls] {
+    for series in [
+        &hot.sip_in,
+        &hot.sip_out,
+        &hot.register,
+        &hot.calls_inbound,
+        &hot.calls_outbound,
+    ] {
         series.zero();
     }
     Ok(())
@@ -147,7 +153,10 @@ struct Hot {
     sip_in: Series,
     sip_out: Series,
     register: Series,
-    calls: Series,
+    /// `uacd_calls_total{direction="inbound"}`: PBX → destination.
+    calls_inbound: Series,
+    /// `uacd_calls_total{direction="outbound"}`: internal side → PBX.
+    calls_outbound: Series,
     register_duration: Histogram,
     call_setup: Histogram,
     failovers: Counter,
@@ -175,11 +184,13 @@ impl Hot {
                 codes().chain(["timeout", "transport_error"]).collect(),
                 |l| counter!(REGISTER_REQUESTS, "response" => l),
             ),
-            calls: Series::new(
-                codes()
-                    .chain(["answered", "rejected_source", "no_route", "400"])
-                    .collect(),
-                |l| counter!(CALLS, "result" => l),
+            calls_inbound: Series::new(
+                call_results(codes()),
+                |l| counter!(CALLS, "direction" => "inbound", "result" => l),
+            ),
+            calls_outbound: Series::new(
+                call_results(codes()),
+                |l| counter!(CALLS, "direction" => "outbound", "result" => l),
             ),
             register_duration: histogram!(REGISTER_DURATION),
             call_setup: histogram!(CALL_SETUP),
@@ -245,7 +256,7 @@ fn describe() {
     );
     describe_counter!(
         CALLS,
-        "inbound INVITEs by outcome (answered, final code, rejected_source, no_route)"
+        "INVITEs by direction (inbound: PBX to destination; outbound: toward the PBX) and outcome (answered, final code, rejected_source, no_route)"
     );
     describe_histogram!(
         CALL_SETUP,
@@ -313,7 +324,7 @@ pub fn failover() {
     }
 }
 
-/// How an inbound call's setup ended, as `uacd_calls_total{result}`.
+/// How a call's setup ended, as `uacd_calls_total{direction,result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallResult {
     /// A 2xx was relayed.
@@ -342,10 +353,43 @@ impl CallResult {
     }
 }
 
-/// An inbound call ended its setup.
-pub fn call_result(result: CallResult, setup: Option<Duration>) {
+/// The `direction` of `uacd_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallDirection {
+    /// From a connection's PBX to its `destination_uri`.
+    Inbound,
+    /// From the internal side toward a connection's PBX.
+    Outbound,
+}
+
+impl CallDirection {
+    pub const ALL: [CallDirection; 2] = [CallDirection::Inbound, CallDirection::Outbound];
+
+    /// The `direction` label: `inbound` or `outbound`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CallDirection::Inbound => "inbound",
+            CallDirection::Outbound => "outbound",
+        }
+    }
+}
+
+/// Every `result` of `uacd_calls_total` exported at 0: the codes and
+/// classes, then the named outcomes.
+fn call_results(codes: impl Iterator<Item = &'static str>) -> Vec<&'static str> {
+    codes
+        .chain(["answered", "rejected_source", "no_route", "400"])
+        .collect()
+}
+
+/// A call of `direction` ended its setup.
+pub fn call_result(direction: CallDirection, result: CallResult, setup: Option<Duration>) {
     if let Some(hot) = HOT.get() {
-        hot.calls.increment(result.label());
+        match direction {
+            CallDirection::Inbound => &hot.calls_inbound,
+            CallDirection::Outbound => &hot.calls_outbound,
+        }
+        .increment(result.label());
         if let Some(d) = setup {
             hot.call_setup.record(d.as_secs_f64());
         }

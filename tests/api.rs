@@ -197,6 +197,28 @@ username = "f"
         data(expect(&r, 200))["external_uac_settings"]["from_user"],
         Value::Null
     );
+    // Per-direction call settings: null when unset, merged like the others.
+    let unset = json!({"timeout_1xx_secs": null, "timeout_2xx_secs": null, "channel_limit": null});
+    assert_eq!((&c["inbound"], &c["outbound"]), (&unset, &unset), "{c}");
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"inbound": {"channel_limit": 2, "timeout_1xx_secs": 5}, "outbound": {"timeout_2xx_secs": 90}}),
+    );
+    expect(&r, 200);
+    let r = a.patch(
+        &format!("/v2/uac_connections/{id}"),
+        &json!({"inbound": {"channel_limit": null, "timeout_2xx_secs": 30}}),
+    );
+    let c3 = data(expect(&r, 200));
+    assert_eq!(
+        c3["inbound"],
+        json!({"timeout_1xx_secs": 5, "timeout_2xx_secs": 30, "channel_limit": null})
+    );
+    assert_eq!(c3["outbound"]["timeout_2xx_secs"], 90);
+    assert_eq!(
+        data(&a.get(&format!("/v2/uac_connections/{id}")))["inbound"],
+        c3["inbound"]
+    );
 
     // Errors; none of them changes anything.
     let path = format!("/v2/uac_connections/{id}");
@@ -278,6 +300,15 @@ username = "f"
             "/external_uac_settings/transport",
         ),
         (json!({"active": "yes"}), "/active"),
+        (
+            json!({"inbound": {"channel_limit": 0}}),
+            "/inbound/channel_limit",
+        ),
+        (
+            json!({"outbound": {"timeout_1xx_secs": 121}}),
+            "/outbound/timeout_1xx_secs",
+        ),
+        (json!({"outbound": {"limit": 1}}), "/outbound/limit"),
         (json!({"id": "123"}), "/id"),
         (json!({"user_id": "999"}), "/user_id"),
         (json!({"user_id": "323"}), "/user_id"),
@@ -390,9 +421,12 @@ fn another_tenants_connection_is_invisible_in_every_verb() {
     // not nothing).
     let m = a.get("/metrics");
     for series in [
-        "uacd_calls_total{result=\"answered\"} 0",
-        "uacd_calls_total{result=\"503\"} 0",
-        "uacd_calls_total{result=\"rejected_source\"} 0",
+        "uacd_calls_total{direction=\"inbound\",result=\"answered\"} 0",
+        "uacd_calls_total{direction=\"inbound\",result=\"503\"} 0",
+        "uacd_calls_total{direction=\"inbound\",result=\"rejected_source\"} 0",
+        "uacd_calls_total{direction=\"outbound\",result=\"answered\"} 0",
+        "uacd_calls_total{direction=\"outbound\",result=\"480\"} 0",
+        "uacd_calls_total{direction=\"outbound\",result=\"rejected_source\"} 0",
         "uacd_register_requests_total{response=\"200\"} 0",
         "uacd_register_requests_total{response=\"timeout\"} 0",
         "uacd_sip_messages_total{direction=\"in\",kind=\"INVITE\"} 0",
@@ -816,4 +850,58 @@ async fn routing_lookup_follows_api_writes() {
     expect(&r, 200);
     assert!(app.supervisor.connection_by_user("routed-2").is_none());
     app.stop().await;
+}
+
+/// In-process, with `sip.domain`: each connection's `fqdn` is
+/// `<user_name>.<sip.domain>`, and a user_name that is not a DNS label is
+/// refused (422 at /user_name) on POST and PATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fqdn_follows_sip_domain() {
+    let ip = test_ip(80);
+    let text = format!(
+        "[sip]\nlisten = [\"udp:{ip}:5064\"]\ndomain = \"UAC.Example.net\"\n[api]\nlisten = \"{ip}:0\"\n\
+         [[api.tokens]]\ntoken = \"{TOKEN_A}\"\nuser_id = \"323\"\n"
+    );
+    let config = uacd::config::parse(&text, "domain.toml").expect("valid config");
+    let app = uacd::app::App::start_with_timers(config, Default::default())
+        .await
+        .expect("starts");
+    let api = Api::new(app.api_addr().await, TOKEN_A);
+    let checks = tokio::task::spawn_blocking(move || {
+        let a = &api;
+        let r = a.post(
+            "/v2/uac_connections",
+            &json!({"connection_name": "Domain", "user_name": "office-7"}),
+        );
+        let c = data(expect(&r, 201));
+        assert_eq!(c["fqdn"], "office-7.uac.example.net", "{c}");
+        let path = format!("/v2/uac_connections/{}", c["id"].as_str().unwrap());
+        let listed = expect(&a.get("/v2/uac_connections"), 200).json();
+        assert_eq!(listed["data"][0]["fqdn"], "office-7.uac.example.net");
+        let r = a.patch(&path, &json!({"user_name": "office-8"}));
+        assert_eq!(data(expect(&r, 200))["fqdn"], "office-8.uac.example.net");
+        expect_error(
+            &a.patch(&path, &json!({"user_name": "Office_8"})),
+            422,
+            "/user_name",
+        );
+        expect_error(
+            &a.post(
+                "/v2/uac_connections",
+                &json!({"connection_name": "Bad", "user_name": "a.b"}),
+            ),
+            422,
+            "/user_name",
+        );
+        let generated = a.post("/v2/uac_connections", &json!({"connection_name": "Gen"}));
+        let g = data(expect(&generated, 201));
+        assert_eq!(
+            g["fqdn"],
+            format!("{}.uac.example.net", g["user_name"].as_str().unwrap())
+        );
+        assert_eq!(data(&a.get(&path))["fqdn"], "office-8.uac.example.net");
+    });
+    let result = checks.await;
+    app.stop().await;
+    result.unwrap();
 }

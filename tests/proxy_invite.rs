@@ -564,7 +564,11 @@ const CONTRACT: [(&str, &str, &str); 10] = [
         "response=\"200\"",
     ),
     ("uacd_register_duration_seconds", "histogram", "le="),
-    ("uacd_calls_total", "counter", "result=\"answered\""),
+    (
+        "uacd_calls_total",
+        "counter",
+        "direction=\"inbound\",result=\"answered\"",
+    ),
     ("uacd_call_setup_seconds", "histogram", "le="),
     ("uacd_failovers_total", "counter", ""),
     ("uacd_dialogs_active", "gauge", ""),

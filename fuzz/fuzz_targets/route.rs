@@ -72,6 +72,7 @@ fn directory() -> Dir {
         registration_flow: Some(FLOW),
         pbx_addrs: vec![IpAddr::from(PBX)],
         destination_uri: Some("1006@assistant-abc123.sip.telnyx.com".into()),
+        toward_pbx: false,
     })
 }
 
@@ -109,6 +110,7 @@ fuzz_target!(|data: &[u8]| {
     let source = Source {
         addr: SocketAddr::from((ip, 5060 + u16::from(how >> 4))),
         flow: on_flow.then_some(FLOW),
+        internal: how & 4 != 0,
     };
     let inbound = iface(if on_flow {
         Transport::Tcp

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, header};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::config::{Connection, EXTERNAL_KEYS, INTERNAL_KEYS, ProxyUri};
+use crate::config::{CALL_KEYS, Connection, EXTERNAL_KEYS, INTERNAL_KEYS, ProxyUri};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -144,6 +144,8 @@ const TOP_KEYS: &[&str] = &[
     "active",
     "external_uac_settings",
     "internal_uac_settings",
+    "inbound",
+    "outbound",
 ];
 
 /// Unknown members of a patch are rejected even when `null` (a merge would
@@ -166,6 +168,8 @@ pub fn check_known(patch: &Map<String, Value>) -> Result<(), ApiError> {
     for (key, known) in [
         ("external_uac_settings", EXTERNAL_KEYS),
         ("internal_uac_settings", INTERNAL_KEYS),
+        ("inbound", CALL_KEYS),
+        ("outbound", CALL_KEYS),
     ] {
         if let Some(Value::Object(o)) = patch.get(key) {
             unknown(o, known, &format!("/{key}"));
@@ -261,8 +265,12 @@ fn quoted_name(msg: &str) -> Option<&str> {
 
 /// Deserializes `doc` into a connection, mapping a serde failure to a 422 at
 /// the offending field's pointer; then fills defaults for `caller` and runs the
-/// shared field checks (every issue reported).
-pub fn to_connection(doc: Value, caller: &str) -> Result<Connection, ApiError> {
+/// shared field checks (every issue reported) under `domain` (`sip.domain`).
+pub fn to_connection(
+    doc: Value,
+    caller: &str,
+    domain: Option<&str>,
+) -> Result<Connection, ApiError> {
     // An empty user_name would read as absent and be generated: say so instead.
     if doc.get("user_name").and_then(Value::as_str) == Some("") {
         return Err(ApiError::invalid(
@@ -306,7 +314,7 @@ pub fn to_connection(doc: Value, caller: &str) -> Result<Connection, ApiError> {
         ApiError::invalid(pointer(&dotted), detail)
     })?;
     conn.fill_defaults(Some(caller));
-    let issues = conn.check(false);
+    let issues = conn.check(false, domain);
     if issues.is_empty() {
         Ok(conn)
     } else {

@@ -28,7 +28,7 @@ fn data(status: StatusCode, v: Value) -> Response {
 impl ApiState {
     fn object(&self, row: &Row) -> Value {
         let snap = self.inner.supervisor.snapshot(&row.connection.id);
-        view::connection(row, snap.as_ref(), &self.inner.fqdn)
+        view::connection(row, snap.as_ref(), &self.fqdn_of(&row.connection))
     }
 
     /// The caller's row `id`, or 404 (also for another tenant's id).
@@ -89,7 +89,7 @@ pub async fn create(
     let mut doc = Value::Object(input);
     doc["id"] = Value::String(new_id());
     infer_transport(&mut doc, patch_ext.as_ref());
-    let conn = to_connection(doc, &caller.user_id)?;
+    let conn = to_connection(doc, &caller.user_id, state.domain())?;
     state.check_listeners(&conn)?;
     let _write = state.inner.write.lock().await;
     // Under the write lock: two creates at once cannot both take the last slot.
@@ -180,7 +180,7 @@ pub async fn update(
     merge_patch(&mut doc, &patch);
     doc["id"] = Value::String(row.connection.id.clone());
     infer_transport(&mut doc, patch_ext.as_ref());
-    let conn = to_connection(doc, &caller.user_id)?;
+    let conn = to_connection(doc, &caller.user_id, state.domain())?;
     state.check_listeners(&conn)?;
     if conn == row.connection {
         return Ok(data(StatusCode::OK, state.object(&row)));
@@ -220,7 +220,7 @@ pub async fn delete(
     let snap = last.map(|s| s.snapshot);
     Ok(data(
         StatusCode::OK,
-        view::connection(&row, snap.as_ref(), &state.inner.fqdn),
+        view::connection(&row, snap.as_ref(), &state.fqdn_of(&row.connection)),
     ))
 }
 

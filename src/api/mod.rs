@@ -44,8 +44,10 @@ struct Shared {
     tokens: std::sync::RwLock<Vec<([u8; 32], String)>>,
     /// Serialises writes (store + live apply) so that each id changes in order.
     write: tokio::sync::Mutex<()>,
-    /// The `fqdn` of connection objects: where PBXes reach us.
+    /// The `fqdn` of connection objects without `sip.domain`: where PBXes reach us.
     fqdn: String,
+    /// `sip.domain`: each connection's `fqdn` is `<user_name>.<domain>`.
+    domain: Option<String>,
     /// Whether `sip.listen` has a UDP socket (UDP connections need one).
     has_udp: bool,
     /// `limits.connections_per_user`.
@@ -62,6 +64,7 @@ impl ApiState {
                 tokens,
                 write: tokio::sync::Mutex::new(()),
                 fqdn: fqdn(config),
+                domain: config.sip.domain.clone(),
                 has_udp: config
                     .sip
                     .listen
@@ -95,6 +98,23 @@ impl ApiState {
             }
         }
         found
+    }
+}
+
+/// The per-connection host names of `sip.domain`.
+impl ApiState {
+    /// `sip.domain`, which connection checks need (`user_name` is a label).
+    fn domain(&self) -> Option<&str> {
+        self.inner.domain.as_deref()
+    }
+
+    /// A connection object's `fqdn`: `<user_name>.<sip.domain>`, else the
+    /// daemon-wide one.
+    fn fqdn_of(&self, c: &crate::config::Connection) -> String {
+        match self.domain() {
+            Some(d) => c.fqdn(d),
+            None => self.inner.fqdn.clone(),
+        }
     }
 }
 

@@ -45,7 +45,8 @@ pub struct Connection {
 
 /// Per-connection call settings of one direction (`inbound`, `outbound`);
 /// `None` falls back to the daemon-wide value (`routing.timeout_*_sec`) or
-/// no limit.
+/// no limit. Bounds: [`TIMEOUT_1XX_SECS`], [`TIMEOUT_2XX_SECS`], a
+/// `channel_limit` of at least 1.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallSettings {
@@ -58,6 +59,40 @@ pub struct CallSettings {
     /// Concurrent calls of this direction; beyond it, 486.
     #[serde(default)]
     pub channel_limit: Option<u32>,
+}
+
+/// Bounds of `timeout_1xx_secs` (per connection and direction).
+pub const TIMEOUT_1XX_SECS: std::ops::RangeInclusive<u32> = 1..=120;
+/// Bounds of `timeout_2xx_secs`.
+pub const TIMEOUT_2XX_SECS: std::ops::RangeInclusive<u32> = 1..=600;
+
+impl CallSettings {
+    /// Checks one direction's settings; `keys` names them as
+    /// (`timeout_1xx_secs`, `timeout_2xx_secs`, `channel_limit`) under the
+    /// direction (`inbound.…` or `outbound.…`).
+    fn check(&self, keys: [&'static str; 3], out: &mut Vec<FieldIssue>) {
+        let in_range = |v: Option<u32>, r: &std::ops::RangeInclusive<u32>| match v {
+            Some(n) if !r.contains(&n) => Err(format!(
+                "must be between {} and {} (seconds)",
+                r.start(),
+                r.end()
+            )),
+            _ => Ok(()),
+        };
+        let checks = [
+            in_range(self.timeout_1xx_secs, &TIMEOUT_1XX_SECS),
+            in_range(self.timeout_2xx_secs, &TIMEOUT_2XX_SECS),
+            match self.channel_limit {
+                Some(0) => Err("must be at least 1 (leave it out for no limit)".into()),
+                _ => Ok(()),
+            },
+        ];
+        for (key, r) in keys.into_iter().zip(checks) {
+            if let Err(reason) = r {
+                out.push(FieldIssue { key, reason });
+            }
+        }
+    }
 }
 
 /// How we register to the PBX.
@@ -147,9 +182,16 @@ impl Connection {
         }
     }
 
+    /// The connection's host name under `sip.domain`: `<user_name>.<domain>`.
+    pub fn fqdn(&self, domain: &str) -> String {
+        format!("{}.{domain}", self.user_name.to_ascii_lowercase())
+    }
+
     /// Checks every field (after [`Connection::fill_defaults`]); uniqueness across
-    /// connections is the caller's job. `require_proxy` is true for file connections.
-    pub fn check(&self, require_proxy: bool) -> Vec<FieldIssue> {
+    /// connections is the caller's job. `require_proxy` is true for file connections;
+    /// `domain` is `sip.domain` (then `user_name` must be the first label of a host
+    /// name).
+    pub fn check(&self, require_proxy: bool, domain: Option<&str>) -> Vec<FieldIssue> {
         let mut out = Vec::new();
         let mut push = |key, r: Result<(), String>| {
             if let Err(reason) = r {
@@ -160,6 +202,11 @@ impl Connection {
         push("connection_name", validate_name(&self.connection_name));
         push("user_id", validate_user_id(&self.user_id));
         push("user_name", validate_user_name(&self.user_name));
+        if let Some(domain) = domain
+            && validate_user_name(&self.user_name).is_ok()
+        {
+            push("user_name", validate_fqdn_label(&self.user_name, domain));
+        }
         push("password", validate_password(self.password.expose()));
         let ext = &self.external_uac_settings;
         if require_proxy && ext.proxy.is_none() {
@@ -208,6 +255,22 @@ impl Connection {
                 validate_destination_uri(d),
             );
         }
+        self.inbound.check(
+            [
+                "inbound.timeout_1xx_secs",
+                "inbound.timeout_2xx_secs",
+                "inbound.channel_limit",
+            ],
+            &mut out,
+        );
+        self.outbound.check(
+            [
+                "outbound.timeout_1xx_secs",
+                "outbound.timeout_2xx_secs",
+                "outbound.channel_limit",
+            ],
+            &mut out,
+        );
         out
     }
 }
@@ -288,6 +351,34 @@ pub fn validate_user_name(user_name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b))
     {
         return Err("may contain only letters, digits and - _ . ! ~ * ' ( )".into());
+    }
+    Ok(())
+}
+
+/// With `sip.domain` set, `user_name` is the first label of the connection's
+/// host name (RFC 1035 §2.3.1 as relaxed by RFC 1123 §2.1: letters, digits,
+/// inner hyphens, at most 63). Lowercase only: host names compare without
+/// case, so `Office` and `office` would be two connections with one fqdn
+/// while `user_name` stays unique as written.
+pub fn validate_fqdn_label(user_name: &str, domain: &str) -> Result<(), String> {
+    let why = "must be a DNS label when sip.domain is set (it is the first label of the fqdn)";
+    if user_name.len() > 63 {
+        return Err(format!("{why}: at most 63 characters"));
+    }
+    if !user_name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("{why}: only a-z 0-9 - (lowercase)"));
+    }
+    if user_name.starts_with('-') || user_name.ends_with('-') {
+        return Err(format!("{why}: no '-' at either end"));
+    }
+    if user_name.len() + 1 + domain.len() > super::types::MAX_HOST_NAME_LEN {
+        return Err(format!(
+            "{why}: {user_name}.{domain} is longer than {} characters",
+            super::types::MAX_HOST_NAME_LEN
+        ));
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 mod connection;
 mod reader;
 mod sections;
-pub(crate) use sections::{EXTERNAL_KEYS, INTERNAL_KEYS};
+pub(crate) use sections::{CALL_KEYS, EXTERNAL_KEYS, INTERNAL_KEYS};
 mod types;
 
 use std::collections::{BTreeSet, HashMap};
@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub use connection::{
-    CallSettings, Connection, ExternalUacSettings, FieldIssue, InternalUacSettings, generated_id,
-    generated_user_name,
+    CallSettings, Connection, ExternalUacSettings, FieldIssue, InternalUacSettings,
+    TIMEOUT_1XX_SECS, TIMEOUT_2XX_SECS, generated_id, generated_user_name,
 };
 pub use types::{
     Cidr, ListenAddr, ProxyUri, PublicAddress, PublicHost, Secret, Transport, UnknownTransport,
+    parse_domain,
 };
 
 use reader::{Ctx, TableView};

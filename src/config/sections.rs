@@ -28,7 +28,13 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
     let sip = section(
         ctx,
         "sip",
-        &["listen", "public_address", "user_agent", "monitors"],
+        &[
+            "listen",
+            "public_address",
+            "user_agent",
+            "monitors",
+            "domain",
+        ],
     );
     let tls = section(
         ctx,
@@ -54,7 +60,13 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
     let routing = section(
         ctx,
         "routing",
-        &["timeout_1xx_sec", "timeout_2xx_sec", "failover_codes"],
+        &[
+            "timeout_1xx_sec",
+            "timeout_2xx_sec",
+            "failover_codes",
+            "internal_sources",
+            "assert_caller_identity",
+        ],
     );
     let limits = section(ctx, "limits", LIMIT_KEYS);
     let trace = section(ctx, "trace", &["hep", "hep_capture_id"]);
@@ -63,7 +75,8 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
     let sip = read_sip(ctx, &sip, &tls);
     let api = read_api(ctx, &api, base_dir);
     let default_user = api.tokens.first().map(|t| t.user_id.clone());
-    let (connections, generated_passwords) = read_connections(ctx, root, default_user.as_deref());
+    let (connections, generated_passwords) =
+        read_connections(ctx, root, default_user.as_deref(), sip.domain.as_deref());
     Config {
         sip,
         tls,
@@ -200,6 +213,7 @@ fn read_sip(ctx: &mut Ctx, t: &TableView<'_, '_>, tls: &TlsConfig) -> SipConfig 
             cfg.monitors.push(c);
         }
     }
+    read_sip_domain(ctx, t, &mut cfg);
     cfg
 }
 
@@ -396,6 +410,7 @@ fn read_routing(ctx: &mut Ctx, t: &TableView<'_, '_>) -> RoutingConfig {
             }
         }
     }
+    read_routing_toward_pbx(ctx, t, &mut cfg);
     cfg
 }
 
@@ -461,6 +476,8 @@ const CONNECTION_KEYS: &[&str] = &[
     "active",
     "external_uac_settings",
     "internal_uac_settings",
+    "inbound",
+    "outbound",
 ];
 /// The members of `external_uac_settings` (the config file and the API
 /// accept the same ones).
@@ -481,13 +498,14 @@ fn read_connections(
     ctx: &mut Ctx,
     root: &TableView<'_, '_>,
     default_user: Option<&str>,
+    domain: Option<&str>,
 ) -> (Vec<Connection>, BTreeSet<String>) {
     let mut out = Vec::new();
     let mut generated = BTreeSet::new();
     let mut ids = Seen::new("id");
     let mut user_names = Seen::new("user_name");
     for t in root.table_array(ctx, "connection", CONNECTION_KEYS) {
-        let Some(conn) = read_connection(ctx, &t, default_user) else {
+        let Some(conn) = read_connection(ctx, &t, default_user, domain) else {
             continue;
         };
         // Uniqueness, at the explicit key's line or else the [[connection]] header.
@@ -517,6 +535,7 @@ fn read_connection(
     ctx: &mut Ctx,
     t: &TableView<'_, '_>,
     default_user: Option<&str>,
+    domain: Option<&str>,
 ) -> Option<Connection> {
     let before = ctx.issues.len();
     let empty = DeTable::new();
@@ -526,6 +545,8 @@ fn read_connection(
     let int_view = t
         .table(ctx, "internal_uac_settings", INTERNAL_KEYS)
         .unwrap_or_else(|| empty_view(&empty, &t.key("internal_uac_settings"), t.span.clone()));
+    let (inbound_view, inbound) = read_call_settings(ctx, t, "inbound", &empty);
+    let (outbound_view, outbound) = read_call_settings(ctx, t, "outbound", &empty);
 
     let text = |ctx: &mut Ctx, v: &TableView<'_, '_>, key| v.str(ctx, key).map(At::into_inner);
     let connection_name = text(ctx, t, "connection_name");
@@ -581,16 +602,18 @@ fn read_connection(
         internal_uac_settings: InternalUacSettings {
             destination_uri: text(ctx, &int_view, "destination_uri"),
         },
-        inbound: CallSettings::default(),
-        outbound: CallSettings::default(),
+        inbound,
+        outbound,
     };
     let id_known = t.has("id") || !conn.connection_name.is_empty();
     conn.fill_defaults(default_user);
     let reported = ctx.issues[before..].to_vec();
-    for issue in conn.check(true) {
+    for issue in conn.check(true, domain) {
         let (view, key) = match issue.key.split_once('.') {
             Some(("external_uac_settings", k)) => (&ext_view, k),
             Some(("internal_uac_settings", k)) => (&int_view, k),
+            Some(("inbound", k)) => (&inbound_view, k),
+            Some(("outbound", k)) => (&outbound_view, k),
             _ => (t, issue.key),
         };
         let full_key = view.key(key);
@@ -607,4 +630,53 @@ fn read_connection(
         }
     }
     id_known.then_some(conn)
+}
+
+/// `sip.domain`: the parent of every connection's host name.
+fn read_sip_domain(ctx: &mut Ctx, t: &TableView<'_, '_>, cfg: &mut SipConfig) {
+    if let Some(v) = t.str(ctx, "domain") {
+        cfg.domain = parsed(ctx, &v, &t.key("domain"), super::types::parse_domain);
+    }
+}
+
+/// The `[routing]` keys of calls toward a PBX: `internal_sources` (CIDRs,
+/// like `sip.monitors`) and `assert_caller_identity`.
+fn read_routing_toward_pbx(ctx: &mut Ctx, t: &TableView<'_, '_>, cfg: &mut RoutingConfig) {
+    for (key, v) in t.str_array(ctx, "internal_sources").unwrap_or_default() {
+        if let Some(c) = parsed(ctx, &v, &key, |s| s.parse::<Cidr>()) {
+            cfg.internal_sources.push(c);
+        }
+    }
+    if let Some(b) = t.bool(ctx, "assert_caller_identity") {
+        cfg.assert_caller_identity = b.into_inner();
+    }
+}
+
+/// The members of a connection's `inbound` and `outbound` tables.
+pub(crate) const CALL_KEYS: &[&str] = &["timeout_1xx_secs", "timeout_2xx_secs", "channel_limit"];
+
+/// A connection's `[connection.inbound]` / `[connection.outbound]` (or
+/// `inbound.channel_limit = 2`): read as integers here, bounds checked by
+/// `Connection::check` (shared with the API). A value past `u32::MAX` reads
+/// as `u32::MAX`: out of range for a timeout, and no limit in practice for
+/// `channel_limit`.
+fn read_call_settings<'a, 'i>(
+    ctx: &mut Ctx,
+    t: &TableView<'a, 'i>,
+    name: &str,
+    empty: &'a DeTable<'static>,
+) -> (TableView<'a, 'i>, CallSettings) {
+    let view = t
+        .table(ctx, name, CALL_KEYS)
+        .unwrap_or_else(|| empty_view(empty, &t.key(name), t.span.clone()));
+    let mut num = |key| {
+        view.uint(ctx, key, ANY)
+            .map(|v| u32::try_from(v.into_inner()).unwrap_or(u32::MAX))
+    };
+    let settings = CallSettings {
+        timeout_1xx_secs: num("timeout_1xx_secs"),
+        timeout_2xx_secs: num("timeout_2xx_secs"),
+        channel_limit: num("channel_limit"),
+    };
+    (view, settings)
 }

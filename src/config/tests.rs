@@ -496,7 +496,11 @@ fn connection_serde_for_the_api() {
     assert_eq!(json_like.password.expose().len(), 20);
     let mut c = json_like.clone();
     c.fill_defaults(Some("owner"));
-    assert!(c.check(false).is_empty(), "{:?}", c.check(false));
+    assert!(
+        c.check(false, None).is_empty(),
+        "{:?}",
+        c.check(false, None)
+    );
     let out = toml::to_string(&c).unwrap();
     assert!(!out.contains("password"), "{out}");
     assert!(out.contains("proxy = \"sip:pbx:5070\""), "{out}");
@@ -506,8 +510,11 @@ fn connection_serde_for_the_api() {
     // The API may omit the proxy.
     let mut no_proxy: Connection = toml::from_str("connection_name = \"Y\"\n").unwrap();
     no_proxy.fill_defaults(Some("o"));
-    assert!(no_proxy.check(false).is_empty());
-    assert_eq!(no_proxy.check(true)[0].key, "external_uac_settings.proxy");
+    assert!(no_proxy.check(false, None).is_empty());
+    assert_eq!(
+        no_proxy.check(true, None)[0].key,
+        "external_uac_settings.proxy"
+    );
 }
 
 #[test]
@@ -699,4 +706,283 @@ fn cidr_membership() {
     assert!(all.contains("203.0.113.9".parse().unwrap()));
     assert!(!all.contains("::1".parse().unwrap()));
     assert_eq!(c.to_string(), "10.1.0.0/16");
+}
+
+#[test]
+fn sip_domain_is_a_lowercased_host_name() {
+    let cfg = parse("[sip]\ndomain = \"UAC.Example.NET\"\n", "d.toml").unwrap();
+    assert_eq!(cfg.sip.domain.as_deref(), Some("uac.example.net"));
+    assert_eq!(parse("", "d.toml").unwrap().sip.domain, None);
+    for (value, reason) in [
+        ("", "must not be empty"),
+        ("192.0.2.1", "not an IP address"),
+        ("2001:db8::1", "not an IP address"),
+        ("[2001:db8::1]", "not an IP address"),
+        ("uac.example.net:5060", "without a port"),
+        ("uac..example.net", "empty label"),
+        ("uac.example.net.", "empty label"),
+        (".uac.example.net", "empty label"),
+        ("uac_1.example.net", "only letters, digits and '-'"),
+        ("uac example.net", "only letters, digits and '-'"),
+        ("-uac.example.net", "must not begin or end with '-'"),
+        ("uac.example.123", "last label must not be all digits"),
+    ] {
+        assert_one(
+            &format!("[sip]\ndomain = {value:?}\n"),
+            2,
+            "sip.domain",
+            reason,
+        );
+    }
+    let long = format!("{}.net", "a".repeat(64));
+    assert_one(
+        &format!("[sip]\ndomain = {long:?}\n"),
+        2,
+        "sip.domain",
+        "longer than 63",
+    );
+    let too_long = vec!["a".repeat(63); 4].join(".") + ".net";
+    assert_one(
+        &format!("[sip]\ndomain = {too_long:?}\n"),
+        2,
+        "sip.domain",
+        "longer than 253",
+    );
+    assert_one("[sip]\ndomain = 5\n", 2, "sip.domain", "expected a string");
+}
+
+#[test]
+fn with_sip_domain_user_names_are_dns_labels() {
+    let text = |user_name: &str| {
+        format!(
+            "[sip]\ndomain = \"uac.example.net\"\n[[connection]]\nconnection_name = \"A\"\nuser_id = \"u\"\nuser_name = {user_name:?}\n[connection.external_uac_settings]\nproxy = \"sip:pbx\"\nusername = \"1\"\n"
+        )
+    };
+    let cfg = parse(&text("office-1"), "d.toml").unwrap();
+    assert_eq!(
+        cfg.connections[0].fqdn(cfg.sip.domain.as_deref().unwrap()),
+        "office-1.uac.example.net"
+    );
+    for (user_name, reason) in [
+        ("Office", "only a-z 0-9 - (lowercase)"),
+        ("a_b", "only a-z 0-9 - (lowercase)"),
+        ("a.b", "only a-z 0-9 - (lowercase)"),
+        ("-a", "no '-' at either end"),
+        ("a-", "no '-' at either end"),
+    ] {
+        assert_one(&text(user_name), 6, "connection[0].user_name", reason);
+    }
+    assert_one(
+        &text(&"a".repeat(64)),
+        6,
+        "connection[0].user_name",
+        "at most 63 characters",
+    );
+    // The same names are fine without sip.domain.
+    for user_name in ["Office", "a_b", "a.b", "-a"] {
+        let no_domain = text(user_name).replace("[sip]\ndomain = \"uac.example.net\"\n", "");
+        assert!(issues(&no_domain).is_empty(), "{user_name}");
+    }
+    // A generated user_name is a label.
+    let generated = one_conn("").replace("[[api", "[sip]\ndomain = \"uac.example.net\"\n[[api");
+    let cfg = parse(&generated, "d.toml").unwrap();
+    assert!(cfg.connections[0].user_name.starts_with("uacd"));
+    // The whole fqdn must fit in 253 characters.
+    let long_domain = vec!["a".repeat(63); 3].join(".") + ".net";
+    let text = text(&"b".repeat(63)).replace("uac.example.net", &long_domain);
+    assert_one(&text, 6, "connection[0].user_name", "longer than 253");
+}
+
+#[test]
+fn routing_internal_sources_and_caller_identity() {
+    let cfg = parse(
+        "[routing]\ninternal_sources = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nassert_caller_identity = true\n",
+        "r.toml",
+    )
+    .unwrap();
+    let r = &cfg.routing;
+    assert!(r.internal_sources[0].contains("10.9.8.7".parse().unwrap()));
+    assert!(r.internal_sources[1].contains("2001:db8::5".parse().unwrap()));
+    assert!(!r.internal_sources[0].contains("192.0.2.1".parse().unwrap()));
+    assert!(r.assert_caller_identity);
+    let d = parse("", "r.toml").unwrap().routing;
+    assert!(d.internal_sources.is_empty() && !d.assert_caller_identity);
+    assert_one(
+        "[routing]\ninternal_sources = [\"10.0.0.0/8\", \"nope\"]\n",
+        2,
+        "routing.internal_sources[1]",
+        "is not an IP address",
+    );
+    assert_one(
+        "[routing]\ninternal_sources = \"10.0.0.0/8\"\n",
+        2,
+        "routing.internal_sources",
+        "expected an array",
+    );
+    assert_one(
+        "[routing]\nassert_caller_identity = \"yes\"\n",
+        2,
+        "routing.assert_caller_identity",
+        "expected a boolean",
+    );
+}
+
+/// `one_conn` with `tables` appended after the connection's external settings.
+fn conn_with(tables: &str) -> String {
+    format!("{}{tables}", one_conn(""))
+}
+
+#[test]
+fn call_settings_tables_dotted_keys_and_defaults() {
+    let cfg = parse(
+        &conn_with(
+            "[connection.inbound]\ntimeout_1xx_secs = 5\ntimeout_2xx_secs = 600\nchannel_limit = 2\n\
+             [connection.outbound]\nchannel_limit = 1\n",
+        ),
+        "c.toml",
+    )
+    .unwrap();
+    let c = &cfg.connections[0];
+    assert_eq!(
+        c.inbound,
+        CallSettings {
+            timeout_1xx_secs: Some(5),
+            timeout_2xx_secs: Some(600),
+            channel_limit: Some(2),
+        }
+    );
+    assert_eq!(
+        c.outbound,
+        CallSettings {
+            channel_limit: Some(1),
+            ..CallSettings::default()
+        }
+    );
+    // Dotted keys and inline tables in the [[connection]] table itself.
+    let dotted = "[[api.tokens]]\ntoken = \"test-token-0123456\"\nuser_id = \"u1\"\n\
+        [[connection]]\nconnection_name = \"A\"\ninbound.channel_limit = 3\n\
+        outbound = { timeout_1xx_secs = 120, timeout_2xx_secs = 1 }\n\
+        external_uac_settings = { proxy = \"sip:pbx\", username = \"1\" }\n";
+    let c = parse(dotted, "c.toml").unwrap().connections.remove(0);
+    assert_eq!(c.inbound.channel_limit, Some(3));
+    assert_eq!(
+        (c.outbound.timeout_1xx_secs, c.outbound.timeout_2xx_secs),
+        (Some(120), Some(1))
+    );
+    let none = parse(&one_conn(""), "c.toml")
+        .unwrap()
+        .connections
+        .remove(0);
+    assert_eq!(
+        (none.inbound, none.outbound),
+        (CallSettings::default(), CallSettings::default())
+    );
+}
+
+#[test]
+fn call_settings_bounds_and_unknown_keys() {
+    for (table, key, value, reason) in [
+        (
+            "inbound",
+            "timeout_1xx_secs",
+            "0",
+            "must be between 1 and 120",
+        ),
+        (
+            "inbound",
+            "timeout_1xx_secs",
+            "121",
+            "must be between 1 and 120",
+        ),
+        (
+            "outbound",
+            "timeout_1xx_secs",
+            "0",
+            "must be between 1 and 120",
+        ),
+        (
+            "inbound",
+            "timeout_2xx_secs",
+            "601",
+            "must be between 1 and 600",
+        ),
+        (
+            "outbound",
+            "timeout_2xx_secs",
+            "0",
+            "must be between 1 and 600",
+        ),
+        (
+            "outbound",
+            "timeout_2xx_secs",
+            "99999999999",
+            "must be between 1 and 600",
+        ),
+        ("inbound", "channel_limit", "0", "must be at least 1"),
+        ("outbound", "channel_limit", "0", "must be at least 1"),
+        (
+            "outbound",
+            "channel_limit",
+            "-1",
+            "must be a non-negative integer",
+        ),
+        (
+            "inbound",
+            "channel_limit",
+            "\"2\"",
+            "expected an integer, found string",
+        ),
+        (
+            "inbound",
+            "nope",
+            "1",
+            "unknown key (expected one of: timeout_1xx_secs, timeout_2xx_secs, channel_limit)",
+        ),
+    ] {
+        let text = conn_with(&format!("[connection.{table}]\n{key} = {value}\n"));
+        // one_conn is 9 lines; the table header is line 10, the key line 11.
+        assert_one(&text, 11, &format!("connection[0].{table}.{key}"), reason);
+    }
+    assert_one(
+        &one_conn("").replace(
+            "connection_name = \"A\"\n",
+            "connection_name = \"A\"\ninbound = 5\n",
+        ),
+        7,
+        "connection[0].inbound",
+        "expected a table",
+    );
+    // A huge channel_limit is no limit in practice.
+    let c = parse(
+        &conn_with("[connection.inbound]\nchannel_limit = 99999999999\n"),
+        "c.toml",
+    )
+    .unwrap()
+    .connections
+    .remove(0);
+    assert_eq!(c.inbound.channel_limit, Some(u32::MAX));
+}
+
+#[test]
+fn call_settings_checks_are_shared_with_the_api() {
+    let mut c: Connection = serde_json::from_str(
+        r#"{"connection_name": "X", "inbound": {"timeout_1xx_secs": 121, "channel_limit": 0},
+            "outbound": {"timeout_2xx_secs": 0, "timeout_1xx_secs": null}}"#,
+    )
+    .unwrap();
+    c.fill_defaults(Some("o"));
+    let keys: Vec<&str> = c.check(false, None).iter().map(|i| i.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "inbound.timeout_1xx_secs",
+            "inbound.channel_limit",
+            "outbound.timeout_2xx_secs"
+        ]
+    );
+    let v = serde_json::to_value(CallSettings::default()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"timeout_1xx_secs": null, "timeout_2xx_secs": null, "channel_limit": null})
+    );
 }

@@ -403,6 +403,55 @@ fn check_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest host name (RFC 1035 §2.3.4, without the trailing dot).
+pub const MAX_HOST_NAME_LEN: usize = 253;
+
+/// `sip.domain`: a DNS host name (RFC 1123 §2.1), lowercased; not an IP
+/// address, no port, no empty label (a trailing dot included).
+pub fn parse_domain(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.starts_with('[') || s.parse::<IpAddr>().is_ok() {
+        return Err("must be a host name, not an IP address".into());
+    }
+    if s.contains(':') {
+        return Err("must be a host name without a port".into());
+    }
+    if s.len() > MAX_HOST_NAME_LEN {
+        return Err(format!("longer than {MAX_HOST_NAME_LEN} characters"));
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err("has an empty label (two dots, or a dot at either end)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "label {label:?} may contain only letters, digits and '-'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} must not begin or end with '-'"));
+        }
+    }
+    // RFC 3696 §2: a top-level label is never all digits (it would read
+    // as an IPv4 address).
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the last label must not be all digits".into());
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
 fn bracket_host(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")

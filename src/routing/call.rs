@@ -9,119 +9,29 @@
 //! CANCEL client transactions, arms timers and reports failed targets to the
 //! DNS greylist. Nothing here sleeps or touches a socket.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::context::Interface;
 use crate::dns::Target;
 use crate::sip::reason::canonical_reason;
-use crate::sip::{Message, Uri, response_to};
-use crate::transaction::client::Timers;
+use crate::sip::{Message, response_to};
 use crate::transaction::invite_client::{self, InviteClient, ack_for, cancel_for};
 use crate::transaction::invite_server::{self, InviteServer};
 
+pub use super::call_events::{
+    CallAction, CallEvent, CallOutcome, CallParams, CallTimer, Outbound, TowardPbx,
+};
 use super::dialogs::pbx_end;
-use super::failover::{Best, BestResponse, Outcome, Policy, Verdict, decide};
+use super::failover::{Best, BestResponse, Outcome, Verdict, decide};
 use super::forward::{
     Forward, ForwardError, branch, forward_request, loop_hash, relay_response, upstream_response,
 };
+use super::outbound::{Answered, Side};
 use super::token::{self, Back, End, Grant, HopId};
 
-/// Where one attempt may go, in DNS order (RFC 3263, RFC 2782): the
-/// target and our interface toward it (Via, Record-Route).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outbound {
-    pub target: Target,
-    pub local: Interface,
-}
-
-/// Everything a call needs besides the INVITE and the targets.
-#[derive(Clone, Debug)]
-pub struct CallParams {
-    pub policy: Policy,
-    pub timers: Timers,
-    /// The interface the INVITE arrived on.
-    pub inbound: Interface,
-    /// Where the INVITE came from.
-    pub source: SocketAddr,
-    /// The new Request-URI (the connection's destination_uri).
-    pub destination: Uri,
-    /// Our Route entries to remove (from [`super::route::Decision::NewCall`]).
-    pub pop_routes: usize,
-    /// Keys the dialog tokens of our Record-Route ([`super::token`]).
-    pub secret: [u8; 16],
-    /// The epoch the tokens are issued at ([`token::now_epoch`]).
-    pub epoch: u32,
-    /// Random per call: makes each branch unique.
-    pub nonce: u64,
-    /// The To tag of responses we generate (408, 480, 487, 500, 503).
-    pub to_tag: String,
-}
-
-/// Timers of a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CallTimer {
-    /// A timer of the server transaction facing the PBX.
-    Server(invite_server::Timer),
-    /// A timer of the client transaction of attempt `n`.
-    Client(usize, invite_client::Timer),
-    /// `timeout_1xx` of attempt `n`.
-    NoProvisional(usize),
-    /// `timeout_2xx` of attempt `n` (armed at its first provisional).
-    NoAnswer(usize),
-    /// 64·T1 after attempt `n` was cancelled: stop waiting for its final response.
-    CancelGuard(usize),
-}
-
-/// The outcome of a call, once known: what `uacd_calls_total`,
-/// `uacd_call_setup_seconds` and `uacd_failovers_total` count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallOutcome {
-    /// The final status sent upstream.
-    pub status: u16,
-    /// From the INVITE to that final status.
-    pub setup: Duration,
-    /// Targets tried after the first.
-    pub failovers: u32,
-}
-
-#[derive(Clone, Debug)]
-pub enum CallEvent {
-    /// A response from downstream whose top Via branch is one of ours.
-    Response(Box<Message>),
-    Timer(CallTimer),
-    /// Sending to target `t` failed (ICMP unreachable, refused, TLS failure).
-    TransportError(usize),
-    /// The PBX retransmitted the INVITE.
-    UpstreamRetransmission,
-    /// The PBX ACKed our non-2xx final response (same branch, §17.2.3).
-    UpstreamAck,
-    /// The PBX sent a matching CANCEL; the task has answered it 200 (§9.2).
-    UpstreamCancel,
-    /// Sending upstream failed.
-    UpstreamTransportError,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CallAction {
-    /// Send to the PBX over the hop the INVITE came from.
-    SendUpstream(Bytes),
-    /// Send to target `n` (INVITE, retransmission, ACK for a non-2xx).
-    SendToTarget(usize, Bytes),
-    /// Run a CANCEL non-INVITE client transaction toward target `n` (§9.1).
-    SendCancel(usize, Bytes),
-    Arm(CallTimer, Duration),
-    Disarm(CallTimer),
-    /// Target `n` failed over: report it to the DNS greylist.
-    TargetFailed(usize, Outcome),
-    /// The final answer went upstream.
-    Finished(CallOutcome),
-    /// Every transaction is over: forget the call.
-    Terminate,
-}
+mod toward_pbx;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -149,6 +59,9 @@ struct Attempt {
     cancelled: bool,
     /// Gave up waiting (cancel guard fired).
     abandoned: bool,
+    /// Challenges answered before this attempt (a call toward a PBX): how
+    /// far its CSeq runs ahead of the caller's.
+    cseq_offset: u32,
     /// The call has dealt with this attempt's end (final, failure, timeout).
     concluded: bool,
 }
@@ -201,6 +114,8 @@ pub struct Call {
     call_id: String,
     /// Where the destination's in-dialog requests go ([`pbx_end`]).
     pbx_end: (HopId, Option<Back>),
+    /// The realms answered so far (a call toward a PBX).
+    answered: Answered,
 }
 
 impl Call {
@@ -233,6 +148,7 @@ impl Call {
             loop_hash,
             call_id,
             pbx_end,
+            answered: Answered::default(),
         };
         let mut out = Vec::new();
         call.server_actions(server_actions, None, &mut out);
@@ -261,8 +177,10 @@ impl Call {
             .map(|n| self.attempts[n].branch.as_str())
     }
 
+    /// The latest attempt toward target `t` (an answered challenge makes
+    /// a second one toward the same target).
     fn attempt_of_target(&self, t: usize) -> Option<usize> {
-        self.attempts.iter().position(|a| a.target == t)
+        self.attempts.iter().rposition(|a| a.target == t)
     }
 
     /// Which attempt a downstream response belongs to, by its top Via branch.
@@ -541,6 +459,19 @@ impl Call {
         out.push(CallAction::Disarm(CallTimer::NoProvisional(n)));
         out.push(CallAction::Disarm(CallTimer::NoAnswer(n)));
         out.push(CallAction::Disarm(CallTimer::CancelGuard(n)));
+        if matches!(code, 401 | 407)
+            && current
+            && !self.upstream_cancelled
+            && self.params.toward_pbx.is_some()
+        {
+            // RFC 3261 §22.2: answered here, never relayed; a challenge
+            // that cannot be answered (wrong credentials) is a 403.
+            if let Err(e) = self.authenticate(n, resp, out) {
+                tracing::info!(call_id = %self.call_id, reason = ?e, "the PBX refused the connection's credentials for the call");
+                self.finish_generated(403, now, out);
+            }
+            return;
+        }
         if code < 300 {
             // §16.7 item 10 / RFC 6026: every 2xx goes upstream, even from an
             // attempt we gave up on; the other attempts are cancelled.
@@ -562,7 +493,7 @@ impl Call {
         if self.upstream_cancelled {
             // The cancelled attempt's final answer (normally 487) goes up as is.
             if !self.attempts.iter().any(|a| a.waiting() && a.cancelled) {
-                self.finish_relayed(resp, now, out);
+                self.finish_relayed(n, resp, now, out);
             }
             return;
         }
@@ -575,11 +506,11 @@ impl Call {
             Outcome::Status(code),
             self.next_target < self.targets.len(),
         ) {
-            Verdict::Relay => self.finish_relayed(resp, now, out),
+            Verdict::Relay => self.finish_relayed(n, resp, now, out),
             Verdict::NextTarget | Verdict::GiveUp => {
                 out.push(CallAction::TargetFailed(target, Outcome::Status(code)));
                 if let Some(r) = relay_response(resp) {
-                    self.best.add_response(r);
+                    self.best.add_response(self.upstream_view(n, r));
                 }
                 self.next_or_give_up(now, out);
             }
@@ -589,9 +520,10 @@ impl Call {
     /// A response of attempt `n` as relayed to the PBX (§16.7), with the
     /// PBX end's token in our Record-Route ([`upstream_response`]).
     fn upstream_copy(&self, n: usize, resp: &Message) -> Option<Message> {
-        upstream_response(resp, &self.attempts[n].token, |dest_hop| {
+        let r = upstream_response(resp, &self.attempts[n].token, |dest_hop| {
             self.token(End::Pbx, self.params.source.ip(), dest_hop, None)
-        })
+        })?;
+        Some(self.upstream_view(n, r))
     }
 
     /// Our token for the `holder` end of this call's dialog ([`token`]).
@@ -634,7 +566,7 @@ impl Call {
         let Some(invite) = &self.invite else {
             return Err(ForwardError::Answered);
         };
-        let request = forward_request(
+        let mut request = forward_request(
             invite,
             Some(&self.params.destination),
             self.params.pop_routes,
@@ -646,8 +578,35 @@ impl Call {
                 record_route: Some(&token),
             },
         )?;
+        if let Some(tp) = &self.params.toward_pbx {
+            tp.mapping.apply(&mut request, Side::Pbx);
+            // RFC 3325 §9.1: only a trusted sender's identity is asserted.
+            request.remove_named("P-Asserted-Identity");
+            request.remove_named("P-Preferred-Identity");
+            if let Some(id) = &tp.asserted_identity {
+                request.append_header("P-Asserted-Identity", id);
+            }
+        }
+        self.start_attempt(t, branch, token, request, 0, out);
+        Ok(())
+    }
+
+    /// Sends `request` to target `t` as attempt number `attempts.len()`.
+    fn start_attempt(
+        &mut self,
+        t: usize,
+        branch: String,
+        token: String,
+        request: Message,
+        cseq_offset: u32,
+        out: &mut Vec<CallAction>,
+    ) {
+        let n = self.attempts.len();
         let bytes = Bytes::from(request.to_bytes());
-        let (tx, acts) = InviteClient::start(target.transport.is_stream(), self.params.timers);
+        let (tx, acts) = InviteClient::start(
+            self.targets[t].target.transport.is_stream(),
+            self.params.timers,
+        );
         self.attempts.push(Attempt {
             target: t,
             branch,
@@ -662,6 +621,7 @@ impl Call {
             cancelled: false,
             abandoned: false,
             concluded: false,
+            cseq_offset,
         });
         out.push(CallAction::SendToTarget(t, bytes));
         out.push(CallAction::Arm(
@@ -679,7 +639,6 @@ impl Call {
                 _ => {}
             }
         }
-        Ok(())
     }
 
     fn give_up(&mut self, now: Instant, out: &mut Vec<CallAction>) {
@@ -693,8 +652,14 @@ impl Call {
         }
     }
 
-    fn finish_relayed(&mut self, resp: &Message, now: Instant, out: &mut Vec<CallAction>) {
-        if let Some(r) = relay_response(resp) {
+    fn finish_relayed(
+        &mut self,
+        n: usize,
+        resp: &Message,
+        now: Instant,
+        out: &mut Vec<CallAction>,
+    ) {
+        if let Some(r) = relay_response(resp).map(|r| self.upstream_view(n, r)) {
             let code = r.status().unwrap_or(500);
             self.finish_bytes(code, r.to_bytes(), now, out);
         }

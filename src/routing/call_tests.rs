@@ -43,6 +43,7 @@ fn params() -> CallParams {
         epoch: 495_000,
         nonce: 0xabc,
         to_tag: "uacd-tag".into(),
+        toward_pbx: None,
     }
 }
 

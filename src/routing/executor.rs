@@ -12,12 +12,14 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, Outbound};
-use super::failover::Outcome;
+use super::call::{Call, CallAction, CallEvent, CallParams, CallTimer, Outbound, TowardPbx};
+use super::calls::{Direction, Refused};
+use super::failover::{Outcome, Policy};
 use super::forward::query_for;
+use super::outbound::Mapping;
 use super::router::{Held, Shared};
-use crate::config::Transport;
-use crate::dns::Failure;
+use crate::config::{Connection, Secret, Transport};
+use crate::dns::{Failure, Query, Target};
 use crate::metrics::{self, CallResult};
 use crate::sip::{Message, Method, Uri};
 use crate::transaction::{ClientGuard, Upstream};
@@ -30,11 +32,119 @@ const LIFETIME_SLACK: Duration = Duration::from_secs(300);
 
 /// What the router decided for a new call.
 pub(super) struct NewCall {
-    pub connection_id: String,
-    /// The new Request-URI: the connection's `destination_uri`.
+    pub connection: Arc<Connection>,
+    /// The new Request-URI: the connection's `destination_uri`, or the
+    /// extension at the PBX for a call toward it.
     pub destination: Uri,
     /// Our Route entries to remove (§16.4).
     pub pop_routes: usize,
+    /// Set for a call toward the PBX.
+    pub toward_pbx: Option<PbxLeg>,
+}
+
+/// Where a call toward a PBX goes and as whom.
+pub(super) struct PbxLeg {
+    /// The registrar target the registration is using: tried first, over
+    /// the registration's flow for TCP/TLS.
+    pub registrar: Option<SocketAddr>,
+    /// The user part of the internal Request-URI.
+    pub extension: String,
+}
+
+/// The registration's targets for a call toward its PBX: the one in use
+/// first, then the other targets of `outbound_proxy` (else `proxy`) in DNS
+/// order, tried only when one fails at the transport or times out.
+async fn pbx_targets(
+    shared: &Shared,
+    conn: &Connection,
+    registrar: Option<SocketAddr>,
+) -> Vec<Outbound> {
+    let ext = &conn.external_uac_settings;
+    let transport = ext.transport;
+    let mut found: Vec<Target> = registrar
+        .map(|addr| Target {
+            addr,
+            transport,
+            server_name: ext
+                .proxy
+                .as_ref()
+                .map(|p| p.host.clone())
+                .unwrap_or_default()
+                .into(),
+        })
+        .into_iter()
+        .collect();
+    if let Some(uri) = ext.outbound_proxy.as_ref().or(ext.proxy.as_ref()) {
+        match shared
+            .ctx
+            .dns
+            .resolve(&Query::with_transport(uri, transport))
+            .await
+        {
+            Ok(more) => found.extend(more.into_iter().filter(|t| Some(t.addr) != registrar)),
+            Err(e) => {
+                tracing::debug!(connection_id = %conn.id, error = %e, "PBX lookup failed; the registrar in use only")
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|target| Outbound {
+            local: shared.interface(target.transport, None, target.addr),
+            target,
+        })
+        .collect()
+}
+
+/// The views and credentials of a call toward the PBX of `conn`.
+fn toward_pbx(
+    shared: &Shared,
+    invite: &Message,
+    conn: &Connection,
+    leg: &PbxLeg,
+) -> Option<TowardPbx> {
+    let ext = &conn.external_uac_settings;
+    let domain = ext.proxy.as_ref()?.host_for_aor();
+    let mapping = Mapping::for_invite(invite, ext.from_user(), &leg.extension, &domain).ok()?;
+    let asserted_identity = shared
+        .ctx
+        .config
+        .routing
+        .assert_caller_identity
+        .then(|| invite.from_header().ok())
+        .flatten()
+        .map(|f| format!("<{}>", f.uri));
+    Some(TowardPbx {
+        mapping,
+        username: ext.auth_user().to_owned(),
+        password: ext
+            .password
+            .clone()
+            .unwrap_or_else(|| Secret::new(String::new())),
+        asserted_identity,
+    })
+}
+
+/// The timers of one direction of `conn`: its own where set, else the
+/// daemon's; a call toward a PBX fails over only at the transport or on a
+/// timeout, never on the PBX's answer.
+fn policy_for(shared: &Shared, conn: &Connection, toward_pbx: bool) -> Policy {
+    let mut p = shared.policy.clone();
+    let settings = if toward_pbx {
+        &conn.outbound
+    } else {
+        &conn.inbound
+    };
+    if let Some(s) = settings.timeout_1xx_secs {
+        p.timeout_1xx = Duration::from_secs(u64::from(s));
+    }
+    if let Some(s) = settings.timeout_2xx_secs {
+        p.timeout_2xx = Duration::from_secs(u64::from(s));
+    }
+    if toward_pbx {
+        p.failover_codes.clear();
+    }
+    p
 }
 
 /// The targets of `uri` (RFC 3263), each with our interface toward it.
@@ -64,16 +174,56 @@ pub(super) async fn run(
         _guard: _server,
         upstream: mut up_rx,
     } = held;
-    let outbound = match targets(&shared, &new.destination).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(connection_id = %new.connection_id, destination = %new.destination, error = %e, "destination does not resolve");
-            Vec::new()
-        }
-    };
+    let conn = new.connection.clone();
     let call_id = inbound.msg.call_id().unwrap_or("").to_owned();
+    let direction = if new.toward_pbx.is_some() {
+        Direction::Outbound
+    } else {
+        Direction::Inbound
+    };
+    let toward = match &new.toward_pbx {
+        Some(leg) => match toward_pbx(&shared, &inbound.msg, &conn, leg) {
+            Some(t) => Some(t),
+            None => {
+                tracing::debug!(connection_id = %conn.id, "call toward the PBX cannot be mapped (no From tag or proxy)");
+                shared.reply(&inbound, 400);
+                return;
+            }
+        },
+        None => None,
+    };
+    let settings = match direction {
+        Direction::Inbound => &conn.inbound,
+        Direction::Outbound => &conn.outbound,
+    };
+    let mapping = toward.as_ref().map(|t| t.mapping.clone());
+    if let Err(Refused::ChannelLimit) = shared.calls.admit(
+        &call_id,
+        &conn.id,
+        direction,
+        settings.channel_limit,
+        mapping,
+        now,
+    ) {
+        // The line is busy (RFC 3261 §21.4.24), not uacd: a 503 would make
+        // many PBXes take the whole trunk out of service for Retry-After.
+        tracing::info!(connection_id = %conn.id, direction = direction.label(), "channel limit reached: 486");
+        metrics::call_result(direction.metric(), CallResult::Status(486), None);
+        shared.reply(&inbound, 486);
+        return;
+    }
+    let outbound = match &new.toward_pbx {
+        Some(leg) => pbx_targets(&shared, &conn, leg.registrar).await,
+        None => match targets(&shared, &new.destination).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(connection_id = %conn.id, destination = %new.destination, error = %e, "destination does not resolve");
+                Vec::new()
+            }
+        },
+    };
     let in_iface = shared.interface(inbound.transport, Some(inbound.local), inbound.source);
-    let policy = &shared.policy;
+    let policy = &policy_for(&shared, &conn, new.toward_pbx.is_some());
     let timers = shared.ctx.timers;
     let params = CallParams {
         policy: policy.clone(),
@@ -86,14 +236,18 @@ pub(super) async fn run(
         epoch: super::token::now_epoch(),
         nonce: rand::random(),
         to_tag: format!("{:016x}", rand::random::<u64>()),
+        toward_pbx: toward,
     };
-    let attempts = u32::try_from(outbound.len().max(1)).unwrap_or(u32::MAX);
+    // A call toward a PBX may resend once per realm challenged.
+    let resends = if new.toward_pbx.is_some() { 2 } else { 0 };
+    let attempts = u32::try_from(outbound.len().max(1) + resends).unwrap_or(u32::MAX);
     let reliable = inbound.transport.is_stream();
     let (mut call, actions) =
         match Call::start(inbound.msg.clone(), params, outbound, reliable, now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "INVITE cannot be forwarded");
+                shared.calls.end(&call_id);
                 shared.reply(&inbound, 400);
                 return;
             }
@@ -116,7 +270,8 @@ pub(super) async fn run(
         held: Vec::new(),
         resp_tx,
         timers: HashMap::new(),
-        connection_id: new.connection_id,
+        connection_id: conn.id.clone(),
+        direction,
         call_id,
         queue: Vec::new(),
         permit: Some(permit),
@@ -186,6 +341,7 @@ struct CallTask {
     resp_tx: mpsc::Sender<Box<Message>>,
     timers: HashMap<CallTimer, Instant>,
     connection_id: String,
+    direction: Direction,
     call_id: String,
     /// Events produced while carrying out actions (send failures).
     queue: Vec<CallEvent>,
@@ -344,12 +500,15 @@ impl CallTask {
                 } else {
                     CallResult::Status(outcome.status)
                 };
-                metrics::call_result(result, Some(outcome.setup));
+                metrics::call_result(self.direction.metric(), result, Some(outcome.setup));
                 for _ in 0..outcome.failovers {
                     metrics::failover();
                 }
-                if !answered {
+                if answered {
+                    self.shared.calls.answered(&self.call_id, Instant::now());
+                } else {
                     self.shared.dialogs.forget_early(&self.call_id);
+                    self.shared.calls.end(&self.call_id);
                 }
                 self.permit = None;
                 tracing::info!(
@@ -360,6 +519,9 @@ impl CallTask {
                     failovers = outcome.failovers,
                     "call finished"
                 );
+            }
+            CallAction::CSeqOffset(offset) => {
+                self.shared.calls.set_cseq_offset(&self.call_id, offset);
             }
             CallAction::Terminate => {}
         }

@@ -5,20 +5,27 @@
 //!   admits requests and dispatches them;
 //! - `call` (one proxied INVITE, with `failover`'s rules) driven by
 //!   `executor`;
+//! - `outbound` (the two views of a call toward a PBX, digest answers)
+//!   and `calls` (channel limits, the views of open calls), used by both;
 //! - `dialogs` (where a dialog's requests may go) and `forward` (the bytes
 //!   of a forwarded request or relayed response) driven by `relay`, the
 //!   stateless in-dialog path (§16.11).
 
 pub mod call;
+mod call_events;
+pub mod calls;
 pub mod dialogs;
 mod executor;
 pub mod failover;
 pub mod forward;
+pub mod outbound;
 mod relay;
 pub mod route;
 mod router;
 pub mod token;
 
+#[cfg(test)]
+mod call_outbound_tests;
 #[cfg(test)]
 mod call_tests;
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct ConnectionView {
     pub pbx_addrs: Vec<IpAddr>,
     /// `internal_uac_settings.destination_uri`.
     pub destination_uri: Option<String>,
+    /// The Request-URI names the connection's `fqdn`: a call toward its PBX.
+    pub toward_pbx: bool,
 }
 
 /// One connection as the directory holds it: its settings and the live
@@ -81,6 +83,8 @@ pub struct Source {
     pub addr: SocketAddr,
     /// The TCP/TLS flow id; `None` for UDP.
     pub flow: Option<u64>,
+    /// Inside `routing.internal_sources`: may place calls toward a PBX.
+    pub internal: bool,
 }
 
 /// Why a request is refused. [`Reject::code`] maps it to a status.
@@ -98,7 +102,8 @@ pub enum Reject {
     Loop,
     /// No connection has that user, line or flow.
     UnknownUser,
-    /// The request does not come from the connection's PBX.
+    /// The request does not come from the connection's PBX (or, for a
+    /// call toward the PBX, from `routing.internal_sources`).
     ForbiddenSource,
     /// A Route we did not create, or a Route beyond ours on an initial request.
     ForeignRoute,
@@ -160,6 +165,12 @@ pub enum Decision<'c> {
     NewCall {
         connection: &'c ConnectionView,
         destination: Uri,
+        pop_routes: usize,
+    },
+    /// An initial INVITE from the internal side for `connection`'s
+    /// `fqdn`: a call toward its PBX ([`super::outbound`]).
+    TowardPbx {
+        connection: &'c ConnectionView,
         pop_routes: usize,
     },
     /// A request inside a dialog we record-routed (ACK for 2xx, BYE,
@@ -325,6 +336,21 @@ pub fn classify<'c>(
             Reject::ForeignDomain
         });
     };
+    if conn.toward_pbx {
+        if !source.internal {
+            return Decision::Reject(Reject::ForbiddenSource);
+        }
+        if !conn.active {
+            return Decision::Reject(Reject::Inactive);
+        }
+        if !conn.registered {
+            return Decision::Reject(Reject::NotRegistered);
+        }
+        return Decision::TowardPbx {
+            connection: conn,
+            pop_routes: pop,
+        };
+    }
     let on_flow = source.flow.is_some() && source.flow == conn.registration_flow;
     if !on_flow && !conn.pbx_addrs.contains(&source.addr.ip()) {
         return Decision::Reject(Reject::ForbiddenSource);

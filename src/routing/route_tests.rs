@@ -12,7 +12,15 @@ use super::route::*;
 use super::testdata::*;
 
 fn classify_from(msg: &Message, src: SocketAddr, flow: Option<u64>) -> Decision<'static> {
-    classify_in(msg, Source { addr: src, flow }, &dir())
+    classify_in(
+        msg,
+        Source {
+            addr: src,
+            flow,
+            internal: false,
+        },
+        &dir(),
+    )
 }
 
 /// `classify` with the connection `dir` names for `msg`, as the router does.
@@ -141,6 +149,7 @@ fn inactive_or_unregistered_connection_is_480() {
         let src = Source {
             addr: pbx(5060),
             flow: None,
+            internal: false,
         };
         let out = classify_in(&asterisk_invite(), src, &d);
         assert_eq!(out, Decision::Reject(why));
@@ -149,6 +158,7 @@ fn inactive_or_unregistered_connection_is_480() {
         let stranger = Source {
             addr: SocketAddr::from(([203, 0, 113, 66], 5060)),
             flow: None,
+            internal: false,
         };
         assert_eq!(
             classify_in(&asterisk_invite(), stranger, &d),
@@ -165,6 +175,7 @@ fn missing_or_bad_destination() {
     let src = Source {
         addr: pbx(5060),
         flow: None,
+        internal: false,
     };
     assert_eq!(
         classify_in(&asterisk_invite(), src, &d),

@@ -10,15 +10,17 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::calls::Calls;
 use super::dialogs::Dialogs;
-use super::executor::{self, NewCall};
+use super::executor::{self, NewCall, PbxLeg};
 use super::failover::Policy;
+use super::outbound;
 use super::relay;
 use super::route::{self, ConnectionEntry, ConnectionView, Decision, Directory, Reject, Source};
 use crate::config::Transport;
 use crate::context::{Context, Interface, Local};
 use crate::dns::Query;
-use crate::metrics::{self, CallResult};
+use crate::metrics::{self, CallDirection, CallResult};
 use crate::sip::{Message, Method, response_to};
 use crate::transaction::{RequestHandler, ServerGuard, Upstream};
 use crate::transport::Inbound;
@@ -41,7 +43,7 @@ pub struct Router {
 /// What the router, the relay and the executor share.
 pub(super) struct Shared {
     pub(super) ctx: Arc<Context>,
-    connections: Arc<Connections>,
+    pub(super) connections: Arc<Connections>,
     pub(super) policy: Policy,
     /// Keys the dialog tokens and stateless branch tags.
     pub(super) secret: [u8; 16],
@@ -50,6 +52,8 @@ pub(super) struct Shared {
     local: RwLock<Local>,
     /// The dialogs we record-routed and where their requests may go.
     pub(super) dialogs: Dialogs,
+    /// Open calls: channel limits, the views of calls toward a PBX.
+    pub(super) calls: Calls,
     /// Work in progress, bounded by [`MAX_IN_PROGRESS`].
     permits: Arc<Semaphore>,
 }
@@ -57,7 +61,9 @@ pub(super) struct Shared {
 impl Router {
     /// The router of a daemon whose registrations share `ctx`.
     pub fn new(ctx: Arc<Context>, connections: Arc<Connections>, secret: [u8; 16]) -> Router {
-        let dialogs = Dialogs::new(tokio::time::Instant::now(), ctx.config.limits.dialogs);
+        let now = tokio::time::Instant::now();
+        let dialogs = Dialogs::new(now, ctx.config.limits.dialogs);
+        let calls = Calls::new(now, ctx.config.limits.dialogs);
         Router {
             shared: Arc::new(Shared {
                 policy: Policy::from_config(&ctx.config.routing),
@@ -66,6 +72,7 @@ impl Router {
                 connections,
                 secret,
                 dialogs,
+                calls,
                 permits: Arc::new(Semaphore::new(MAX_IN_PROGRESS)),
             }),
         }
@@ -119,7 +126,7 @@ impl Router {
     fn spawn_request(&self, inbound: Inbound, held: Option<Held>) {
         let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
             if inbound.msg.method() == Some(&Method::Invite) {
-                metrics::call_result(CallResult::Status(503), None);
+                metrics::call_result(CallDirection::Inbound, CallResult::Status(503), None);
             }
             if inbound.msg.method() != Some(&Method::Ack) {
                 tracing::debug!(source = %inbound.source, "overloaded: 503");
@@ -144,6 +151,13 @@ async fn request(
     let source = Source {
         addr: inbound.source,
         flow: inbound.flow.as_ref().map(|f| f.id()),
+        internal: shared
+            .ctx
+            .config
+            .routing
+            .internal_sources
+            .iter()
+            .any(|c| c.contains(inbound.source.ip())),
     };
     let view = if is_invite {
         // Only a flow we opened can carry a registration (the flow lookup
@@ -152,6 +166,10 @@ async fn request(
         shared.connection(&inbound.msg, source, own_flow).await
     } else {
         None
+    };
+    let (view, entry) = match view {
+        Some((v, e)) => (Some(v), Some(e)),
+        None => (None, None),
     };
     let local = shared.local();
     let epoch = super::token::now_epoch();
@@ -169,21 +187,26 @@ async fn request(
         // The daemon's own 400 names the problem in a Warning header.
         Decision::Reject(Reject::Malformed) => {
             if is_invite {
-                metrics::call_result(CallResult::Malformed, None);
+                metrics::call_result(CallDirection::Inbound, CallResult::Malformed, None);
             }
             shared.ctx.layer.answer_locally(inbound)
         }
         // Its 420 lists the tags in Unsupported.
         Decision::Reject(Reject::BadExtension) => {
             if is_invite {
-                metrics::call_result(CallResult::Status(420), None);
+                metrics::call_result(CallDirection::Inbound, CallResult::Status(420), None);
             }
             shared.ctx.layer.answer_locally(inbound)
         }
         Decision::Reject(why) => {
             tracing::debug!(source = %inbound.source, reason = why.label(), code = why.code(), "request rejected");
             if is_invite {
-                metrics::call_result(call_result(why), None);
+                let direction = if view.as_ref().is_some_and(|v| v.toward_pbx) {
+                    CallDirection::Outbound
+                } else {
+                    CallDirection::Inbound
+                };
+                metrics::call_result(direction, call_result(why), None);
             }
             shared.reply(&inbound, why.code());
         }
@@ -204,22 +227,50 @@ async fn request(
             relay::request(&shared, inbound, path).await
         }
         Decision::NewCall {
-            connection,
             destination,
             pop_routes,
-        } => match held {
+            ..
+        } => match (held, entry) {
             // A task of its own: it lives for the whole call (64·T1 after
             // the answer), and this task's state need not live beside it.
-            Some(held) => {
+            (Some(held), Some(entry)) => {
                 let call = NewCall {
-                    connection_id: connection.id.clone(),
+                    connection: entry.connection,
                     destination,
                     pop_routes,
+                    toward_pbx: None,
                 };
                 spawn_boxed(executor::run(shared.clone(), inbound, held, permit, call));
             }
-            None => shared.reply(&inbound, 500),
+            _ => shared.reply(&inbound, 500),
         },
+        Decision::TowardPbx { pop_routes, .. } => {
+            let extension = inbound
+                .msg
+                .request_uri()
+                .and_then(|u| u.user.clone())
+                .unwrap_or_default();
+            let destination = entry
+                .as_ref()
+                .and_then(|e| pbx_request_uri(&e.connection, &extension));
+            match (held, entry, destination) {
+                (Some(held), Some(entry), Some(destination)) => {
+                    let call = NewCall {
+                        toward_pbx: Some(PbxLeg {
+                            registrar: entry.registrar,
+                            extension,
+                        }),
+                        connection: entry.connection,
+                        destination,
+                        pop_routes,
+                    };
+                    spawn_boxed(executor::run(shared.clone(), inbound, held, permit, call));
+                }
+                // No extension, or one that makes no URI.
+                (Some(_), Some(_), None) => shared.reply(&inbound, 404),
+                _ => shared.reply(&inbound, 500),
+            }
+        }
     }
 }
 
@@ -263,9 +314,28 @@ impl Shared {
         msg: &Message,
         source: Source,
         own_flow: bool,
-    ) -> Option<ConnectionView> {
+    ) -> Option<(ConnectionView, ConnectionEntry)> {
+        let ruri = msg.request_uri()?;
+        // `<user_name>.<sip.domain>`: a call toward that connection's PBX.
+        if let Some(domain) = &self.ctx.config.sip.domain
+            && let crate::sip::Host::Domain(host) = &ruri.host
+            && let Some(user) = outbound::connection_user(host, domain)
+        {
+            let entry = self.connections.by_user(user)?;
+            let conn = &entry.connection;
+            let view = ConnectionView {
+                id: conn.id.clone(),
+                active: conn.active,
+                registered: entry.registered,
+                registration_flow: entry.flow,
+                pbx_addrs: Vec::new(),
+                destination_uri: None,
+                toward_pbx: true,
+            };
+            return Some((view, entry));
+        }
         let flow = source.flow.filter(|_| own_flow);
-        let entry = route::find_connection(&*self.connections, msg.request_uri()?, flow)?;
+        let entry = route::find_connection(&*self.connections, ruri, flow)?;
         let conn = &entry.connection;
         let ext = &conn.external_uac_settings;
         let registrar = entry.registrar.map(|a| a.ip());
@@ -286,14 +356,16 @@ impl Shared {
                 }
             }
         }
-        Some(ConnectionView {
+        let view = ConnectionView {
             id: conn.id.clone(),
             active: conn.active,
             registered: entry.registered,
             registration_flow: entry.flow,
             pbx_addrs,
             destination_uri: conn.internal_uac_settings.destination_uri.clone(),
-        })
+            toward_pbx: false,
+        };
+        Some((view, entry))
     }
 
     /// Our own final response (canonical reason phrase, a fresh To tag).
@@ -321,6 +393,19 @@ impl Shared {
 /// a box moves as one pointer.
 pub(super) fn spawn_boxed(task: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(Box::pin(task));
+}
+
+/// The Request-URI of a call toward `conn`'s PBX: the extension at the
+/// registrar's domain, with the port as in our REGISTER
+/// ([`crate::config::ProxyUri::request_uri`]).
+fn pbx_request_uri(conn: &crate::config::Connection, extension: &str) -> Option<crate::sip::Uri> {
+    let ext = &conn.external_uac_settings;
+    let domain = ext.proxy.as_ref()?.request_uri(ext.transport);
+    let (scheme, host) = domain.split_once(':')?;
+    if extension.is_empty() {
+        return None;
+    }
+    format!("{scheme}:{extension}@{host}").parse().ok()
 }
 
 /// How a refused INVITE is counted in `uacd_calls_total`.

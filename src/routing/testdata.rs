@@ -133,6 +133,7 @@ pub fn conn(id: &str) -> ConnectionView {
         registration_flow: Some(7),
         pbx_addrs: vec![IpAddr::from(PBX)],
         destination_uri: Some("1006@assistant-abc123.sip.telnyx.com".into()),
+        toward_pbx: false,
     }
 }
 

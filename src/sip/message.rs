@@ -383,6 +383,14 @@ impl Message {
         before - self.headers.len()
     }
 
+    /// Removes every field named `name` (any header, compact forms
+    /// included); returns how many were removed.
+    pub fn remove_named(&mut self, name: &str) -> usize {
+        let before = self.headers.len();
+        self.headers.retain(|h| !h.is_named(name));
+        before - self.headers.len()
+    }
+
     /// Removes the first `k` *values* of `name`, across lines, in one pass
     /// (linear in the header, however many there are); returns how many
     /// were removed. Other values keep their order.

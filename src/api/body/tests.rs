@@ -34,7 +34,7 @@ fn pointer_escapes_per_rfc_6901() {
 
 #[test]
 fn a_minimal_connection_gets_generated_credentials() {
-    let c = to_connection(doc(json!({"connection_name": "Office"})), "323").unwrap();
+    let c = to_connection(doc(json!({"connection_name": "Office"})), "323", None).unwrap();
     assert_eq!(c.user_id, "323");
     assert!(c.user_name.starts_with("uacd"));
     assert_eq!(c.password.expose().len(), 20);
@@ -65,7 +65,7 @@ fn type_errors_unknown_fields_and_enums_point_at_the_field() {
             "/internal_uac_settings/destination_uri",
         ),
     ] {
-        let e = to_connection(doc(body.clone()), "1").unwrap_err();
+        let e = to_connection(doc(body.clone()), "1", None).unwrap_err();
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(pointers(&e), [want], "{body}");
     }
@@ -80,6 +80,7 @@ fn field_checks_report_every_issue_with_pointers() {
             "internal_uac_settings": {"destination_uri": "a b"}
         })),
         "1",
+        None,
     )
     .unwrap_err();
     assert_eq!(
@@ -97,6 +98,7 @@ fn a_wrongly_typed_password_is_not_echoed() {
     let e = to_connection(
         doc(json!({"connection_name": "x", "password": ["hunter2-secret"]})),
         "1",
+        None,
     )
     .unwrap_err();
     let text = serde_json::to_string(&e.errors).unwrap();
@@ -137,11 +139,12 @@ fn patch_keeps_passwords_and_nested_fields() {
             "external_uac_settings": {"proxy": "sip:pbx.test", "username": "u", "password": "ext-pw", "transport": "TCP"}
         })),
         "1",
+        None,
     )
     .unwrap();
     let mut d = to_document(&c);
     merge_patch(&mut d, &json!({"external_uac_settings": {"username": "v"}}));
-    let p = to_connection(d, "1").unwrap();
+    let p = to_connection(d, "1", None).unwrap();
     assert_eq!(p.password.expose(), "own-pw");
     let ext = &p.external_uac_settings;
     assert_eq!(ext.password.as_ref().map(|s| s.expose()), Some("ext-pw"));
@@ -156,7 +159,7 @@ fn transport_follows_the_proxy_uri_when_not_given() {
     let mut d = doc(body.clone());
     infer_transport(&mut d, body.get("external_uac_settings"));
     assert_eq!(
-        to_connection(d, "1")
+        to_connection(d, "1", None)
             .unwrap()
             .external_uac_settings
             .transport,
@@ -210,4 +213,123 @@ fn unknown_patch_members_are_rejected_even_when_null() {
     );
     let ok = json!({"connection_name": "x", "external_uac_settings": {"proxy": null}});
     assert!(check_known(ok.as_object().unwrap()).is_ok());
+}
+
+#[test]
+fn call_settings_are_read_checked_and_pointed_at() {
+    let c = to_connection(
+        doc(json!({"connection_name": "x",
+            "inbound": {"timeout_1xx_secs": 5, "channel_limit": 2},
+            "outbound": {"timeout_2xx_secs": 600, "channel_limit": null}})),
+        "1",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.inbound.timeout_1xx_secs, c.inbound.timeout_2xx_secs),
+        (Some(5), None)
+    );
+    assert_eq!(c.inbound.channel_limit, Some(2));
+    assert_eq!(c.outbound.timeout_2xx_secs, Some(600));
+    assert_eq!(c.outbound.channel_limit, None);
+    for (body, want) in [
+        (
+            json!({"inbound": {"channel_limit": 0}}),
+            "/inbound/channel_limit",
+        ),
+        (
+            json!({"inbound": {"channel_limit": -1}}),
+            "/inbound/channel_limit",
+        ),
+        (
+            json!({"inbound": {"channel_limit": 4_294_967_296u64}}),
+            "/inbound/channel_limit",
+        ),
+        (
+            json!({"inbound": {"channel_limit": "2"}}),
+            "/inbound/channel_limit",
+        ),
+        (
+            json!({"inbound": {"timeout_1xx_secs": 121}}),
+            "/inbound/timeout_1xx_secs",
+        ),
+        (
+            json!({"outbound": {"timeout_1xx_secs": 0}}),
+            "/outbound/timeout_1xx_secs",
+        ),
+        (
+            json!({"outbound": {"timeout_2xx_secs": 601}}),
+            "/outbound/timeout_2xx_secs",
+        ),
+        (json!({"outbound": {"nope": 1}}), "/outbound/nope"),
+        (json!({"outbound": 5}), "/outbound"),
+    ] {
+        let mut body = body;
+        body["connection_name"] = json!("x");
+        let e = to_connection(doc(body.clone()), "1", None).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(pointers(&e), [want], "{body}");
+    }
+    let e = to_connection(
+        doc(json!({"connection_name": "x", "inbound": {"timeout_2xx_secs": 0}})),
+        "1",
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.errors[0].detail, "must be between 1 and 600 (seconds)");
+}
+
+#[test]
+fn call_settings_are_returned_with_nulls_and_merge_on_patch() {
+    let c = to_connection(
+        doc(
+            json!({"connection_name": "x", "inbound": {"channel_limit": 2, "timeout_1xx_secs": 5}}),
+        ),
+        "1",
+        None,
+    )
+    .unwrap();
+    let mut d = to_document(&c);
+    assert_eq!(
+        d["outbound"],
+        json!({"timeout_1xx_secs": null, "timeout_2xx_secs": null, "channel_limit": null})
+    );
+    merge_patch(
+        &mut d,
+        &json!({"inbound": {"channel_limit": null, "timeout_2xx_secs": 30}, "outbound": {"channel_limit": 1}}),
+    );
+    let p = to_connection(d, "1", None).unwrap();
+    assert_eq!(p.inbound.channel_limit, None, "null removes");
+    assert_eq!(p.inbound.timeout_1xx_secs, Some(5), "kept");
+    assert_eq!(p.inbound.timeout_2xx_secs, Some(30));
+    assert_eq!(p.outbound.channel_limit, Some(1));
+    // A whole object set to null goes back to the defaults.
+    let mut d = to_document(&p);
+    merge_patch(&mut d, &json!({"inbound": null}));
+    assert_eq!(
+        to_connection(d, "1", None).unwrap().inbound,
+        crate::config::CallSettings::default()
+    );
+    let unknown = json!({"inbound": {"limit": null}, "outbound": {"channel_limit": null}});
+    assert_eq!(
+        pointers(&check_known(unknown.as_object().unwrap()).unwrap_err()),
+        ["/inbound/limit"]
+    );
+}
+
+#[test]
+fn with_sip_domain_a_user_name_must_be_a_dns_label() {
+    let body = |u: &str| doc(json!({"connection_name": "x", "user_name": u}));
+    let domain = Some("uac.example.net");
+    let c = to_connection(body("office-1"), "1", domain).unwrap();
+    assert_eq!(c.fqdn("uac.example.net"), "office-1.uac.example.net");
+    for bad in ["Office", "a_b", "a.b", "-a"] {
+        let e = to_connection(body(bad), "1", domain).unwrap_err();
+        assert_eq!(pointers(&e), ["/user_name"], "{bad}");
+        assert!(e.errors[0].detail.contains("DNS label"), "{bad}");
+        assert!(to_connection(body(bad), "1", None).is_ok(), "{bad}");
+    }
+    // The generated user_name is a label.
+    let g = to_connection(doc(json!({"connection_name": "x"})), "1", domain).unwrap();
+    assert!(g.user_name.starts_with("uacd"));
 }
