@@ -78,6 +78,8 @@ struct Opts {
     kam_defines: Vec<String>,
     /// Lines for `[routing]`.
     routing: &'static str,
+    /// `routing.assert_caller_identity`
+    assert_identity: bool,
     /// Tables after the connection (`[connection.outbound]` ...).
     connection: &'static str,
 }
@@ -90,6 +92,7 @@ impl Default for Opts {
             transport: "UDP",
             kam_defines: Vec::new(),
             routing: "",
+            assert_identity: false,
             connection: "",
         }
     }
@@ -194,7 +197,7 @@ retry_interval_sec = 2
 max_retry_interval_sec = 2
 [routing]
 internal_sources = ["{internal}/32"]
-assert_caller_identity = false
+assert_caller_identity = {assert_identity}
 {routing}
 [[connection]]
 id = "o1"
@@ -213,6 +216,7 @@ destination_uri = "sip:1006@{dest}:{dest_port}"
         ip = uacd_ip(),
         internal = internal_ip(),
         routing = o.routing,
+        assert_identity = o.assert_identity,
         pbx = pbx_ip(),
         transport = o.transport,
         dest = dest_ip(),
@@ -1013,4 +1017,141 @@ fn bye_challenged_by_the_pbx_is_authenticated() {
     assert_eq!(bye[1].get("auth"), "yes");
     assert_eq!(bye[1].cseq(), bye[0].cseq() + 1);
     assert_no_challenge_seen(&c);
+}
+
+#[test]
+fn challenged_reinvite_keeps_the_pbx_leg_cseq_going_up() {
+    // In-dialog requests toward the PBX are challenged too: each answer
+    // shifts the PBX leg's CSeq once more; the ACK of a re-INVITE's 2xx
+    // carries the CSeq of the authenticated re-INVITE (RFC 3261 13.2.2.4),
+    // and the internal side keeps seeing its own numbers.
+    let s = setup(
+        "ob-reinvite-auth",
+        Opts {
+            kam_defines: vec!["WITH_INDIALOG_AUTH".into()],
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer-reinvite.xml", &[]);
+    let mut c = s.call("1", "internal-reinvite.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_eq!(logged(&c, "REANSWERED", "cseq"), "2");
+    let inv = s.pbx_saw("INVITE");
+    let seq: Vec<(u32, &str)> = inv.iter().map(|i| (i.cseq(), i.get("auth"))).collect();
+    assert_eq!(inv.len(), 4, "{seq:?}\n{}", s.report());
+    assert_eq!(inv[2].get("auth"), "no", "{seq:?}");
+    assert_eq!(inv[3].get("auth"), "yes", "{seq:?}");
+    assert_eq!(inv[3].cseq(), inv[2].cseq() + 1, "{seq:?}");
+    assert!(inv[2].cseq() > inv[1].cseq(), "{seq:?}");
+    assert_eq!(
+        logged(&ext, "REINVITE", "cseq"),
+        inv[3].cseq().to_string(),
+        "the extension got the authenticated re-INVITE"
+    );
+    // the 2xx ACKs carry their INVITE's CSeq; the only other ACK is the
+    // hop-by-hop one for the challenge to the re-INVITE (RFC 3261 17.1.1.3)
+    let acks: Vec<u32> = s.pbx_saw("ACK").iter().map(Seen::cseq).collect();
+    for want in [inv[1].cseq(), inv[3].cseq()] {
+        assert!(
+            acks.contains(&want),
+            "no ACK with CSeq {want}: {acks:?}\n{}",
+            s.report()
+        );
+    }
+    assert!(
+        acks.iter()
+            .all(|a| [inv[1].cseq(), inv[2].cseq(), inv[3].cseq()].contains(a)),
+        "{acks:?} {seq:?}"
+    );
+    let bye = s.pbx_saw("BYE");
+    assert!(!bye.is_empty(), "{}", s.report());
+    assert!(
+        bye[0].cseq() > inv[3].cseq(),
+        "the BYE goes on from the authenticated re-INVITE: {bye:?} {seq:?}"
+    );
+    assert_eq!(bye.last().unwrap().get("auth"), "yes");
+    assert_no_challenge_seen(&c);
+}
+
+/// The INVITE as the extension received it (through the PBX).
+fn invite_at_the_extension(ext: &SippRun) -> String {
+    sipp_messages(ext)
+        .split("-----------------------------------------------")
+        .find(|m| m.contains("\nINVITE sip:"))
+        .expect("the extension got the INVITE")
+        .to_owned()
+}
+
+fn identity_test(name: &str, assert_identity: bool) -> String {
+    let s = setup(
+        name,
+        Opts {
+            assert_identity,
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    invite_at_the_extension(&ext)
+}
+
+#[test]
+fn caller_identity_stays_internal_by_default() {
+    let invite = identity_test("ob-no-pai", false);
+    assert!(
+        !invite.to_ascii_lowercase().contains("p-asserted-identity"),
+        "{invite}"
+    );
+    // (the Contact is invite_to_the_pbx_carries_our_contact's business)
+    let leaks: Vec<&str> = invite
+        .lines()
+        .filter(|l| l.contains("sip:app@") && !l.starts_with("Contact:"))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the internal caller's identity reached the PBX: {leaks:?}\n{invite}"
+    );
+}
+
+#[test]
+fn caller_identity_is_asserted_when_allowed() {
+    let invite = identity_test("ob-pai", true);
+    let pai = invite
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("p-asserted-identity:"))
+        .unwrap_or_else(|| panic!("no P-Asserted-Identity:\n{invite}"));
+    assert!(
+        pai.contains(&format!("sip:app@{}", internal_ip())),
+        "the internal From in P-Asserted-Identity (RFC 3325): {pai}"
+    );
+}
+
+#[test]
+fn invite_to_the_pbx_carries_our_contact() {
+    // Issue 17: "Contact at our address, our Via" — the PBX sees a call
+    // from its registered endpoint, not the internal application's address.
+    let s = setup("ob-contact", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let invite = invite_at_the_extension(&ext);
+    let contact = invite
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("contact:"))
+        .expect("a Contact");
+    assert!(
+        contact.contains(&format!("@{}:{}", uacd_ip(), s.uacd_port))
+            || contact.contains(&format!("<sip:{}:{}", uacd_ip(), s.uacd_port)),
+        "the PBX leg's Contact is at uacd ({}:{}), not the internal side's: {contact}\n{invite}",
+        uacd_ip(),
+        s.uacd_port
+    );
+    assert!(
+        !invite.contains("Contact: <sip:app@"),
+        "the internal application's Contact reached the PBX:\n{invite}"
+    );
 }
