@@ -906,18 +906,23 @@ fn outbound_channel_limit_rejects_the_second_call_with_486() {
             ..Opts::default()
         },
     );
+    let busy = ["-key", "status", "486"];
     let mut ext = s.ext("1", "uas-answer.xml", &[]);
     let mut held = s.call("1", "internal-call-held.xml", &[]);
     wait_logged(&s, &held, "ANSWERED");
-    let mut second = s.call(
-        "2",
-        "internal-expect-status.xml",
-        &["-key", "status", "486"],
-    );
+    let mut second = s.call("2", "internal-expect-status.xml", &busy);
     s.wait_ok(&mut second, "second call");
     assert_eq!(final_status(&second), "486");
+    // a refused call gave no slot back
+    let mut third = s.call("3", "internal-expect-status.xml", &busy);
+    s.wait_ok(&mut third, "third call, the first still up");
     release_held_call(&held, internal_ip());
     s.wait_ok(&mut held, "first call");
+    s.wait_ok(&mut ext, "extension");
+    // the ended call gave its slot back
+    let mut ext = s.ext("4", "uas-answer.xml", &[]);
+    let mut fourth = s.call("4", "internal-call.xml", &[]);
+    s.wait_ok(&mut fourth, "a call after the first ended");
     s.wait_ok(&mut ext, "extension");
     let calls: std::collections::HashSet<String> = s
         .pbx_saw("INVITE")
@@ -926,8 +931,8 @@ fn outbound_channel_limit_rejects_the_second_call_with_486() {
         .collect();
     assert_eq!(
         calls.len(),
-        1,
-        "the second call reached the PBX\n{}",
+        2,
+        "only the first and the fourth call reached the PBX\n{}",
         s.report()
     );
 }
@@ -941,23 +946,30 @@ fn inbound_channel_limit_rejects_the_second_pbx_call_with_486() {
             ..Opts::default()
         },
     );
+    let busy = ["-key", "status", "486"];
     let mut dest = s.dest("1", "uas-answer.xml", &[]);
     let mut held = s.phone("1", "internal-call-held.xml", &[]);
     wait_logged(&s, &held, "ANSWERED");
-    let mut second = s.phone(
-        "2",
-        "internal-expect-status.xml",
-        &["-key", "status", "486"],
-    );
+    let mut second = s.phone("2", "internal-expect-status.xml", &busy);
     s.wait_ok(&mut second, "second PBX call");
     assert_eq!(final_status(&second), "486");
+    // a refused call gave no slot back
+    let mut third = s.phone("3", "internal-expect-status.xml", &busy);
+    s.wait_ok(&mut third, "third PBX call, the first still up");
     release_held_call(&held, phone_ip());
     s.wait_ok(&mut held, "first PBX call");
     s.wait_ok(&mut dest, "destination");
+    // the ended call gave its slot back
+    let mut dest = s.dest("4", "uas-answer.xml", &[]);
+    let mut fourth = s.phone("4", "internal-call.xml", &[]);
+    s.wait_ok(&mut fourth, "a PBX call after the first ended");
+    s.wait_ok(&mut dest, "destination");
     let log = s.pbx_log();
-    assert!(
-        log.contains(&format!("PBX got reply 486 INVITE from {}", s.uacd_addr())),
-        "the 486 came from uacd:\n{}",
+    assert_eq!(
+        log.matches(&format!("PBX got reply 486 INVITE from {}", s.uacd_addr()))
+            .count(),
+        2,
+        "both 486 came from uacd:\n{}",
         s.report()
     );
 }
@@ -1154,4 +1166,50 @@ fn invite_to_the_pbx_carries_our_contact() {
         !invite.contains("Contact: <sip:app@"),
         "the internal application's Contact reached the PBX:\n{invite}"
     );
+}
+
+#[test]
+fn extension_hangs_up_over_the_registration_tcp_flow() {
+    // The extension's BYE follows the record-route back to uacd over TCP
+    // and reaches the internal side.
+    let s = setup(
+        "ob-tcp-remote-bye",
+        Opts {
+            transport: "TCP",
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-hangup.xml", &["-d", "200"]);
+    let mut c = s.call("1", "internal-call-remote-bye.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let reg = s.pbx_saw("REGISTER");
+    let reg = reg.last().expect("a REGISTER");
+    let (_, inv) = assert_authenticated_invites(&s, "Authorization");
+    assert_eq!(inv.src, reg.src, "{}", s.report());
+    assert_eq!(s.pbx_saw("BYE").len(), 1, "{}", s.report());
+    assert!(
+        s.pbx_log().contains("PBX got reply 200 BYE"),
+        "uacd answered the BYE\n{}",
+        s.report()
+    );
+}
+
+#[test]
+fn internal_side_over_tcp() {
+    // The internal application reaches uacd over TCP; the PBX leg stays UDP.
+    let s = setup("ob-internal-tcp", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = Sipp::new("internal-call.xml", &s.dir)
+        .name("1-int-tcp")
+        .local(internal_ip(), common::free_tcp_port(internal_ip()))
+        .remote(format!("{}:{}", uacd_ip(), s.uacd_port))
+        .args(["-t", "t1", "-s", "2000", "-key", "fqdn", FQDN])
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let (_, inv) = assert_authenticated_invites(&s, "Authorization");
+    assert_eq!(inv.proto, "udp");
+    assert_eq!(inv.src, s.uacd_addr());
 }
