@@ -19,6 +19,7 @@
 //!
 //! Tests of this file run in parallel: each uses its own ports.
 
+mod api_client;
 mod common;
 
 use std::collections::HashMap;
@@ -159,6 +160,7 @@ struct Setup {
     kam_port: u16,
     ext_port: u16,
     dest_port: u16,
+    api_port: u16,
 }
 
 fn setup(name: &str, o: Opts) -> Setup {
@@ -168,6 +170,7 @@ fn setup(name: &str, o: Opts) -> Setup {
     let kam_port = free_udp_port(pbx_ip());
     let ext_port = free_udp_port(ext_ip());
     let dest_port = free_udp_port(dest_ip());
+    let api_port = common::free_tcp_port(uacd_ip());
     let (kam, silent) = match o.pbx {
         Pbx::Kamailio => {
             require_peer("kamailio");
@@ -188,7 +191,7 @@ fn setup(name: &str, o: Opts) -> Setup {
 listen = ["udp:{ip}:{uacd_port}", "tcp:{ip}:{uacd_port}"]
 domain = "uac.test"
 [api]
-listen = "127.0.0.1:0"
+listen = "{ip}:{api_port}"
 [[api.tokens]]
 token = "test-token-0123456"
 user_id = "1"
@@ -235,6 +238,7 @@ destination_uri = "sip:1006@{dest}:{dest_port}"
         kam_port,
         ext_port,
         dest_port,
+        api_port,
     }
 }
 
@@ -1212,4 +1216,67 @@ fn internal_side_over_tcp() {
     let (_, inv) = assert_authenticated_invites(&s, "Authorization");
     assert_eq!(inv.proto, "udp");
     assert_eq!(inv.src, s.uacd_addr());
+}
+
+/// The value of `uacd_calls_total{direction=..,result=..}` in /metrics.
+fn calls_total(s: &Setup, direction: &str, result: &str) -> f64 {
+    let addr = std::net::SocketAddr::from((uacd_ip(), s.api_port));
+    let resp = api_client::Api::new(addr, "test-token-0123456").get("/metrics");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let d = format!("direction=\"{direction}\"");
+    let r = format!("result=\"{result}\"");
+    resp.body
+        .lines()
+        .find(|l| l.starts_with("uacd_calls_total{") && l.contains(&d) && l.contains(&r))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no uacd_calls_total{{{d},{r}}}:\n{}", resp.body))
+}
+
+#[test]
+fn calls_are_counted_by_direction() {
+    let s = setup("ob-metrics", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = s.call("1", "internal-call.xml", &[]);
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let mut ext = s.ext("2", "uas-busy.xml", &[]);
+    let mut c = s.call(
+        "2",
+        "internal-expect-status.xml",
+        &["-key", "status", "486"],
+    );
+    s.wait_ok(&mut c, "internal side, busy");
+    s.wait_ok(&mut ext, "extension, busy");
+    let mut dest = s.dest("3", "uas-answer.xml", &[]);
+    let mut phone = s.phone("3", "internal-call.xml", &[]);
+    s.wait_ok(&mut phone, "phone");
+    s.wait_ok(&mut dest, "destination");
+    assert_eq!(calls_total(&s, "outbound", "answered"), 1.0);
+    assert_eq!(calls_total(&s, "outbound", "486"), 1.0);
+    assert_eq!(calls_total(&s, "inbound", "answered"), 1.0);
+    assert_eq!(calls_total(&s, "inbound", "486"), 0.0);
+}
+
+#[test]
+fn pbx_failure_response_is_relayed_as_is() {
+    // An extension the PBX does not know: its own 404 (with its reason
+    // phrase) reaches the internal side unchanged.
+    let s = setup("ob-pbx-404", Opts::default());
+    let mut c = Sipp::new("internal-expect-status.xml", &s.dir)
+        .name("1-int-404")
+        .local(internal_ip(), free_udp_port(internal_ip()))
+        .remote(format!("{}:{}", uacd_ip(), s.uacd_port))
+        .args(["-s", "3999", "-key", "fqdn", FQDN, "-key", "status", "404"])
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    s.wait_ok(&mut c, "internal side");
+    assert!(
+        sipp_messages(&c).contains("SIP/2.0 404 Not registered"),
+        "{}",
+        c.report()
+    );
+    let inv = s.pbx_saw("INVITE");
+    assert_eq!(inv.len(), 1, "no challenge for a 404: {inv:#?}");
+    assert!(inv[0].get("ruri").starts_with("sip:3999@"), "{inv:?}");
 }
