@@ -67,6 +67,9 @@ enum Pbx {
     /// A UDP socket that takes every datagram and answers nothing (the
     /// registration never succeeds).
     Silent,
+    /// SIPp registrar-digest.xml: accepts the registration, and says
+    /// nothing to anything else (a PBX silent to INVITEs).
+    SippRegistrar,
 }
 
 struct Opts {
@@ -157,6 +160,7 @@ struct Setup {
     uacd_port: u16,
     kam: Option<Kamailio>,
     silent: Option<Silent>,
+    _registrar: Option<SippRun>,
     kam_port: u16,
     ext_port: u16,
     dest_port: u16,
@@ -171,6 +175,15 @@ fn setup(name: &str, o: Opts) -> Setup {
     let ext_port = free_udp_port(ext_ip());
     let dest_port = free_udp_port(dest_ip());
     let api_port = common::free_tcp_port(uacd_ip());
+    let registrar = (o.pbx == Pbx::SippRegistrar).then(|| {
+        Sipp::new("registrar-digest.xml", &dir)
+            .local(pbx_ip(), kam_port)
+            .key("realm", "pbx.test")
+            .set("pw", "s3cret")
+            .key("expires_grant", "600")
+            .args(["-m", "1", "-timeout", "60"])
+            .start()
+    });
     let (kam, silent) = match o.pbx {
         Pbx::Kamailio => {
             require_peer("kamailio");
@@ -185,6 +198,10 @@ fn setup(name: &str, o: Opts) -> Setup {
             (Some(Kamailio::start(opts, &kdir)), None)
         }
         Pbx::Silent => (None, Some(Silent::start(pbx_ip(), kam_port))),
+        Pbx::SippRegistrar => {
+            wait_for_udp_listener(pbx_ip(), kam_port, WAIT).expect("SIPp registrar listens");
+            (None, None)
+        }
     };
     let config = format!(
         r#"[sip]
@@ -226,7 +243,7 @@ destination_uri = "sip:1006@{dest}:{dest_port}"
         connection = o.connection,
     );
     let uacd = Uacd::start(&config, &dir);
-    if o.pbx == Pbx::Kamailio && o.pbx_password == "s3cret" {
+    if o.pbx != Pbx::Silent && o.pbx_password == "s3cret" {
         uacd.wait_for_log("status=success", WAIT);
     }
     Setup {
@@ -235,6 +252,7 @@ destination_uri = "sip:1006@{dest}:{dest_port}"
         uacd_port,
         kam,
         silent,
+        _registrar: registrar,
         kam_port,
         ext_port,
         dest_port,
@@ -310,6 +328,7 @@ impl Setup {
     fn report(&self) -> String {
         let pbx = match &self.kam {
             Some(k) => tail(k.log_path(), 40),
+            None if self._registrar.is_some() => self._registrar.as_ref().unwrap().report(),
             None => format!(
                 "silent registrar got {} REGISTER, {} INVITE",
                 self.silent.as_ref().map_or(0, |s| s.requests("REGISTER")),
@@ -1279,4 +1298,27 @@ fn pbx_failure_response_is_relayed_as_is() {
     let inv = s.pbx_saw("INVITE");
     assert_eq!(inv.len(), 1, "no challenge for a 404: {inv:#?}");
     assert!(inv[0].get("ruri").starts_with("sip:3999@"), "{inv:?}");
+}
+
+#[test]
+fn outbound_timeout_1xx_of_the_connection_for_a_silent_pbx() {
+    // The PBX takes the registration and never answers the INVITE:
+    // routing.timeout_1xx_sec = 20, the connection's outbound 1 s, so the
+    // call must be given up on well within the internal side's 10 s.
+    let s = setup(
+        "ob-outbound-1xx",
+        Opts {
+            pbx: Pbx::SippRegistrar,
+            routing: "timeout_1xx_sec = 20",
+            connection: "[connection.outbound]\ntimeout_1xx_secs = 1\n",
+            ..Opts::default()
+        },
+    );
+    let mut c = s.call(
+        "1",
+        "internal-expect-status.xml",
+        &["-key", "status", "408", "-timeout", "10"],
+    );
+    s.wait_ok(&mut c, "internal side");
+    assert_eq!(final_status(&c), "408");
 }
