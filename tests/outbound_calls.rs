@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use common::{
     Kamailio, KamailioOpts, Sipp, SippRun, Uacd, free_udp_port, poll_until, require_peer, tail,
-    temp_dir, test_ip, wait_for_udp_listener,
+    temp_dir, test_ip, wait_for_line, wait_for_udp_listener,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -240,7 +240,9 @@ destination_uri = "sip:1006@{dest}:{dest_port}"
         pbx = pbx_ip(),
         transport = o.transport,
         dest = dest_ip(),
-        connection = o.connection,
+        connection = o
+            .connection
+            .replace("PBX_ADDR", &format!("{}:{kam_port}", pbx_ip())),
     );
     let uacd = Uacd::start(&config, &dir);
     if o.pbx != Pbx::Silent && o.pbx_password == "s3cret" {
@@ -1321,4 +1323,69 @@ fn outbound_timeout_1xx_of_the_connection_for_a_silent_pbx() {
     );
     s.wait_ok(&mut c, "internal side");
     assert_eq!(final_status(&c), "408");
+}
+
+#[test]
+fn fqdn_matches_whatever_its_case() {
+    // Host names compare case-insensitively (RFC 3261 19.1.4).
+    let s = setup("ob-fqdn-case", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = Sipp::new("internal-call.xml", &s.dir)
+        .name("1-int-upper")
+        .local(internal_ip(), free_udp_port(internal_ip()))
+        .remote(format!("{}:{}", uacd_ip(), s.uacd_port))
+        .args(["-s", "2000", "-key", "fqdn", "UACD-O1.Uac.Test"])
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    assert_authenticated_invites(&s, "Authorization");
+}
+
+#[test]
+fn each_connection_calls_with_its_own_credentials() {
+    // Two connections registered to the same PBX: a call to the second
+    // one's fqdn goes out as its registered user.
+    let s = setup(
+        "ob-two-connections",
+        Opts {
+            connection: r#"
+[[connection]]
+id = "o2"
+connection_name = "second line"
+user_name = "uacd-o2"
+[connection.external_uac_settings]
+proxy = "sip:PBX_ADDR"
+transport = "UDP"
+username = "other-reg"
+password = "s3cret"
+expiration_sec = 600
+[connection.internal_uac_settings]
+destination_uri = "sip:1007@127.0.0.186:5060"
+"#,
+            ..Opts::default()
+        },
+    );
+    wait_for_line(s.kam().log_path(), "PBX REGISTER ok: other-reg", WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut c = Sipp::new("internal-call.xml", &s.dir)
+        .name("1-int-o2")
+        .local(internal_ip(), free_udp_port(internal_ip()))
+        .remote(format!("{}:{}", uacd_ip(), s.uacd_port))
+        .args(["-s", "2000", "-key", "fqdn", "uacd-o2.uac.test"])
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    s.wait_ok(&mut c, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let inv = s.pbx_saw("INVITE");
+    assert_eq!(inv.len(), 2, "{inv:#?}\n{}", s.report());
+    for i in &inv {
+        assert_eq!(
+            i.get("from"),
+            format!("sip:other-reg@{}", pbx_ip()),
+            "{i:?}"
+        );
+    }
+    assert_eq!(inv[1].get("au"), "other-reg");
 }
