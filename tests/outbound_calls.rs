@@ -1389,3 +1389,66 @@ destination_uri = "sip:1007@127.0.0.186:5060"
     }
     assert_eq!(inv[1].get("au"), "other-reg");
 }
+
+#[test]
+fn outsider_cannot_use_an_outbound_dialog_route() {
+    // A source outside internal_sources replays the internal side's Route
+    // (with uacd's token) in a BYE: 403, and the PBX sees no BYE from it.
+    let s = setup("ob-outsider-bye", Opts::default());
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut held = s.call("1", "internal-call-held.xml", &[]);
+    wait_logged(&s, &held, "ANSWERED");
+    let msgs = sipp_messages(&held);
+    let rr = msgs
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .expect("a Record-Route in the 200");
+    let ours = rr
+        .trim_start_matches("Record-Route:")
+        .split(',')
+        .map(str::trim)
+        .find(|r| r.contains(&uacd_ip().to_string()))
+        .expect("uacd's Record-Route entry")
+        .to_owned();
+    let call_id = msgs
+        .lines()
+        .find_map(|l| l.strip_prefix("Call-ID: "))
+        .unwrap()
+        .to_owned();
+    let from_tag = logged(&held, "ANSWERED", "mytag");
+    let to_tag = logged(&held, "ANSWERED", "ttag");
+    let sock = UdpSocket::bind((outsider_ip(), 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let bye = format!(
+        "BYE sip:dest@{ext}:{ep};transport=UDP SIP/2.0\r\n\
+Via: SIP/2.0/UDP {me};branch=z9hG4bK-outsider-bye;rport\r\n\
+Route: {ours}\r\n\
+From: \"Internal app\" <sip:app@{me}>;tag={from_tag}\r\n\
+To: <sip:2000@{FQDN}>;tag={to_tag}\r\n\
+Call-ID: {call_id}\r\nCSeq: 99 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        ext = ext_ip(),
+        ep = s.ext_port,
+    );
+    sock.send_to(bye.as_bytes(), (uacd_ip(), s.uacd_port))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let code = loop {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer to the outsider's BYE: {e}\n{}", s.report()));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let code: u16 = text[8..11].parse().unwrap();
+        if code >= 200 {
+            break code;
+        }
+    };
+    assert_eq!(code, 403, "{}", s.report());
+    release_held_call(&held, internal_ip());
+    s.wait_ok(&mut held, "internal side");
+    s.wait_ok(&mut ext, "extension");
+    let bye = s.pbx_saw("BYE");
+    assert_eq!(bye.len(), 1, "only the internal side's BYE: {bye:#?}");
+    assert_eq!(bye[0].src, s.uacd_addr());
+    assert!(bye[0].cseq() < 99, "{bye:?}");
+}
