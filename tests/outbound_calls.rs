@@ -1452,3 +1452,27 @@ Call-ID: {call_id}\r\nCSeq: 99 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\
     assert_eq!(bye[0].src, s.uacd_addr());
     assert!(bye[0].cseq() < 99, "{bye:?}");
 }
+
+#[test]
+fn channel_limits_count_each_direction_apart() {
+    // inbound and outbound limits of 1: an outbound call up does not take
+    // the inbound slot.
+    let s = setup(
+        "ob-limits-apart",
+        Opts {
+            connection: "[connection.inbound]\nchannel_limit = 1\n\
+                         [connection.outbound]\nchannel_limit = 1\n",
+            ..Opts::default()
+        },
+    );
+    let mut ext = s.ext("1", "uas-answer.xml", &[]);
+    let mut held = s.call("1", "internal-call-held.xml", &[]);
+    wait_logged(&s, &held, "ANSWERED");
+    let mut dest = s.dest("2", "uas-answer.xml", &[]);
+    let mut phone = s.phone("2", "internal-call.xml", &[]);
+    s.wait_ok(&mut phone, "inbound call while an outbound one is up");
+    s.wait_ok(&mut dest, "destination");
+    release_held_call(&held, internal_ip());
+    s.wait_ok(&mut held, "outbound call");
+    s.wait_ok(&mut ext, "extension");
+}
