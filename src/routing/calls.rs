@@ -27,6 +27,9 @@ use super::outbound::Mapping;
 /// `timeout_2xx`, 600 s at most).
 pub const SETUP: Duration = Duration::from_secs(30 * 60);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long a call's views outlive its BYE: 64·T1, a non-INVITE
+/// transaction's longest life (RFC 3261 §17.1.2.2).
+pub const HANG_UP: Duration = Duration::from_secs(32);
 
 /// Which way a call goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -235,6 +238,26 @@ impl Calls {
         }
     }
 
+    /// A BYE of the call went through: the dialog is over for both ends
+    /// (RFC 3261 §15.1.1), so its channel is free at once, whether or not
+    /// the BYE is ever answered; its views stay for the BYE's responses
+    /// (and a challenge to it) until [`HANG_UP`] later.
+    pub fn hang_up(&self, call_id: &str, now: Instant) {
+        let mut inner = self.lock();
+        let Some(e) = inner.map.get_mut(call_id) else {
+            return;
+        };
+        let was_counted = std::mem::replace(&mut e.counted, false);
+        e.expires = e.expires.min(now + HANG_UP);
+        let key = (e.connection.clone(), e.direction);
+        if was_counted && let Some(n) = inner.open.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.open.remove(&key);
+            }
+        }
+    }
+
     /// The call is over (its INVITE failed, or its BYE was answered).
     pub fn end(&self, call_id: &str) {
         self.lock().remove(call_id);
@@ -344,6 +367,23 @@ mod tests {
         c.end("a");
         assert_eq!(c.open("conn", d), 1);
         assert_eq!(c.admit("e", "conn", d, Some(2), None, now), Ok(()));
+    }
+
+    #[test]
+    fn a_bye_frees_the_channel_even_if_never_answered() {
+        let now = t0();
+        let c = Calls::new(now, 100);
+        let d = Direction::Inbound;
+        c.admit("a", "conn", d, Some(1), None, now).unwrap();
+        c.answered("a", now);
+        c.hang_up("a", now);
+        assert_eq!(c.open("conn", d), 0);
+        assert_eq!(c.admit("b", "conn", d, Some(1), None, now), Ok(()));
+        // Its answer (or none) then changes nothing.
+        c.end("a");
+        assert_eq!(c.open("conn", d), 1);
+        c.hang_up("a", now);
+        assert_eq!(c.open("conn", d), 1);
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub(super) async fn request(shared: &Shared, inbound: Inbound, path: Path) {
             return;
         }
     };
+    if msg.method() == Some(&Method::Bye) {
+        shared.calls.hang_up(call_id, now);
+    }
     // A call toward a PBX: each side sees its own dialog (`outbound`).
     // The side the request goes to: the end its holder is not.
     let side = match path.holder {

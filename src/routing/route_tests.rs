@@ -496,3 +496,65 @@ fn rfc3261_16_3_item5_proxy_require_is_420() {
     let d = classify_from(&parse(inv), pbx(5060), None);
     assert_eq!(reject_code(&d), Some(420), "{d:?}");
 }
+
+/// An internal application's INVITE for `uacd-office.uac.test` (the
+/// router found the connection by that host: `toward_pbx`).
+fn toward_pbx_invite() -> Message {
+    parse(
+        "INVITE sip:2000@uacd-office.uac.test SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bKint1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:bot@10.1.1.1>;tag=a\r\nTo: <sip:2000@uacd-office.uac.test>\r\n\
+Call-ID: out-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    )
+}
+
+fn classify_toward_pbx(view: ConnectionView, internal: bool) -> Option<u16> {
+    let view = ConnectionView {
+        toward_pbx: true,
+        ..view
+    };
+    let source = Source {
+        addr: SocketAddr::from(([10, 1, 1, 1], 5060)),
+        flow: None,
+        internal,
+    };
+    match classify(
+        &toward_pbx_invite(),
+        source,
+        &local(),
+        Some(&view),
+        &SECRET,
+        EPOCH,
+    ) {
+        Decision::TowardPbx { connection, .. } => {
+            assert!(connection.toward_pbx);
+            None
+        }
+        other => reject_code(&other),
+    }
+}
+
+#[test]
+fn a_call_toward_the_pbx_from_an_internal_source_is_placed() {
+    assert_eq!(classify_toward_pbx(conn("office"), true), None);
+}
+
+#[test]
+fn a_call_toward_the_pbx_from_anywhere_else_is_refused_403() {
+    assert_eq!(classify_toward_pbx(conn("office"), false), Some(403));
+}
+
+#[test]
+fn a_call_toward_an_unregistered_or_inactive_connection_gets_480() {
+    let unregistered = ConnectionView {
+        registered: false,
+        ..conn("office")
+    };
+    assert_eq!(classify_toward_pbx(unregistered, true), Some(480));
+    let inactive = ConnectionView {
+        active: false,
+        ..conn("office")
+    };
+    assert_eq!(classify_toward_pbx(inactive, true), Some(480));
+}
