@@ -1167,7 +1167,6 @@ fn caller_identity_is_asserted_when_allowed() {
 }
 
 #[test]
-#[ignore = "issue 17 asks for \"Contact at our address\"; README's design keeps the caller's Contact: the lead decides, then un-ignore or delete"]
 fn invite_to_the_pbx_carries_our_contact() {
     // Issue 17: "Contact at our address, our Via" — the PBX sees a call
     // from its registered endpoint, not the internal application's address.

@@ -61,7 +61,14 @@ fn params() -> CallParams {
         nonce: 0xabc,
         to_tag: "uacd-tag".into(),
         toward_pbx: Some(TowardPbx {
-            mapping: Mapping::for_invite(&invite(), "telnyx-reg", "2000", "pbx.test").unwrap(),
+            mapping: Mapping::for_invite(
+                &invite(),
+                "telnyx-reg",
+                "2000",
+                "pbx.test",
+                "sip:uacd-o1@192.0.2.10:5060;transport=udp;line=o1",
+            )
+            .unwrap(),
             username: "telnyx-reg".into(),
             password: Secret::new("s3cret"),
             asserted_identity: None,

@@ -285,6 +285,18 @@ impl Calls {
         }
     }
 
+    /// The caller of a call toward a PBX moved its target ([`Mapping::follow_caller`]).
+    pub fn follow_caller(&self, call_id: &str, msg: &crate::sip::Message) {
+        if let Some(m) = self
+            .lock()
+            .map
+            .get_mut(call_id)
+            .and_then(|e| e.mapping.as_mut())
+        {
+            m.follow_caller(msg);
+        }
+    }
+
     /// The connection of a held call.
     pub fn connection(&self, call_id: &str) -> Option<Arc<str>> {
         self.lock().map.get(call_id).map(|e| e.connection.clone())
@@ -453,7 +465,8 @@ From: <sip:app@10.0.0.1>;tag=ft\r\nTo: <sip:2000@u1.uac.test>\r\nCall-ID: c1\r\n
 Content-Length: 0\r\n\r\n",
         ))
         .unwrap();
-        let m = Mapping::for_invite(&invite, "reg", "2000", "pbx.test").unwrap();
+        let m = Mapping::for_invite(&invite, "reg", "2000", "pbx.test", "sip:u1@192.0.2.10:5060")
+            .unwrap();
         c.admit("c1", "conn", Direction::Outbound, None, Some(m), now)
             .unwrap();
         c.set_cseq_offset("c1", 1);

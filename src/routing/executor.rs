@@ -105,7 +105,19 @@ fn toward_pbx(
 ) -> Option<TowardPbx> {
     let ext = &conn.external_uac_settings;
     let domain = ext.proxy.as_ref()?.host_for_aor();
-    let mapping = Mapping::for_invite(invite, ext.from_user(), &leg.extension, &domain).ok()?;
+    // Our Contact as the registration's (RFC 5626 aside, a phone's INVITE
+    // carries the Contact it registered), on our interface toward the PBX.
+    let registrar = leg.registrar?;
+    let iface = shared.interface(ext.transport, None, registrar);
+    let contact = format!(
+        "sip:{}@{};transport={};line={}",
+        conn.user_name,
+        iface.host_port(),
+        ext.transport.uri_param(),
+        conn.id
+    );
+    let mapping =
+        Mapping::for_invite(invite, ext.from_user(), &leg.extension, &domain, &contact).ok()?;
     let asserted_identity = shared
         .ctx
         .config

@@ -10,7 +10,11 @@
 //! - the callee's: the internal To, `sip:<extension>@<proxy domain>`;
 //! - the CSeq of the caller's requests: each challenge answered resends the
 //!   request with the next CSeq (§22.2), so the PBX's numbers run ahead of
-//!   the caller's by the number of challenges answered so far.
+//!   the caller's by the number of challenges answered so far;
+//! - the caller's Contact (§12.1.1, the remote target): toward the PBX it
+//!   is our registered Contact, as a desk phone's INVITE carries its own,
+//!   so the PBX never learns an internal address; the PBX's requests to it
+//!   are sent on to the caller's real Contact ([`Mapping::caller_target`]).
 //!
 //! Dialog identifiers (Call-ID, tags) and bodies pass unchanged: §12
 //! matches dialogs by Call-ID and tags, so both views stay consistent.
@@ -71,6 +75,11 @@ pub struct Mapping {
     callee: Identity,
     /// Added to the CSeq of the caller's requests toward the PBX.
     pub cseq_offset: u32,
+    /// Our Contact URI as the PBX sees it (the registration's).
+    our_contact: String,
+    /// The caller's Contact URI: where the PBX's requests to
+    /// `our_contact` go. Moved by the caller's target refreshes.
+    caller_contact: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -90,12 +99,14 @@ fn untagged(mut na: NameAddr) -> String {
 impl Mapping {
     /// The views of a call from `invite` (as the internal side sent it) to
     /// `extension` at the PBX of `domain` (host, and port when not the
-    /// default), placed as `from_user`. The caller's display name is kept.
+    /// default), placed as `from_user` with our Contact `our_contact`. The
+    /// caller's display name is kept.
     pub fn for_invite(
         invite: &Message,
         from_user: &str,
         extension: &str,
         domain: &str,
+        our_contact: &str,
     ) -> Result<Mapping, MappingError> {
         let from = invite.from_header()?;
         let caller_tag = from.tag().ok_or(MappingError::NoFromTag)?.to_owned();
@@ -118,6 +129,29 @@ impl Mapping {
                 pbx: NameAddr::new(pbx_uri(extension)?).to_string(),
             },
             cseq_offset: 0,
+            our_contact: our_contact.to_owned(),
+            caller_contact: first_contact(invite),
+        })
+    }
+
+    /// Where a request of the PBX to our Contact goes: the caller's own.
+    pub fn caller_target(&self) -> Option<&str> {
+        self.caller_contact.as_deref()
+    }
+
+    /// The caller moved its target (a target refresh it sent, or its 2xx
+    /// to the PBX's, §12.2): its new Contact, if `msg` carries one.
+    pub fn follow_caller(&mut self, msg: &Message) {
+        if let Some(c) = first_contact(msg) {
+            self.caller_contact = Some(c);
+        }
+    }
+
+    /// Whether `uri` is our Contact as given to the PBX (host and port;
+    /// the PBX may drop parameters).
+    pub fn is_our_contact(&self, uri: &Uri) -> bool {
+        self.our_contact.parse::<Uri>().is_ok_and(|ours| {
+            ours.host == uri.host && ours.port == uri.port && ours.user == uri.user
         })
     }
 
@@ -153,11 +187,28 @@ impl Mapping {
                 Some(format!("{seq} {}", c.method))
             });
         }
-        if side == Side::Pbx && msg.is_request() {
-            msg.remove_all(HeaderName::Authorization);
-            msg.remove_all(HeaderName::ProxyAuthorization);
+        if side == Side::Pbx {
+            // Everything toward the PBX comes from the caller's side: its
+            // remote target is us (not a 3xx's list of alternatives).
+            if msg.status().is_none_or(|c| c < 300) {
+                let ours = format!("<{}>", self.our_contact);
+                msg.edit_fields(HeaderName::Contact, |_| Some(ours.clone()));
+            }
+            if msg.is_request() {
+                msg.remove_all(HeaderName::Authorization);
+                msg.remove_all(HeaderName::ProxyAuthorization);
+            }
         }
     }
+}
+
+/// The URI of the first Contact of `msg`, if any.
+fn first_contact(msg: &Message) -> Option<String> {
+    msg.contacts()
+        .ok()?
+        .into_iter()
+        .next()
+        .map(|c| c.uri.to_string())
 }
 
 /// Why a challenge was not answered.

@@ -155,6 +155,9 @@ pub(super) async fn request(shared: &Shared, inbound: Inbound, path: Path) {
                     send(shared, &p.target, p.request.to_bytes()).await.ok();
                     return;
                 }
+                if is_target_refresh(msg.method()) {
+                    shared.calls.follow_caller(call_id, msg);
+                }
                 m.apply(&mut out, side);
                 shared.calls.add_pending(
                     call_id,
@@ -325,6 +328,13 @@ pub(super) async fn response(shared: &Shared, inbound: Inbound) {
             End::Destination => Side::Internal,
             End::Pbx => Side::Pbx,
         };
+        // The caller's 2xx to the PBX's target refresh may move it (§12.2).
+        if side == Side::Pbx
+            && (200..300).contains(&code)
+            && msg.cseq().is_ok_and(|c| is_target_refresh(Some(&c.method)))
+        {
+            shared.calls.follow_caller(call_id, msg);
+        }
         m.apply(&mut out, side);
     }
     // §12.2: a 2xx to a re-INVITE or UPDATE may move the remote target.

@@ -171,6 +171,12 @@ async fn request(
         Some((v, e)) => (Some(v), Some(e)),
         None => (None, None),
     };
+    // The PBX's in-dialog request of a call toward it is sent to our
+    // Contact; it goes on to the caller's ([`outbound::Mapping`]).
+    let mut inbound = inbound;
+    if !is_invite || inbound.msg.to_header().is_ok_and(|t| t.tag().is_some()) {
+        restore_caller_target(&shared, &mut inbound.msg);
+    }
     let local = shared.local();
     let epoch = super::token::now_epoch();
     match route::classify(
@@ -321,7 +327,9 @@ impl Shared {
             && let crate::sip::Host::Domain(host) = &ruri.host
             && let Some(user) = outbound::connection_user(host, domain)
         {
-            let entry = self.connections.by_user(user)?;
+            // Host names ignore case; user_names under sip.domain are
+            // lowercase DNS labels (config checks it).
+            let entry = self.connections.by_user(&user.to_ascii_lowercase())?;
             let conn = &entry.connection;
             let view = ConnectionView {
                 id: conn.id.clone(),
@@ -393,6 +401,30 @@ impl Shared {
 /// a box moves as one pointer.
 pub(super) fn spawn_boxed(task: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(Box::pin(task));
+}
+
+/// A request to our Contact in a call toward a PBX gets the caller's
+/// Contact as its Request-URI, as the caller gave it (§12.2.1.1: the
+/// remote target), before it is classified.
+fn restore_caller_target(shared: &Shared, msg: &mut Message) {
+    if shared.ctx.config.sip.domain.is_none() {
+        return;
+    }
+    let Some(m) = msg
+        .call_id()
+        .ok()
+        .and_then(|c| shared.calls.mapping(c, tokio::time::Instant::now()))
+    else {
+        return;
+    };
+    if let Some(target) = msg
+        .request_uri()
+        .filter(|u| m.is_our_contact(u))
+        .and(m.caller_target())
+        .and_then(|t| t.parse().ok())
+    {
+        msg.set_request_uri(target);
+    }
 }
 
 /// The Request-URI of a call toward `conn`'s PBX: the extension at the

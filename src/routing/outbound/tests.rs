@@ -20,8 +20,10 @@ Content-Length: 0
 ")
 }
 
+const OURS: &str = "sip:u1@192.0.2.10:5060;transport=udp;line=c1";
+
 fn mapping() -> Mapping {
-    Mapping::for_invite(&invite(), "telnyx-reg", "2000", "pbx.test:5070").unwrap()
+    Mapping::for_invite(&invite(), "telnyx-reg", "2000", "pbx.test:5070", OURS).unwrap()
 }
 
 fn header(m: &Message, name: HeaderName) -> String {
@@ -148,7 +150,7 @@ Content-Length: 0
 
 ");
     assert_eq!(
-        Mapping::for_invite(&m, "u", "2000", "pbx.test"),
+        Mapping::for_invite(&m, "u", "2000", "pbx.test", OURS),
         Err(MappingError::NoFromTag)
     );
 }
@@ -259,5 +261,38 @@ fn the_authenticated_resend_is_a_new_transaction_with_the_next_cseq() {
     assert_eq!(
         out.header_values(HeaderName::Authorization),
         vec!["Digest username=\"u\""]
+    );
+}
+
+#[test]
+fn toward_the_pbx_the_contact_is_ours_and_the_pbx_s_requests_go_to_the_caller_s() {
+    let mut m = invite();
+    m.append_header("Contact", "<sip:bot@10.0.0.1:5060>;+sip.instance=\"x\"");
+    let mut map = Mapping::for_invite(&m, "telnyx-reg", "2000", "pbx.test", OURS).unwrap();
+    assert_eq!(map.caller_target(), Some("sip:bot@10.0.0.1:5060"));
+    map.apply(&mut m, Side::Pbx);
+    assert_eq!(header(&m, HeaderName::Contact), format!("<{OURS}>"));
+    assert!(map.is_our_contact(&"sip:u1@192.0.2.10:5060".parse().unwrap()));
+    assert!(!map.is_our_contact(&"sip:bot@10.0.0.1:5060".parse().unwrap()));
+    // A target refresh of the caller moves where the PBX's requests go.
+    let mut reinvite = invite();
+    reinvite.append_header("Contact", "<sip:bot@10.0.0.7:5070>");
+    map.follow_caller(&reinvite);
+    assert_eq!(map.caller_target(), Some("sip:bot@10.0.0.7:5070"));
+    // The PBX's own Contact reaches the caller unchanged.
+    let mut ok = msg("SIP/2.0 200 OK
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKapp1
+From: <sip:telnyx-reg@pbx.test>;tag=caller1
+To: <sip:2000@pbx.test>;tag=pbx9
+Call-ID: call-1
+CSeq: 10 INVITE
+Contact: <sip:2000@192.0.2.99:5060>
+Content-Length: 0
+
+");
+    map.apply(&mut ok, Side::Internal);
+    assert_eq!(
+        header(&ok, HeaderName::Contact),
+        "<sip:2000@192.0.2.99:5060>"
     );
 }
