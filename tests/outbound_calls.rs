@@ -922,6 +922,49 @@ fn source_outside_internal_sources_gets_403_and_nothing_reaches_the_pbx() {
     assert!(s.pbx_saw("INVITE").is_empty(), "{}", s.report());
 }
 
+/// Which way a channel-limit case calls: its caller and its answerer.
+#[derive(Clone, Copy)]
+enum Way {
+    /// The internal side calls the extension through the PBX.
+    TowardPbx,
+    /// A phone on the PBX calls the destination through uacd.
+    FromPbx,
+}
+
+/// With `channel_limit = 1` for `way`: while one call is up, the next two
+/// get 486 (a refused call gives no slot back); once it ends, a call goes
+/// through again (the ended call gave its slot back).
+fn one_channel(s: &Setup, way: Way) {
+    let (caller_ip, what) = match way {
+        Way::TowardPbx => (internal_ip(), "call"),
+        Way::FromPbx => (phone_ip(), "PBX call"),
+    };
+    let answerer = |step| match way {
+        Way::TowardPbx => s.ext(step, "uas-answer.xml", &[]),
+        Way::FromPbx => s.dest(step, "uas-answer.xml", &[]),
+    };
+    let caller = |step, scenario, extra: &[&str]| match way {
+        Way::TowardPbx => s.call(step, scenario, extra),
+        Way::FromPbx => s.phone(step, scenario, extra),
+    };
+    let busy = ["-key", "status", "486"];
+    let mut answering = answerer("1");
+    let mut held = caller("1", "internal-call-held.xml", &[]);
+    wait_logged(s, &held, "ANSWERED");
+    for step in ["2", "3"] {
+        let mut refused = caller(step, "internal-expect-status.xml", &busy);
+        s.wait_ok(&mut refused, &format!("{what} {step}, the first still up"));
+        assert_eq!(final_status(&refused), "486");
+    }
+    release_held_call(&held, caller_ip);
+    s.wait_ok(&mut held, &format!("first {what}"));
+    s.wait_ok(&mut answering, "answerer");
+    let mut answering = answerer("4");
+    let mut fourth = caller("4", "internal-call.xml", &[]);
+    s.wait_ok(&mut fourth, &format!("a {what} after the first ended"));
+    s.wait_ok(&mut answering, "answerer");
+}
+
 #[test]
 fn outbound_channel_limit_rejects_the_second_call_with_486() {
     let s = setup(
@@ -931,24 +974,7 @@ fn outbound_channel_limit_rejects_the_second_call_with_486() {
             ..Opts::default()
         },
     );
-    let busy = ["-key", "status", "486"];
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut held = s.call("1", "internal-call-held.xml", &[]);
-    wait_logged(&s, &held, "ANSWERED");
-    let mut second = s.call("2", "internal-expect-status.xml", &busy);
-    s.wait_ok(&mut second, "second call");
-    assert_eq!(final_status(&second), "486");
-    // a refused call gave no slot back
-    let mut third = s.call("3", "internal-expect-status.xml", &busy);
-    s.wait_ok(&mut third, "third call, the first still up");
-    release_held_call(&held, internal_ip());
-    s.wait_ok(&mut held, "first call");
-    s.wait_ok(&mut ext, "extension");
-    // the ended call gave its slot back
-    let mut ext = s.ext("4", "uas-answer.xml", &[]);
-    let mut fourth = s.call("4", "internal-call.xml", &[]);
-    s.wait_ok(&mut fourth, "a call after the first ended");
-    s.wait_ok(&mut ext, "extension");
+    one_channel(&s, Way::TowardPbx);
     let calls: std::collections::HashSet<String> = s
         .pbx_saw("INVITE")
         .iter()
@@ -971,24 +997,7 @@ fn inbound_channel_limit_rejects_the_second_pbx_call_with_486() {
             ..Opts::default()
         },
     );
-    let busy = ["-key", "status", "486"];
-    let mut dest = s.dest("1", "uas-answer.xml", &[]);
-    let mut held = s.phone("1", "internal-call-held.xml", &[]);
-    wait_logged(&s, &held, "ANSWERED");
-    let mut second = s.phone("2", "internal-expect-status.xml", &busy);
-    s.wait_ok(&mut second, "second PBX call");
-    assert_eq!(final_status(&second), "486");
-    // a refused call gave no slot back
-    let mut third = s.phone("3", "internal-expect-status.xml", &busy);
-    s.wait_ok(&mut third, "third PBX call, the first still up");
-    release_held_call(&held, phone_ip());
-    s.wait_ok(&mut held, "first PBX call");
-    s.wait_ok(&mut dest, "destination");
-    // the ended call gave its slot back
-    let mut dest = s.dest("4", "uas-answer.xml", &[]);
-    let mut fourth = s.phone("4", "internal-call.xml", &[]);
-    s.wait_ok(&mut fourth, "a PBX call after the first ended");
-    s.wait_ok(&mut dest, "destination");
+    one_channel(&s, Way::FromPbx);
     let log = s.pbx_log();
     assert_eq!(
         log.matches(&format!("PBX got reply 486 INVITE from {}", s.uacd_addr()))
