@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -94,6 +95,15 @@ struct Outcome {
     route: Option<(SocketAddr, IpAddr)>,
 }
 
+/// Cluster mode: what a driver continues from the connection's earlier
+/// holders: the Call-ID every holder uses, and this holding's CSeq counter
+/// (started above every CSeq of earlier holders: `cluster::lease::cseq_base`).
+#[derive(Clone, Debug)]
+pub struct Continuity {
+    pub call_id: Arc<str>,
+    pub cseq: Arc<AtomicU32>,
+}
+
 pub(super) struct Driver {
     ctx: Arc<Context>,
     pace: Arc<Pacing>,
@@ -102,6 +112,9 @@ pub(super) struct Driver {
     call_id: Arc<str>,
     from_tag: Arc<str>,
     cseq: u32,
+    /// Cluster mode: the CSeq counter of this node's holding, shared by
+    /// every driver it starts for the connection (RFC 3261 §10.3 step 7).
+    shared_cseq: Option<Arc<AtomicU32>>,
     status: watch::Sender<Snapshot>,
     stop: CancellationToken,
     refresh_at: Option<Instant>,
@@ -129,6 +142,7 @@ impl Driver {
         conn: Arc<Connection>,
         status: watch::Sender<Snapshot>,
         stop: CancellationToken,
+        continuity: Option<Continuity>,
     ) -> Driver {
         let r = &ctx.config.registration;
         let settings = Settings {
@@ -141,9 +155,13 @@ impl Driver {
         let seed: u64 = rand::random();
         Driver {
             machine: Machine::new(settings, seed),
-            call_id: format!("{:032x}@uacd", rand::random::<u128>()).into(),
+            call_id: continuity.as_ref().map_or_else(
+                || format!("{:032x}@uacd", rand::random::<u128>()).into(),
+                |c| c.call_id.clone(),
+            ),
             from_tag: format!("{:016x}", rand::random::<u64>()).into(),
             cseq: rand::random_range(1..10_000),
+            shared_cseq: continuity.map(|c| c.cseq),
             ctx,
             pace,
             conn,
@@ -381,7 +399,10 @@ impl Driver {
 
     /// Builds the future of one REGISTER transaction.
     fn transaction(&mut self, register: Register, paced: bool) -> Inflight {
-        self.cseq = self.cseq.wrapping_add(1);
+        self.cseq = match &self.shared_cseq {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => self.cseq.wrapping_add(1),
+        };
         let job = Job {
             ctx: self.ctx.clone(),
             pace: self.pace.clone(),
