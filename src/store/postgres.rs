@@ -28,8 +28,8 @@ const MIGRATIONS: &[&str] = &[
         seq bigserial PRIMARY KEY,
         id text NOT NULL UNIQUE,
         user_id text NOT NULL,
-        user_name text NOT NULL UNIQUE,
-        connection_name text NOT NULL,
+        user_name text COLLATE \"C\" NOT NULL UNIQUE,
+        connection_name text COLLATE \"C\" NOT NULL,
         owner text NOT NULL CHECK (owner IN ('file', 'api')),
         settings jsonb NOT NULL,
         password text NOT NULL,
@@ -125,7 +125,14 @@ impl PgStore {
             slots: (0..POOL).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         };
-        store.with(migrate).map_err(|e| open_err(e.to_string()))?;
+        store.with(migrate).map_err(|e| match e {
+            StoreError::NewerSchema { found, known, .. } => StoreError::NewerSchema {
+                path: shown.clone().into(),
+                found,
+                known,
+            },
+            other => open_err(other.to_string()),
+        })?;
         Ok(store)
     }
 

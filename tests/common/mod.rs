@@ -38,6 +38,7 @@
 
 pub mod dns;
 pub mod dnsmasq;
+pub mod postgres;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
