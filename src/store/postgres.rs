@@ -190,6 +190,22 @@ impl PgStore {
     }
 }
 
+/// A `postgres::Client` blocks on its own runtime when dropped (it says
+/// goodbye to the server), which panics on an async thread: the last handle
+/// may go away there, so the clients are closed on a thread of their own.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        let clients: Vec<Client> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.get_mut().unwrap_or_else(|e| e.into_inner()).take())
+            .collect();
+        if !clients.is_empty() {
+            let _ = std::thread::spawn(move || drop(clients)).join();
+        }
+    }
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
