@@ -7,7 +7,9 @@
 //! an API write on one node applied by the holder; kill -9 of a node → its
 //! connections registered by the others, with no refused CSeq and no
 //! `Expires: 0`; SIGTERM → handed over without unregistering; a node added
-//! → rebalanced. Every wait is a condition with a deadline; the times are
+//! → rebalanced; PostgreSQL down for less than the lease → nothing changes
+//! at the registrar, for longer → the nodes stop refreshing (no REGISTER
+//! until it is back) and recover. Every wait is a condition with a deadline; the times are
 //! printed, never asserted.
 
 mod api_client;
@@ -201,6 +203,10 @@ struct Node {
 }
 
 fn start_node(n: u8, pg: &Postgres, registrar: SocketAddr) -> Node {
+    start_node_with(n, pg, registrar, LEASE_SEC)
+}
+
+fn start_node_with(n: u8, pg: &Postgres, registrar: SocketAddr, lease_sec: u64) -> Node {
     let ip = test_ip(30 + n);
     let api_port = free_tcp_port(ip);
     let dir = temp_dir(&format!("cluster-n{n}"));
@@ -216,7 +222,7 @@ user_id = "1"
 url = "{url}"
 [cluster]
 node_id = "n{n}"
-lease_sec = {LEASE_SEC}
+lease_sec = {lease_sec}
 [registration]
 retry_interval_sec = 1
 max_retry_interval_sec = 2
@@ -453,4 +459,71 @@ fn three_nodes_share_the_connections_take_over_hand_over_and_rebalance() {
     );
     drop(n1);
     drop(n3);
+}
+
+#[test]
+fn a_database_outage_changes_nothing_within_the_lease_and_stops_refreshing_beyond_it() {
+    // lease_sec 10: the nodes act until 8 s after their last heartbeat, so
+    // a restart of PostgreSQL (about a second) fits well inside it.
+    let mut pg = Postgres::start("cluster-outage-pg");
+    let reg = Registrar::start(test_ip(37));
+    let a = start_node_with(5, &pg, reg.addr, 10);
+    let b = start_node_with(6, &pg, reg.addr, 10);
+    let users: BTreeSet<String> = (0..FILE_CONNECTIONS).map(|i| format!("reg-c{i}")).collect();
+    let owners = converged(&reg, &users, &[a.ip, b.ip], "2 nodes");
+
+    // Short: stop and start again at once.
+    pg.stop();
+    pg.resume();
+    // Let every connection refresh at least once more after the outage.
+    let after = Instant::now();
+    assert!(
+        poll_until(WAIT, || {
+            let src = reg.sources(after);
+            users.iter().all(|u| src.contains_key(u))
+        })
+        .is_ok()
+    );
+    assert_eq!(
+        converged(&reg, &users, &[a.ip, b.ip], "after a short outage"),
+        owners,
+        "a short outage moves nothing"
+    );
+    assert_eq!(reg.unregistrations(), 0);
+
+    // Long: both nodes give up their registrations without unregistering.
+    pg.stop();
+    for n in [&a, &b] {
+        n.uacd.wait_for_log(
+            "database unreachable until our leases may have expired",
+            WAIT,
+        );
+    }
+    // An absence needs an observation window: one whole refresh period
+    // (every binding would have been refreshed in it), database still down.
+    let quiet_from = Instant::now();
+    let window = Duration::from_millis(u64::from(GRANT) * 500 + 700);
+    let _ = poll_until(window + Duration::from_secs(1), || {
+        quiet_from.elapsed() > window
+    });
+    pg.resume();
+    let resumed = Instant::now();
+    let during: Vec<Seen> = reg
+        .book()
+        .seen
+        .iter()
+        .filter(|s| s.at >= quiet_from && s.at < resumed)
+        .cloned()
+        .collect();
+    assert!(
+        during.is_empty(),
+        "REGISTERs sent with no valid lease: {during:?}"
+    );
+    assert_eq!(reg.unregistrations(), 0, "nothing unregistered");
+    converged(&reg, &users, &[a.ip, b.ip], "after a long outage");
+    assert!(
+        reg.book().refused.is_empty(),
+        "refused: {:?}",
+        reg.book().refused
+    );
 }

@@ -141,10 +141,10 @@ impl Cluster {
                 let sup = &self.inner.supervisor;
                 if !validity.valid(Instant::now()) && !sup.held().is_empty() {
                     let held = sup.held();
-                    tracing::error!(error = %e, connections = held.len(), "cluster: database unreachable until our leases may have expired; stopping our registrations (not unregistering: another node may hold them now)");
                     for id in &held {
                         sup.unhold(id);
                     }
+                    tracing::error!(error = %e, connections = held.len(), "cluster: database unreachable until our leases may have expired; stopped our registrations (not unregistering: another node may hold them now)");
                     self.epochs().clear();
                     validity.reset();
                     crate::metrics::connections_owned(0);
