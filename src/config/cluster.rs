@@ -109,3 +109,105 @@ pub(super) fn read(
     };
     (cfg, cluster_cfg)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn issues(text: &str) -> Vec<String> {
+        match parse(text, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .issues
+                .iter()
+                .map(|i| format!("{}: {}: {}", i.line, i.key, i.reason))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn url_with_node_id_is_cluster_mode_with_a_default_lease() {
+        let c = parse(
+            "[store]\nurl = \"postgres://uacd:pw@db/uacd\"\n[cluster]\nnode_id = \"edge-1\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.url.as_ref().unwrap().expose(),
+            "postgres://uacd:pw@db/uacd"
+        );
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.node_id.as_str(), cl.lease_sec), ("edge-1", 10));
+        let c = parse("[store]\npath = \"x.db\"\n", "t.toml").unwrap();
+        assert!(
+            c.cluster.is_none() && c.store.url.is_none(),
+            "SQLite stays the default"
+        );
+    }
+
+    #[test]
+    fn each_mistake_names_its_key_and_line() {
+        let url = "url = \"postgres://db/uacd\"";
+        assert_eq!(
+            issues(&format!(
+                "[store]\npath = \"x.db\"\n{url}\n[cluster]\nnode_id = \"a\"\n"
+            )),
+            ["3: store.url: give path (SQLite, one node) or url (PostgreSQL, cluster), not both"]
+        );
+        assert_eq!(
+            issues(&format!("[store]\n{url}\n")),
+            [
+                "2: cluster.node_id: missing required key (store.url makes this node part of a cluster)"
+            ]
+        );
+        assert_eq!(
+            issues("[store]\nurl = \"mysql://db\"\n[cluster]\nnode_id = \"a\"\n")[0],
+            "2: store.url: expected a PostgreSQL URL, e.g. \"postgres://uacd@db.example.net/uacd\""
+        );
+        let lease = issues(&format!(
+            "[store]\n{url}\n[cluster]\nnode_id = \"a\"\nlease_sec = 2\n"
+        ));
+        assert_eq!(lease.len(), 1, "{lease:?}");
+        assert!(lease[0].starts_with("5: cluster.lease_sec: "), "{lease:?}");
+        assert!(
+            lease[0].contains('3') && lease[0].contains("300"),
+            "{lease:?}"
+        );
+        assert_eq!(
+            issues("[cluster]\nnode_id = \"a\"\n"),
+            ["2: cluster.node_id: cluster mode needs store.url (PostgreSQL)"]
+        );
+        assert_eq!(
+            issues("[store]\npassword_file = \"pw\"\n"),
+            ["2: store.password_file: only with url (the PostgreSQL password)"]
+        );
+        let missing = issues(&format!(
+            "[store]\n{url}\npassword_file = \"/nonexistent/pw\"\n[cluster]\nnode_id = \"a\"\n"
+        ));
+        assert!(
+            missing[0].starts_with("3: store.password_file: cannot read"),
+            "{missing:?}"
+        );
+        assert!(
+            issues(&format!(
+                "[store]\n{url}\n[cluster]\nnode_id = \"a\"\nbogus = 1\n"
+            ))[0]
+                .contains("cluster.bogus")
+        );
+    }
+
+    #[test]
+    fn password_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg-pw"), "s3cret\n").unwrap();
+        let file = dir.path().join("uacd.toml");
+        std::fs::write(
+            &file,
+            "[store]\nurl = \"postgres://uacd@db/uacd\"\npassword_file = \"pg-pw\"\n[cluster]\nnode_id = \"n\"\nlease_sec = 3\n",
+        )
+        .unwrap();
+        let c = crate::config::load(&file).unwrap();
+        assert_eq!(c.store.password.unwrap().expose(), "s3cret");
+        assert_eq!(c.cluster.unwrap().lease_sec, 3);
+    }
+}
