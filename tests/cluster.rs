@@ -3,7 +3,8 @@
 //! registrar run by the test on 127.0.0.34 that records the source node,
 //! Call-ID and CSeq of every REGISTER and refuses, like a real one (RFC 3261
 //! §10.3 step 7), a CSeq that is not above the binding's for its Call-ID.
-//! Checked: every connection registered by exactly one node with ~N/k each;
+//! Checked: every connection registered by exactly one node with ~N/k each,
+//! one live binding at the registrar (a new holder removes the old one);
 //! an API write on one node applied by the holder; kill -9 of a node → its
 //! connections registered by the others, with no refused CSeq and no
 //! `Expires: 0`; SIGTERM → handed over without unregistering; a node added
@@ -52,6 +53,19 @@ struct Book {
     /// (user, Call-ID) → (last CSeq, its branch).
     bindings: HashMap<(String, String), (u32, String)>,
     refused: Vec<String>,
+    /// user → Contact URI → when the binding expires (RFC 3261 §10.3:
+    /// bindings are per Contact).
+    live: HashMap<String, HashMap<String, Instant>>,
+}
+
+impl Book {
+    /// The bindings of `user` alive now.
+    fn live_bindings(&self, user: &str) -> usize {
+        let now = Instant::now();
+        self.live
+            .get(user)
+            .map_or(0, |m| m.values().filter(|t| **t > now).count())
+    }
 }
 
 /// A UDP registrar that answers every REGISTER itself.
@@ -143,11 +157,26 @@ fn answer(m: &Message, peer: SocketAddr, book: &Mutex<Book>) -> Option<Vec<u8>> 
     let call_id = m.call_id().ok()?.to_owned();
     let cseq = m.cseq().ok()?.seq;
     let branch = m.top_via().ok()?.branch().unwrap_or_default().to_owned();
-    let contact = format!("<{}>", m.contacts().ok()?.first()?.uri);
-    let expires: u32 = m
+    let header_expires: u32 = m
         .header(uacd::sip::HeaderName::Expires)
         .and_then(|h| h.value().trim().parse().ok())
         .unwrap_or(3600);
+    // (Contact URI, its expires) of each Contact value.
+    let contacts: Vec<(String, u32)> = m
+        .contacts()
+        .ok()?
+        .iter()
+        .map(|c| {
+            let e = c
+                .params
+                .get("expires")
+                .flatten()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(header_expires);
+            (c.uri.to_string(), e)
+        })
+        .collect();
+    let expires = contacts.first()?.1;
     let mut b = book.lock().unwrap();
     let key = (user.clone(), call_id.clone());
     let retransmission = b.bindings.get(&key).is_some_and(|(_, br)| *br == branch);
@@ -162,18 +191,34 @@ fn answer(m: &Message, peer: SocketAddr, book: &Mutex<Book>) -> Option<Vec<u8>> 
         }
         b.bindings.insert(key, (cseq, branch));
         b.seen.push(Seen {
-            user,
+            user: user.clone(),
             from: *peer.ip(),
             expires,
             at: Instant::now(),
         });
+        let live = b.live.entry(user.clone()).or_default();
+        for (uri, e) in &contacts {
+            if *e == 0 {
+                live.remove(uri);
+            } else {
+                let granted = (*e).min(GRANT);
+                live.insert(
+                    uri.clone(),
+                    Instant::now() + Duration::from_secs(u64::from(granted)),
+                );
+            }
+        }
     }
-    let granted = expires.min(GRANT);
-    Some(
-        response_to(m, 200, "OK", Some("reg"))
-            .header("Contact", format!("{contact};expires={granted}"))
-            .build(),
-    )
+    // The 200 lists every live binding of the AoR (§10.3 step 8).
+    let now = Instant::now();
+    let mut reply = response_to(m, 200, "OK", Some("reg"));
+    for (uri, until) in b.live.get(&user).into_iter().flatten() {
+        if *until > now {
+            let left = until.duration_since(now).as_secs().max(1);
+            reply = reply.header("Contact", format!("<{uri}>;expires={left}"));
+        }
+    }
+    Some(reply.build())
 }
 
 fn connections(registrar: SocketAddr) -> String {
@@ -261,7 +306,8 @@ fn converged(
         let mut share: BTreeMap<Ipv4Addr, usize> = nodes.iter().map(|n| (*n, 0)).collect();
         for u in users {
             let Some(s) = src.get(u) else { return false };
-            if s.len() != 1 || latest.get(u) != s.iter().next() {
+            if s.len() != 1 || latest.get(u) != s.iter().next() || reg.book().live_bindings(u) != 1
+            {
                 return false;
             }
             let Some(n) = share.get_mut(s.iter().next().unwrap()) else {
