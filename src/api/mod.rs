@@ -223,7 +223,13 @@ async fn metrics(_caller: Caller, State(state): State<ApiState>) -> Response {
 /// The `/metrics` answer, shared with the `metrics.listen` server.
 pub fn metrics_response(supervisor: &Supervisor) -> Response {
     let body = crate::metrics::render(|| {
-        let statuses = supervisor.statuses();
+        let mut statuses = supervisor.statuses();
+        // Cluster mode: each node counts the connections it holds, so that
+        // a sum over the nodes counts each connection once.
+        if supervisor.is_clustered() {
+            let held = supervisor.held();
+            statuses.retain(|s| held.contains(&s.connection.id));
+        }
         let mut per = [0usize; RegStatus::ALL.len()];
         for s in &statuses {
             per[usize::from(s.snapshot.status.code())] += 1;
