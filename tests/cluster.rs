@@ -8,7 +8,8 @@
 //! an API write on one node applied by the holder; kill -9 of a node → its
 //! connections registered by the others, with no refused CSeq and no
 //! `Expires: 0`; SIGTERM → handed over without unregistering; a node added
-//! → rebalanced; PostgreSQL down for less than the lease → nothing changes
+//! → rebalanced; a call to a taken-over connection is routed by its new
+//! holder; PostgreSQL down for less than the lease → nothing changes
 //! at the registrar, for longer → the nodes stop refreshing (no REGISTER
 //! until it is back) and recover. Every wait is a condition with a deadline; the times are
 //! printed, never asserted.
@@ -26,7 +27,9 @@ use std::time::{Duration, Instant};
 use api_client::Api;
 use bytes::Bytes;
 use common::postgres::Postgres;
-use common::{Uacd, free_tcp_port, poll_until, temp_dir, test_ip, wait_for_tcp_listener};
+use common::{
+    Sipp, Uacd, free_tcp_port, free_udp_port, poll_until, temp_dir, test_ip, wait_for_tcp_listener,
+};
 use serde_json::json;
 use uacd::sip::Message;
 use uacd::sip::builder::response_to;
@@ -221,7 +224,7 @@ fn answer(m: &Message, peer: SocketAddr, book: &Mutex<Book>) -> Option<Vec<u8>> 
     Some(reply.build())
 }
 
-fn connections(registrar: SocketAddr) -> String {
+fn connections(registrar: SocketAddr, dest: SocketAddr) -> String {
     (0..FILE_CONNECTIONS)
         .map(|i| {
             format!(
@@ -235,6 +238,8 @@ proxy = "sip:{registrar}"
 username = "reg-c{i}"
 password = "s3cret"
 expiration_sec = 60
+[connection.internal_uac_settings]
+destination_uri = "sip:1006@{dest}"
 "#
             )
         })
@@ -245,6 +250,13 @@ struct Node {
     ip: Ipv4Addr,
     uacd: Uacd,
     api: Api,
+}
+
+/// Where the connections' calls go: a SIPp destination on 127.0.0.38.
+fn dest_addr() -> SocketAddr {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    let port = *PORT.get_or_init(|| free_udp_port(test_ip(38)));
+    SocketAddr::from((test_ip(38), port))
 }
 
 fn start_node(n: u8, pg: &Postgres, registrar: SocketAddr) -> Node {
@@ -273,7 +285,7 @@ retry_interval_sec = 1
 max_retry_interval_sec = 2
 {conns}"#,
         url = pg.url(),
-        conns = connections(registrar),
+        conns = connections(registrar, dest_addr()),
     );
     let uacd = Uacd::start(&cfg, &dir);
     if let Err(e) = wait_for_tcp_listener(ip, api_port, WAIT) {
@@ -414,7 +426,33 @@ fn three_nodes_share_the_connections_take_over_hand_over_and_rebalance() {
         on3.len(),
         killed.elapsed()
     );
-    converged(&reg, &users, &[n1.ip, n2.ip], "after kill -9");
+    let after_kill = converged(&reg, &users, &[n1.ip, n2.ip], "after kill -9");
+
+    // A call from the PBX to a taken-over connection, sent to its new
+    // holder (where its Contact now points), is routed as on one node.
+    // (A file connection: those created through the API have no destination.)
+    let user = on3
+        .iter()
+        .find(|u| u.starts_with("reg-c"))
+        .expect("node 3 held a file connection");
+    let holder = after_kill[user];
+    let dir = temp_dir("cluster-call");
+    let dest = dest_addr();
+    let mut d = Sipp::new("uas-answer.xml", &dir)
+        .name("dest")
+        .local(test_ip(38), dest.port())
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    let service = format!("uacd-{}", user.trim_start_matches("reg-"));
+    let mut c = Sipp::new("pbx-call.xml", &dir)
+        .name("caller")
+        .local(test_ip(34), free_udp_port(test_ip(34)))
+        .remote(format!("{holder}:5060"))
+        .args(["-s", &service, "-key", "mf", "70"])
+        .args(["-m", "1", "-timeout", "20", "-timeout_error"])
+        .start();
+    c.wait_success(WAIT);
+    d.wait_success(WAIT);
 
     // SIGTERM of node 2: handed over to node 1 without unregistering.
     let before = reg.unregistrations();
