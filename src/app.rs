@@ -146,7 +146,7 @@ pub struct App {
     config: Arc<Config>,
     /// Cluster mode: this node's lease loop and follower, stopped before
     /// the hand-over.
-    cluster: Option<(Cluster, CancellationToken)>,
+    cluster: Option<(Cluster, CancellationToken, Vec<JoinHandle<()>>)>,
 }
 
 /// One HTTP server task and what it was started for.
@@ -415,8 +415,8 @@ impl App {
         let cluster = cluster.map(|c| {
             state.set_cluster(c.clone());
             let stop = cancel.child_token();
-            c.spawn(stop.clone(), mark);
-            (c, stop)
+            let tasks = c.spawn(stop.clone(), mark);
+            (c, stop, tasks)
         });
         let failed = CancellationToken::new();
         let api = start_api(
@@ -644,8 +644,14 @@ impl App {
         }
         // Cluster mode: hand over instead of unregistering, so that the
         // other nodes refresh the bindings as they are.
-        if let Some((cluster, stop)) = &self.cluster {
+        if let Some((cluster, stop, tasks)) = self.cluster {
+            // The loops end first (a round half done must not start a
+            // driver after the hand-over), then the leases go.
             stop.cancel();
+            for t in tasks {
+                t.abort();
+                let _ = t.await;
+            }
             cluster.leave().await;
         }
         let deadline = Duration::from_secs(self.config.registration.unregister_timeout_sec);

@@ -303,3 +303,20 @@ fn a_follower_sees_every_write_and_deletion_after_its_mark() {
     let again = db.changes_since(ch.mark).unwrap();
     assert!(again.upserted.is_empty() && again.deleted.is_empty());
 }
+
+#[test]
+fn nodes_starting_together_migrate_once() {
+    let pg = Postgres::start("store-migrate-race");
+    let url = pg.url();
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStore::open(&url, None).map(drop))
+        })
+        .collect();
+    for t in opened {
+        t.join().unwrap().expect("every node opens the store");
+    }
+    assert_eq!(pg.psql("SELECT version FROM uacd_schema"), "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM uacd_schema"), "1");
+}

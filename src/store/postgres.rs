@@ -94,8 +94,13 @@ pub struct PgStore {
     next: AtomicUsize,
 }
 
+/// The server's message when there is one (`postgres::Error` displays a
+/// server error as just "db error").
 pub(super) fn sql(e: postgres::Error) -> StoreError {
-    StoreError::Pg(e.to_string())
+    match e.as_db_error() {
+        Some(db) => StoreError::Pg(format!("{} ({})", db.message(), db.code().code())),
+        None => StoreError::Pg(e.to_string()),
+    }
 }
 
 impl PgStore {
@@ -226,9 +231,11 @@ fn redact(url: &str) -> String {
 
 fn migrate(c: &mut Client) -> Result<(), StoreError> {
     let mut tx = c.transaction().map_err(sql)?;
+    // The lock first: nodes starting together would otherwise race on
+    // CREATE TABLE IF NOT EXISTS (a unique violation in pg_type).
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS uacd_schema (version bigint NOT NULL);
-         SELECT pg_advisory_xact_lock(7517);",
+        "SELECT pg_advisory_xact_lock(7517);
+         CREATE TABLE IF NOT EXISTS uacd_schema (version bigint NOT NULL);",
     )
     .map_err(sql)?;
     let version: i64 = match tx
