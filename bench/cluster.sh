@@ -41,6 +41,7 @@ REG_IP=127.0.0.125 REG_PORT=5075 PG_PORT=${PG_PORT:-54391}
 NODES=(127.0.0.126 127.0.0.127 127.0.0.128)
 for ip in "${NODES[@]}"; do addr_free "$ip" 5060 || die "address $ip:5060 is busy"; done
 addr_free "$REG_IP" "$REG_PORT" || die "address $REG_IP:$REG_PORT is busy"
+addr_free 127.0.0.1 "$PG_PORT" || die "port $PG_PORT is busy (PG_PORT=...)"
 
 log "PostgreSQL on 127.0.0.1:$PG_PORT"
 mkdir -p "$BASE/pg"; chown nobody:nogroup "$BASE/pg"

@@ -132,12 +132,17 @@ impl Cluster {
         let mut validity = Validity::new(self.inner.settings.lease);
         let mut every = tokio::time::interval(self.tick());
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first round only heartbeats: nodes started together then see
+        // each other before anyone claims, instead of the first one taking
+        // everything and handing most of it over a tick later.
+        let mut first = true;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = every.tick() => {}
             }
-            if let Err(e) = self.round(&mut validity).await {
+            let claims = !std::mem::take(&mut first);
+            if let Err(e) = self.round(&mut validity, claims).await {
                 let sup = &self.inner.supervisor;
                 if !validity.valid(Instant::now()) && !sup.held().is_empty() {
                     let held = sup.held();
@@ -160,7 +165,7 @@ impl Cluster {
     }
 
     /// One heartbeat and what follows from it.
-    async fn round(&self, validity: &mut Validity) -> Result<(), DbError> {
+    async fn round(&self, validity: &mut Validity, claims: bool) -> Result<(), DbError> {
         let lease = self.inner.settings.lease;
         let sent = Instant::now();
         let beat = self.call(move |db, me| db.heartbeat(me, lease)).await?;
@@ -200,7 +205,7 @@ impl Cluster {
             let ids = plan.release.clone();
             self.call(move |db, me| db.release(me, &ids)).await?;
         }
-        if !plan.claim.is_empty() && validity.valid(Instant::now()) {
+        if claims && !plan.claim.is_empty() && validity.valid(Instant::now()) {
             let ids = plan.claim.clone();
             let got = self.call(move |db, me| db.claim(me, &ids, lease)).await?;
             let took = got.iter().filter(|c| c.took_over).count();
