@@ -50,6 +50,9 @@ as_nobody "$PGBIN/initdb" -D "$BASE/pg/data" -U uacd --auth=trust -E UTF8 >"$BAS
 as_nobody "$PGBIN/postgres" -D "$BASE/pg/data" -h 127.0.0.1 -p "$PG_PORT" -k "$BASE/pg" \
   -c max_connections=100 2>"$BASE/pg/postgres.log" &
 PG_PID=$!; remember_pid "$PG_PID"
+# PostgreSQL's fast shutdown (SIGINT) once the nodes are gone; SIGTERM (what
+# stop_all sends) waits for clients.
+trap 'stop_all; kill -INT "$PG_PID" 2>/dev/null' EXIT
 wait_tcp 127.0.0.1 "$PG_PORT" 30 || die "postgres did not start"
 URL="postgres://uacd@127.0.0.1:$PG_PORT/postgres"
 psql_q() { "$PGBIN/psql" -X -A -t -d "$URL" -c "$1"; }

@@ -32,8 +32,12 @@ pub struct NodeView {
     pub last_seen_ms: i64,
 }
 
-/// How often other nodes' writes and statuses are read.
+/// How often other nodes' writes are read (and every 4th time, statuses).
 const FOLLOW: Duration = Duration::from_millis(250);
+
+/// Claims per round: each is a short statement, and the rest waits a tick
+/// (new registrations are paced anyway).
+const MAX_CLAIMS: usize = 5000;
 
 /// A cheap-clone handle on this node's part in the cluster.
 #[derive(Clone)]
@@ -206,7 +210,7 @@ impl Cluster {
             self.call(move |db, me| db.release(me, &ids)).await?;
         }
         if claims && !plan.claim.is_empty() && validity.valid(Instant::now()) {
-            let ids = plan.claim.clone();
+            let ids: Vec<String> = plan.claim.iter().take(MAX_CLAIMS).cloned().collect();
             let got = self.call(move |db, me| db.claim(me, &ids, lease)).await?;
             let took = got.iter().filter(|c| c.took_over).count();
             if !got.is_empty() {
@@ -270,6 +274,7 @@ impl Cluster {
 
     async fn follow_loop(self, cancel: CancellationToken, mut mark: i64) {
         let mut status_mark = 0i64;
+        let mut polls = 0u64;
         let mut every = tokio::time::interval(FOLLOW);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -291,6 +296,10 @@ impl Cluster {
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cluster: change poll failed"),
+            }
+            polls += 1;
+            if polls % 4 != 1 {
+                continue;
             }
             match self.call(move |db, _| db.statuses_since(status_mark)).await {
                 Ok((rows, next)) => {

@@ -133,7 +133,13 @@ pub(super) fn stale_bindings(msg: &Message, contact_user: &str, sent_by: &str) -
         .unwrap_or_default()
         .into_iter()
         .filter(|c| c.uri.user.as_deref() == Some(contact_user))
-        .filter(|c| format!("{}:{}", c.uri.host, c.uri.port.unwrap_or(5060)) != sent_by)
+        .filter(|c| {
+            // A registrar may drop a default port: only a port it shows can
+            // tell us apart from an earlier holder at the same host.
+            let (host, port) = sent_by.rsplit_once(':').unwrap_or((sent_by, ""));
+            !c.uri.host.to_string().eq_ignore_ascii_case(host)
+                || c.uri.port.is_some_and(|p| p.to_string() != port)
+        })
         .filter(|c| {
             c.params
                 .get("expires")
@@ -255,5 +261,15 @@ mod tests {
         assert!(stale_bindings(&m, "uacd1", "127.0.0.31:5060").len() == 1);
         let only_ours = ok_with("Contact: <sip:uacd1@127.0.0.32:5060>;expires=600\r\n");
         assert!(stale_bindings(&only_ours, "uacd1", "127.0.0.32:5060").is_empty());
+        let no_port = ok_with("Contact: <sip:uacd1@127.0.0.32;transport=tls>;expires=600\r\n");
+        assert!(
+            stale_bindings(&no_port, "uacd1", "127.0.0.32:5061").is_empty(),
+            "a dropped default port is still ours"
+        );
+        let other_port = ok_with("Contact: <sip:uacd1@127.0.0.32:5070>;expires=600\r\n");
+        assert_eq!(
+            stale_bindings(&other_port, "uacd1", "127.0.0.32:5060").len(),
+            1
+        );
     }
 }

@@ -57,7 +57,8 @@ const MIGRATIONS: &[&str] = &[
         connection_id text PRIMARY KEY,
         holder text,
         epoch bigint NOT NULL,
-        since timestamptz NOT NULL
+        since timestamptz NOT NULL,
+        taken_from text
     );
     CREATE INDEX leases_holder ON leases (holder);
     CREATE SEQUENCE uacd_status_changes;

@@ -11,6 +11,9 @@ use super::{COLUMNS, PgStore, decode, sql};
 use crate::cluster::{Beat, Changes, Claimed, ClusterDb, DbError, NodeView, StatusRow};
 use crate::store::StoreError;
 
+/// Leases claimed per statement.
+const CLAIM_CHUNK: usize = 1000;
+
 fn text(e: StoreError) -> DbError {
     e.to_string()
 }
@@ -92,34 +95,35 @@ impl ClusterDb for PgStore {
             // whose heartbeat is older than the lease: the row lock of
             // ON CONFLICT makes two claimants of one row take turns, and the
             // second sees the first's holder alive.
-            let rows = c
-                .query(
-                    "WITH prev AS (
-                        SELECT connection_id, holder FROM leases WHERE connection_id = ANY($2)
-                     )
-                     INSERT INTO leases AS l (connection_id, holder, epoch, since)
-                     SELECT id, $1, 1, now() FROM unnest($2::text[]) AS t(id)
-                     ON CONFLICT (connection_id) DO UPDATE
-                        SET holder = EXCLUDED.holder, epoch = l.epoch + 1, since = now()
-                        WHERE l.holder IS NULL OR l.holder = EXCLUDED.holder OR NOT EXISTS (
-                            SELECT 1 FROM cluster_nodes n WHERE n.node_id = l.holder
-                            AND n.heartbeat_at > now() - make_interval(secs => $3))
-                     RETURNING l.connection_id, l.epoch,
-                        (SELECT p.holder FROM prev p WHERE p.connection_id = l.connection_id)",
-                    &[&node, &ids, &secs],
-                )
-                .map_err(sql)?;
-            Ok(rows
-                .iter()
-                .map(|r| {
+            // `taken_from` keeps the holder a claim replaced (a takeover
+            // when it was another node). In chunks, in id order: short
+            // statements, and concurrent claimants lock rows in one order.
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(CLAIM_CHUNK) {
+                let rows = c
+                    .query(
+                        "INSERT INTO leases AS l (connection_id, holder, epoch, since)
+                         SELECT id, $1, 1, now() FROM unnest($2::text[]) AS t(id)
+                         ON CONFLICT (connection_id) DO UPDATE
+                            SET holder = EXCLUDED.holder, epoch = l.epoch + 1, since = now(),
+                                taken_from = l.holder
+                            WHERE l.holder IS NULL OR l.holder = EXCLUDED.holder OR NOT EXISTS (
+                                SELECT 1 FROM cluster_nodes n WHERE n.node_id = l.holder
+                                AND n.heartbeat_at > now() - make_interval(secs => $3))
+                         RETURNING l.connection_id, l.epoch, l.taken_from",
+                        &[&node, &chunk, &secs],
+                    )
+                    .map_err(sql)?;
+                out.extend(rows.iter().map(|r| {
                     let before: Option<String> = r.get(2);
                     Claimed {
                         id: r.get(0),
                         epoch: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
                         took_over: before.is_some_and(|b| b != node),
                     }
-                })
-                .collect())
+                }));
+            }
+            Ok(out)
         })
         .map_err(text)
     }
@@ -277,7 +281,7 @@ impl ClusterDb for PgStore {
                     "SELECT connection_id, node_id, status, last_response, registered_ip,
                             expires_at, updated_at, change
                      FROM registration_status
-                     WHERE change > $1 OR written_at > now() - interval '5 seconds'",
+                     WHERE change > $1 OR written_at > now() - interval '3 seconds'",
                     &[&mark],
                 )
                 .map_err(sql)?;
