@@ -47,7 +47,9 @@ log "PostgreSQL on 127.0.0.1:$PG_PORT"
 mkdir -p "$BASE/pg"; chown nobody:nogroup "$BASE/pg"
 as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"; }
 as_nobody "$PGBIN/initdb" -D "$BASE/pg/data" -U uacd --auth=trust -E UTF8 >"$BASE/initdb.log" 2>&1 || die "initdb failed"
-as_nobody "$PGBIN/postgres" -D "$BASE/pg/data" -h 127.0.0.1 -p "$PG_PORT" -k "$BASE/pg" \
+# setpriv itself in the background (not a function: $! would be a subshell)
+# execs postgres, so that $! is the postmaster.
+setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$PGBIN/postgres" -D "$BASE/pg/data" -h 127.0.0.1 -p "$PG_PORT" -k "$BASE/pg" \
   -c max_connections=100 2>"$BASE/pg/postgres.log" &
 PG_PID=$!; remember_pid "$PG_PID"
 # PostgreSQL's fast shutdown (SIGINT) once the nodes are gone; SIGTERM (what
