@@ -29,7 +29,8 @@ cd "$(dirname "$0")/.."
 # package:command-that-proves-it
 PEERS=(g++:c++ sip-tester:sipp kamailio:kamailio kamailio-tls-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
   kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so dnsmasq-base:/usr/sbin/dnsmasq
-  openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze lintian:lintian)
+  openssl:openssl python3:python3 prometheus:promtool systemd:systemd-analyze lintian:lintian
+  postgresql:/usr/lib/postgresql/15/bin/postgres util-linux:setpriv)
 ensure_packages "${C_TOOLCHAIN[@]}" "${PEERS[@]}"
 # kamailio/kamcmd live in /usr/sbin
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac

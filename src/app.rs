@@ -12,8 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::cluster::{Cluster, ClusterDb};
 use crate::registration::Applied;
-use crate::store::{Owner, SqliteStore, StoreError, StoreHandle, now_ms};
+use crate::store::{Owner, PgStore, SqliteStore, StoreError, StoreHandle, now_ms};
 
 use crate::config::{Config, Transport};
 use crate::context::Context;
@@ -143,6 +144,9 @@ pub struct App {
     /// Fired when a server that must not stop has stopped.
     failed: CancellationToken,
     config: Arc<Config>,
+    /// Cluster mode: this node's lease loop and follower, stopped before
+    /// the hand-over.
+    cluster: Option<(Cluster, CancellationToken, Vec<JoinHandle<()>>)>,
 }
 
 /// One HTTP server task and what it was started for.
@@ -249,6 +253,32 @@ impl App {
     /// Opens the store at `store.path`, binds every listener, starts every
     /// registration and the API.
     pub async fn start(config: Config) -> Result<App, AppError> {
+        if let (Some(url), Some(cl)) = (&config.store.url, &config.cluster) {
+            let (url, password) = (url.clone(), config.store.password.clone());
+            let pg = tokio::task::spawn_blocking(move || {
+                let pg = PgStore::open(url.expose(), password.as_ref().map(|p| p.expose()))?;
+                let key = pg.dialog_secret()?;
+                Ok::<_, StoreError>((pg, key))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+            let (pg, secret) = pg?;
+            tracing::info!(url = %pg.shown(), node_id = %cl.node_id, lease_sec = cl.lease_sec, "cluster store opened");
+            let pg = Arc::new(pg);
+            let settings = crate::cluster::Settings {
+                node_id: cl.node_id.clone(),
+                lease: Duration::from_secs(cl.lease_sec),
+            };
+            let store = StoreHandle::from_arc(pg.clone());
+            return App::start_inner(
+                config,
+                store,
+                Timers::default(),
+                secret,
+                Some((settings, pg)),
+            )
+            .await;
+        }
         let path = config.store.path.clone();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
@@ -269,10 +299,20 @@ impl App {
     /// (file-owned rows inserted, updated or removed), then every stored
     /// connection, file- or API-owned, starts registering.
     pub async fn start_with(
+        config: Config,
+        store: StoreHandle,
+        timers: Timers,
+        dialog_secret: [u8; 16],
+    ) -> Result<App, AppError> {
+        App::start_inner(config, store, timers, dialog_secret, None).await
+    }
+
+    async fn start_inner(
         mut config: Config,
         store: StoreHandle,
         timers: Timers,
         dialog_secret: [u8; 16],
+        cluster_db: Option<(crate::cluster::Settings, Arc<dyn ClusterDb>)>,
     ) -> Result<App, AppError> {
         let has_udp = config
             .sip
@@ -293,6 +333,18 @@ impl App {
         // that nothing reads: a reload parses the file again).
         let mut file = std::mem::take(&mut config.connections);
         let generated = std::mem::take(&mut config.generated_passwords);
+        // Cluster mode: the change mark before the full read, so that the
+        // follower misses no write made meanwhile (it re-applies a few).
+        let mark = match &cluster_db {
+            Some((_, db)) => {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || db.change_mark())
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+                    .map_err(StoreError::Pg)?
+            }
+            None => 0,
+        };
         let rows = store
             .run(move |s| {
                 let report = s.sync_file(&mut file, &generated, now_ms())?;
@@ -352,11 +404,26 @@ impl App {
             dialog_secret,
         );
         ctx.layer.set_router(Arc::new(router));
+        let cluster = match cluster_db {
+            Some((settings, db)) => {
+                supervisor.clustered(&settings.node_id, dialog_secret);
+                let c = Cluster::new(settings, db, supervisor.clone());
+                c.join().await.map_err(StoreError::Pg)?;
+                Some(c)
+            }
+            None => None,
+        };
         for row in rows {
             supervisor.start(row.connection);
         }
         let (listener, bound) = bind_http(config.api.listen).await?;
         let state = ApiState::new(&config, store.clone(), supervisor.clone());
+        let cluster = cluster.map(|c| {
+            state.set_cluster(c.clone());
+            let stop = cancel.child_token();
+            let tasks = c.spawn(stop.clone(), mark);
+            (c, stop, tasks)
+        });
         let failed = CancellationToken::new();
         let api = start_api(
             listener,
@@ -389,6 +456,7 @@ impl App {
             cancel,
             failed,
             config,
+            cluster,
         })
     }
 
@@ -579,6 +647,18 @@ impl App {
         listeners.api.stop().await;
         if let Some(m) = listeners.metrics {
             m.stop().await;
+        }
+        // Cluster mode: hand over instead of unregistering, so that the
+        // other nodes refresh the bindings as they are.
+        if let Some((cluster, stop, tasks)) = self.cluster {
+            // The loops end first (a round half done must not start a
+            // driver after the hand-over), then the leases go.
+            stop.cancel();
+            for t in tasks {
+                t.abort();
+                let _ = t.await;
+            }
+            cluster.leave().await;
         }
         let deadline = Duration::from_secs(self.config.registration.unregister_timeout_sec);
         self.supervisor.shutdown(deadline).await;

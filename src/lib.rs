@@ -6,7 +6,10 @@
 //!   and graceful shutdown; `systemd`: notify and the watchdog probe.
 //! * `api`: REST API (Telnyx v2 shapes), error format, OpenAPI document;
 //!   `status`: the `uacd status` client.
-//! * `store`: SQLite persistence of connections (file- and API-owned).
+//! * `store`: SQLite persistence of connections (file- and API-owned), or
+//!   PostgreSQL in cluster mode.
+//! * `cluster`: ownership of connections by lease among the nodes of a
+//!   cluster (pure core + the loop that drives it).
 //! * `registration`: pure REGISTER state machine, its driver task, the
 //!   supervisor that owns the drivers.
 //! * `routing`: the proxy (RFC 3261 §16): pure route, call, failover,
@@ -25,6 +28,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod crypto;

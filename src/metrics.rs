@@ -24,6 +24,9 @@ pub const SIP_MESSAGES: &str = "uacd_sip_messages_total";
 pub const TRANSPORT_ERRORS: &str = "uacd_transport_errors_total";
 pub const FLOWS_CLOSED: &str = "uacd_transport_flows_closed_total";
 pub const LOG_SUPPRESSED: &str = "uacd_log_lines_suppressed_total";
+pub const CLUSTER_NODES: &str = "uacd_cluster_nodes";
+pub const CONNECTIONS_OWNED: &str = "uacd_connections_owned";
+pub const TAKEOVERS: &str = "uacd_takeovers_total";
 
 /// Every `kind` of `uacd_log_lines_suppressed_total` (the network-caused
 /// log lines that are rate-limited).
@@ -46,7 +49,7 @@ pub const FLOW_CLOSE_REASONS: [&str; 6] = [
 ];
 
 /// Every metric name with its Prometheus type, as served.
-pub const ALL: [(&str, &str); 12] = [
+pub const ALL: [(&str, &str); 15] = [
     (BUILD_INFO, "gauge"),
     (REGISTRATIONS, "gauge"),
     (REGISTER_REQUESTS, "counter"),
@@ -59,6 +62,9 @@ pub const ALL: [(&str, &str); 12] = [
     (TRANSPORT_ERRORS, "counter"),
     (FLOWS_CLOSED, "counter"),
     (LOG_SUPPRESSED, "counter"),
+    (CLUSTER_NODES, "gauge"),
+    (CONNECTIONS_OWNED, "gauge"),
+    (TAKEOVERS, "counter"),
 ];
 
 /// Latency buckets (seconds): a LAN round trip up to a Timer F timeout for
@@ -125,6 +131,10 @@ pub fn install(labels: &Labels<'_>) -> Result<(), BuildError> {
     for k in LOG_KINDS {
         counter!(LOG_SUPPRESSED, "kind" => k).absolute(0);
     }
+    // Cluster mode sets these; a single node exports them at 0.
+    gauge!(CLUSTER_NODES, "state" => "alive").set(0.0);
+    gauge!(CONNECTIONS_OWNED).set(0.0);
+    counter!(TAKEOVERS).absolute(0);
     let _ = HANDLE.set(handle);
     let hot = HOT.get_or_init(Hot::new);
     // Every labelled counter exists from the start, at 0 for each label
@@ -284,6 +294,32 @@ fn describe() {
         LOG_SUPPRESSED,
         "network-caused log lines not written (rate-limited per kind), by kind"
     );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "cluster nodes by state (alive: heartbeat within lease_sec, database clock)"
+    );
+    describe_gauge!(CONNECTIONS_OWNED, "connections this node holds by lease");
+    describe_counter!(
+        TAKEOVERS,
+        "connections this node claimed from a node whose lease had expired"
+    );
+}
+
+/// Cluster mode: the live nodes in this node's view.
+pub fn cluster_nodes(alive: usize) {
+    gauge!(CLUSTER_NODES, "state" => "alive").set(alive as f64);
+}
+
+/// Cluster mode: the connections this node holds.
+pub fn connections_owned(n: usize) {
+    gauge!(CONNECTIONS_OWNED).set(n as f64);
+}
+
+/// Cluster mode: `n` connections taken over from dead nodes.
+pub fn takeovers(n: u64) {
+    if n > 0 {
+        counter!(TAKEOVERS).increment(n);
+    }
 }
 
 /// Sets `uacd_registrations{status}` from a count per status label

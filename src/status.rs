@@ -138,6 +138,8 @@ pub struct Line {
     pub status: String,
     pub last_response: String,
     pub updated_at: String,
+    /// Cluster mode: the node that holds the connection.
+    pub node: Option<String>,
 }
 
 fn text(v: &Value) -> String {
@@ -174,6 +176,7 @@ pub fn collect(url: &str, token: &str) -> Result<Vec<Line>, StatusError> {
                 status: text(&s["registration_status_name"]),
                 last_response: text(&s["last_registration_response"]),
                 updated_at: text(&s["registration_status_updated_at"]),
+                node: s["node_id"].as_str().map(str::to_owned),
                 id,
             });
         }
@@ -195,11 +198,14 @@ pub fn render(lines: &[Line]) -> String {
         status: "STATUS".into(),
         last_response: "LAST RESPONSE".into(),
         updated_at: "UPDATED AT".into(),
+        node: Some("NODE".into()),
     };
-    let rows: Vec<[&str; 7]> = std::iter::once(&header)
+    // Cluster mode (some connection has a holder): a NODE column.
+    let clustered = lines.iter().any(|l| l.node.is_some());
+    let rows: Vec<Vec<&str>> = std::iter::once(&header)
         .chain(lines)
         .map(|l| {
-            [
+            let mut r = vec![
                 l.id.as_str(),
                 l.name.as_str(),
                 l.transport.as_str(),
@@ -207,10 +213,14 @@ pub fn render(lines: &[Line]) -> String {
                 l.status.as_str(),
                 l.last_response.as_str(),
                 l.updated_at.as_str(),
-            ]
+            ];
+            if clustered {
+                r.push(l.node.as_deref().unwrap_or("-"));
+            }
+            r
         })
         .collect();
-    let mut width = [0usize; 7];
+    let mut width = [0usize; 8];
     for r in &rows {
         for (w, cell) in width.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -257,8 +267,16 @@ mod tests {
             status: status.into(),
             last_response: "200 OK".into(),
             updated_at: "2026-11-23T12:00:00.000Z".into(),
+            node: None,
         };
         let t = render(&[l("office-pbx", "Success"), l("b", "Failed")]);
+        assert!(!t.contains("NODE"), "no NODE column on a single node");
+        let mut held = l("c", "Success");
+        held.node = Some("edge-1".into());
+        let c = render(&[held, l("d", "Not Registered")]);
+        let rows: Vec<&str> = c.lines().collect();
+        assert!(rows[0].ends_with("NODE"), "{c}");
+        assert!(rows[1].ends_with("edge-1") && rows[2].ends_with("-"), "{c}");
         let rows: Vec<&str> = t.lines().collect();
         assert_eq!(rows.len(), 3);
         let col = |r: &str| {

@@ -1,5 +1,5 @@
 //! uacd against Kamailio as a digest-checking registrar (tests/kamailio/
-//! registrar.cfg) over UDP, TCP and TLS, on 127.0.0.30..39. The binding is
+//! registrar.cfg) over UDP, TCP and TLS, on 127.0.0.170..179. The binding is
 //! read back from Kamailio's usrloc; SIGTERM must remove it.
 
 mod common;
@@ -85,8 +85,8 @@ fn register_and_unregister(kam: &Kamailio, mut uacd: Uacd, contact: &str, transp
 #[test]
 fn registers_over_udp() {
     let dir = temp_dir("kam-udp");
-    let ip = test_ip(30).to_string();
-    let kam = kamailio(30, None, &dir);
+    let ip = test_ip(170).to_string();
+    let kam = kamailio(170, None, &dir);
     let uacd = Uacd::start(&config(&ip, &format!("sip:{ip}:5060"), "UDP", ""), &dir);
     register_and_unregister(&kam, uacd, &format!("sip:uacd-k1@{ip}:5070;"), "udp");
 }
@@ -94,8 +94,8 @@ fn registers_over_udp() {
 #[test]
 fn registers_over_tcp() {
     let dir = temp_dir("kam-tcp");
-    let ip = test_ip(31).to_string();
-    let kam = kamailio(31, None, &dir);
+    let ip = test_ip(171).to_string();
+    let kam = kamailio(171, None, &dir);
     let uacd = Uacd::start(&config(&ip, &format!("sip:{ip}:5060"), "TCP", ""), &dir);
     register_and_unregister(&kam, uacd, &format!("sip:uacd-k1@{ip}:5070;"), "tcp");
 }
@@ -124,9 +124,9 @@ fn pki(dir: &Path, ip: &str) -> (std::path::PathBuf, std::path::PathBuf, std::pa
 #[test]
 fn registers_over_tls_verifying_the_pbx_certificate() {
     let dir = temp_dir("kam-tls");
-    let ip = test_ip(32).to_string();
+    let ip = test_ip(172).to_string();
     let (ca, cert, key) = pki(&dir, &ip);
-    let kam = kamailio(32, Some((cert, key)), &dir);
+    let kam = kamailio(172, Some((cert, key)), &dir);
     let tls = format!("ca_file = \"{}\"", ca.display());
     let uacd = Uacd::start(&config(&ip, &format!("sips:{ip}:5061"), "TLS", &tls), &dir);
     // No tls: listener, so the Contact names the flow itself (its local
@@ -137,9 +137,9 @@ fn registers_over_tls_verifying_the_pbx_certificate() {
 #[test]
 fn tls_to_an_unknown_certificate_fails_by_default() {
     let dir = temp_dir("kam-tls-unverified");
-    let ip = test_ip(33).to_string();
+    let ip = test_ip(173).to_string();
     let (_ca, cert, key) = pki(&dir, &ip);
-    let kam = kamailio(33, Some((cert, key)), &dir);
+    let kam = kamailio(173, Some((cert, key)), &dir);
     // No ca_file: the private CA is unknown, so the handshake must fail.
     let uacd = Uacd::start(&config(&ip, &format!("sips:{ip}:5061"), "TLS", ""), &dir);
     let line = uacd.wait_for_log("status=failed", WAIT);
@@ -153,8 +153,8 @@ fn tls_to_an_unknown_certificate_fails_by_default() {
 #[test]
 fn wrong_password_is_tried_once_per_forbidden_interval_not_until_a_ban() {
     let dir = temp_dir("kam-wrong-password");
-    let ip = test_ip(34).to_string();
-    let kam = kamailio(34, None, &dir);
+    let ip = test_ip(174).to_string();
+    let kam = kamailio(174, None, &dir);
     // A 1 s backoff, so that a retry before the 3 s forbidden interval
     // would show.
     let cfg = config(&ip, &format!("sip:{ip}:5060"), "UDP", "")

@@ -231,10 +231,11 @@ pub async fn registration_status(
 ) -> Result<Response, ApiError> {
     let row = state.owned_row(&caller, &id).await?;
     let snap = state.inner.supervisor.snapshot(&row.connection.id);
-    Ok(data(
-        StatusCode::OK,
-        view::registration_status(&row.connection.id, snap.as_ref()),
-    ))
+    let mut v = view::registration_status(&row.connection.id, snap.as_ref());
+    // Cluster mode: the node holding the connection now (null when none,
+    // or when not clustered).
+    v["node_id"] = json!(state.inner.supervisor.holder(&row.connection.id));
+    Ok(data(StatusCode::OK, v))
 }
 
 /// `GET /v2/sip_registration_status`. 403 when the connection exists but `user_id` (or the caller) does

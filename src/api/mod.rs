@@ -52,6 +52,8 @@ struct Shared {
     has_udp: bool,
     /// `limits.connections_per_user`.
     connections_per_user: usize,
+    /// Cluster mode: this node's view of the cluster.
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 impl ApiState {
@@ -71,8 +73,14 @@ impl ApiState {
                     .iter()
                     .any(|l| l.transport == crate::config::Transport::Udp),
                 connections_per_user: config.limits.connections_per_user,
+                cluster: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Cluster mode: `GET /v2/cluster/nodes` shows this cluster's nodes.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.inner.cluster.set(cluster);
     }
 
     /// Takes the tokens of a reloaded configuration (at once).
@@ -194,12 +202,36 @@ pub fn router(state: ApiState) -> Router {
             "/v2/sip_registration_status",
             get(handlers::sip_registration_status),
         )
+        .route("/v2/cluster/nodes", get(cluster_nodes))
         .route("/v2/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("resource") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
+}
+
+/// `GET /v2/cluster/nodes` (any token): the nodes as this node saw them at
+/// its last heartbeat; empty when not clustered.
+async fn cluster_nodes(_caller: Caller, State(state): State<ApiState>) -> Response {
+    let nodes = state
+        .inner
+        .cluster
+        .get()
+        .map(crate::cluster::Cluster::nodes)
+        .unwrap_or_default();
+    let data: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node_id": n.node_id,
+                "alive": n.alive,
+                "connections": n.connections,
+                "last_seen_at": view::rfc3339_ms(n.last_seen_ms),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "data": data })).into_response()
 }
 
 /// `GET /metrics`: the Prometheus text format; `uacd_registrations` is
@@ -211,7 +243,13 @@ async fn metrics(_caller: Caller, State(state): State<ApiState>) -> Response {
 /// The `/metrics` answer, shared with the `metrics.listen` server.
 pub fn metrics_response(supervisor: &Supervisor) -> Response {
     let body = crate::metrics::render(|| {
-        let statuses = supervisor.statuses();
+        let mut statuses = supervisor.statuses();
+        // Cluster mode: each node counts the connections it holds, so that
+        // a sum over the nodes counts each connection once.
+        if supervisor.is_clustered() {
+            let held = supervisor.held();
+            statuses.retain(|s| held.contains(&s.connection.id));
+        }
         let mut per = [0usize; RegStatus::ALL.len()];
         for s in &statuses {
             per[usize::from(s.snapshot.status.code())] += 1;

@@ -2,6 +2,7 @@
 //! defaults, every key checked, unknown keys rejected, and every problem reported at
 //! once as `file:line: key: reason`. Connections share their types with the REST API.
 
+mod cluster;
 mod connection;
 mod reader;
 mod sections;
@@ -34,6 +35,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub metrics: MetricsConfig,
     pub store: StoreConfig,
+    /// `[cluster]`: present exactly when `store.url` is set.
+    pub cluster: Option<ClusterConfig>,
     pub registration: RegistrationConfig,
     pub routing: RoutingConfig,
     pub limits: LimitsConfig,
@@ -100,6 +103,19 @@ pub struct MetricsConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// PostgreSQL (cluster mode); exclusive with `path`.
+    pub url: Option<Secret>,
+    /// `password_file`'s content, for `url`.
+    pub password: Option<Secret>,
+}
+
+/// `[cluster]` (with `store.url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Unique per node.
+    pub node_id: String,
+    /// A node that stops renewing loses its connections after this.
+    pub lease_sec: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,6 +262,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/lib/uacd/uacd.db"),
+            url: None,
+            password: None,
         }
     }
 }
@@ -359,6 +377,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
             "api",
             "metrics",
             "store",
+            "cluster",
             "registration",
             "routing",
             "limits",

@@ -13,7 +13,7 @@ use super::reader::{At, Ctx, TableView, empty_view};
 use super::types::{Cidr, ListenAddr, ProxyUri, PublicAddress, Secret, Transport};
 use super::{
     ApiConfig, ApiToken, Config, DnsConfig, LimitsConfig, MetricsConfig, RegistrationConfig,
-    RoutingConfig, Seen, SipConfig, StoreConfig, TlsConfig, TraceConfig, parse_nameserver,
+    RoutingConfig, Seen, SipConfig, TlsConfig, TraceConfig, parse_nameserver,
 };
 
 const ANY: std::ops::RangeInclusive<u64> = 0..=u64::MAX;
@@ -44,7 +44,8 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
     let dns = section(ctx, "dns", &["nameservers", "greylist_sec", "prefer_ipv6"]);
     let api = section(ctx, "api", &["listen", "tokens"]);
     let metrics = section(ctx, "metrics", &["listen", "per_connection_labels"]);
-    let store = section(ctx, "store", &["path"]);
+    let store = section(ctx, "store", super::cluster::STORE_KEYS);
+    let cluster = section(ctx, "cluster", super::cluster::CLUSTER_KEYS);
     let registration = section(
         ctx,
         "registration",
@@ -75,6 +76,8 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
     let sip = read_sip(ctx, &sip, &tls);
     let api = read_api(ctx, &api, base_dir);
     let default_user = api.tokens.first().map(|t| t.user_id.clone());
+    let store_path = path_of(ctx, &store, "path");
+    let (store, cluster) = super::cluster::read(ctx, &store, &cluster, base_dir, store_path);
     let (connections, generated_passwords) =
         read_connections(ctx, root, default_user.as_deref(), sip.domain.as_deref());
     Config {
@@ -83,12 +86,9 @@ pub(super) fn read(ctx: &mut Ctx, root: &TableView<'_, '_>, base_dir: &Path) -> 
         dns: read_dns(ctx, &dns),
         api,
         metrics: read_metrics(ctx, &metrics),
-        store: StoreConfig {
-            // Relative to the config file's directory, like token_file.
-            path: path_of(ctx, &store, "path")
-                .map(|p| base_dir.join(p))
-                .unwrap_or_else(|| StoreConfig::default().path),
-        },
+        // A relative path is relative to the config file's directory, like token_file.
+        store,
+        cluster,
         registration: read_registration(ctx, &registration),
         routing: read_routing(ctx, &routing),
         limits: read_limits(ctx, &limits),

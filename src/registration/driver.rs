@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Pacing;
-use super::request::{RegisterRequest, build};
+use super::request::{RegisterRequest, build, stale_bindings, to_reply};
 use super::state::{
     Action, AuthKind, Event, Machine, Published, RegStatus, RegTimer, Register, Reply, Settings,
 };
@@ -25,7 +26,7 @@ use crate::context::{Context, local_ip_towards};
 use crate::dns::{Failure, Query, Target};
 use crate::metrics::{self, RegisterOutcome};
 use crate::sip::digest::{self, Credentials};
-use crate::sip::{HeaderName, Host, Message, Method};
+use crate::sip::{Host, Message, Method};
 use crate::transaction::{TxError, new_branch};
 use crate::transport::Hop;
 use crate::transport::keepalive::KeepaliveGuard;
@@ -92,6 +93,17 @@ struct Outcome {
     /// listener is a wildcard (cached so that a REGISTER costs no extra
     /// socket).
     route: Option<(SocketAddr, IpAddr)>,
+    /// Cluster mode: bindings of earlier holders that the 2xx listed.
+    stale: Vec<String>,
+}
+
+/// Cluster mode: what a driver continues from the connection's earlier
+/// holders: the Call-ID every holder uses, and this holding's CSeq counter
+/// (started above every CSeq of earlier holders: `cluster::lease::cseq_base`).
+#[derive(Clone, Debug)]
+pub struct Continuity {
+    pub call_id: Arc<str>,
+    pub cseq: Arc<AtomicU32>,
 }
 
 pub(super) struct Driver {
@@ -102,6 +114,13 @@ pub(super) struct Driver {
     call_id: Arc<str>,
     from_tag: Arc<str>,
     cseq: u32,
+    /// Cluster mode: the CSeq counter of this node's holding, shared by
+    /// every driver it starts for the connection (RFC 3261 §10.3 step 7).
+    shared_cseq: Option<Arc<AtomicU32>>,
+    /// Cluster mode: earlier holders' Contacts to remove in the next
+    /// REGISTER (`expires=0`), and those already removed once.
+    remove: Vec<String>,
+    removed: std::collections::HashSet<String>,
     status: watch::Sender<Snapshot>,
     stop: CancellationToken,
     refresh_at: Option<Instant>,
@@ -129,6 +148,7 @@ impl Driver {
         conn: Arc<Connection>,
         status: watch::Sender<Snapshot>,
         stop: CancellationToken,
+        continuity: Option<Continuity>,
     ) -> Driver {
         let r = &ctx.config.registration;
         let settings = Settings {
@@ -141,9 +161,15 @@ impl Driver {
         let seed: u64 = rand::random();
         Driver {
             machine: Machine::new(settings, seed),
-            call_id: format!("{:032x}@uacd", rand::random::<u128>()).into(),
+            call_id: continuity.as_ref().map_or_else(
+                || format!("{:032x}@uacd", rand::random::<u128>()).into(),
+                |c| c.call_id.clone(),
+            ),
             from_tag: format!("{:016x}", rand::random::<u64>()).into(),
             cseq: rand::random_range(1..10_000),
+            shared_cseq: continuity.map(|c| c.cseq),
+            remove: Vec::new(),
+            removed: std::collections::HashSet::new(),
             ctx,
             pace,
             conn,
@@ -286,6 +312,18 @@ impl Driver {
             Event::Reply(_) => outcome.hop.clone(),
             _ => None,
         };
+        // Cluster mode: a 2xx that lists an earlier holder's binding (RFC
+        // 3261 §10.3 step 8 lists them all) is followed at once by a
+        // REGISTER that removes it, each at most once.
+        let stale: Vec<String> = (outcome.stale.iter())
+            .filter(|c| self.shared_cseq.is_some() && self.removed.insert((*c).clone()))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(connection_id = %self.conn.id, bindings = ?stale, "removing an earlier holder's binding");
+            self.remove = stale;
+            return true;
+        }
         let (Some(seen), Some(advertised)) = (outcome.seen_as, outcome.advertised) else {
             return false;
         };
@@ -381,7 +419,10 @@ impl Driver {
 
     /// Builds the future of one REGISTER transaction.
     fn transaction(&mut self, register: Register, paced: bool) -> Inflight {
-        self.cseq = self.cseq.wrapping_add(1);
+        self.cseq = match &self.shared_cseq {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => self.cseq.wrapping_add(1),
+        };
         let job = Job {
             ctx: self.ctx.clone(),
             pace: self.pace.clone(),
@@ -389,6 +430,7 @@ impl Driver {
             call_id: self.call_id.clone(),
             from_tag: self.from_tag.clone(),
             cseq: self.cseq,
+            remove: std::mem::take(&mut self.remove),
             register,
             hop: self.hop.clone().filter(|h| match h {
                 Hop::Stream(f) => !f.is_closed(),
@@ -412,6 +454,7 @@ struct Job {
     call_id: Arc<str>,
     from_tag: Arc<str>,
     cseq: u32,
+    remove: Vec<String>,
     register: Register,
     hop: Option<Hop>,
     learned: Option<SocketAddr>,
@@ -515,6 +558,7 @@ impl Job {
             sent_by: &sent_by,
             branch: &branch,
             contact: &contact,
+            remove: &self.remove,
             expires: self.register.expires,
             user_agent: &self.ctx.config.sip.user_agent,
             auth: &auth,
@@ -546,6 +590,7 @@ impl Job {
                     .then(|| seen_as(&msg))
                     .flatten();
                 let reply = to_reply(&msg, &self.conn.user_name, hop.remote());
+                let stale = stale_bindings(&msg, &self.conn.user_name, &sent_by);
                 return Outcome {
                     event: Event::Reply(reply),
                     targets: Some((targets, index)),
@@ -553,6 +598,7 @@ impl Job {
                     seen_as,
                     advertised,
                     route,
+                    stale,
                 };
             }
             Err(TxError::Timeout) => Event::Timeout,
@@ -568,6 +614,7 @@ impl Job {
             seen_as: None,
             advertised,
             route,
+            stale: Vec::new(),
         }
     }
 
@@ -662,6 +709,7 @@ impl Outcome {
             seen_as: None,
             advertised: None,
             route: None,
+            stale: Vec::new(),
         }
     }
 }
@@ -679,50 +727,6 @@ fn seen_as(msg: &Message) -> Option<SocketAddr> {
         },
     };
     Some(SocketAddr::new(ip, port))
-}
-
-/// Extracts what the machine needs from a final response.
-pub(super) fn to_reply(msg: &Message, contact_user: &str, source: SocketAddr) -> Reply {
-    let code = msg.status().unwrap_or(500);
-    let mut challenges = Vec::new();
-    for (name, kind) in [
-        (HeaderName::ProxyAuthenticate, AuthKind::Proxy),
-        (HeaderName::WwwAuthenticate, AuthKind::Www),
-    ] {
-        let parsed: Vec<_> = msg
-            .header_values(name)
-            .into_iter()
-            .filter_map(|v| digest::parse_challenge(&v).ok())
-            .collect();
-        for ch in digest::select(&parsed) {
-            challenges.push((kind, ch.clone()));
-        }
-    }
-    let (granted, binding_missing) = if (200..300).contains(&code) {
-        let contacts = msg.contacts().unwrap_or_default();
-        let ours = contacts
-            .iter()
-            .find(|c| c.uri.user.as_deref() == Some(contact_user));
-        let param = ours
-            .and_then(|c| c.params.get("expires"))
-            .flatten()
-            .and_then(|v| v.trim().parse::<u32>().ok());
-        (
-            param.or(msg.expires()),
-            !contacts.is_empty() && ours.is_none(),
-        )
-    } else {
-        (None, false)
-    };
-    Reply {
-        code,
-        challenges,
-        granted,
-        binding_missing,
-        min_expires: msg.min_expires(),
-        retry_after: msg.retry_after(),
-        source,
-    }
 }
 
 async fn poll_opt(f: &mut Option<Inflight>) -> Outcome {

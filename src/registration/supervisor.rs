@@ -8,6 +8,7 @@
 //! by the caller (the API does so with its write lock).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Driver, Snapshot};
+use super::driver::{Continuity, Driver, Snapshot};
 use super::{Pacer, Pacing, RegStatus};
 use crate::config::Connection;
 use crate::context::Context;
@@ -69,12 +70,49 @@ struct State {
     /// Set by [`Supervisor::shutdown`]: nothing starts afterwards (a late API
     /// write must not leave a binding behind).
     closed: bool,
+    /// Cluster mode: only held connections run a driver.
+    gate: Option<Gate>,
+}
+
+/// Cluster mode: the connections this node holds (by lease), and the
+/// status the holders of the others last persisted.
+struct Gate {
+    node_id: Arc<str>,
+    /// Keys the Call-ID every holder of a connection uses.
+    key: [u8; 16],
+    held: HashMap<String, Continuity>,
+    remote: HashMap<String, (Snapshot, Option<String>)>,
+}
+
+/// Whether a connection may run its driver here.
+enum Gated {
+    /// Not clustered: every connection runs.
+    Free,
+    Held(Continuity),
+    NotHeld,
 }
 
 struct Inner {
     ctx: Arc<Context>,
     pace: Arc<Pacing>,
     state: Mutex<State>,
+}
+
+impl State {
+    /// The entry's status; clustered, a connection held elsewhere shows
+    /// what its holder persisted.
+    fn status_of(&self, e: &Entry) -> ConnectionStatus {
+        if let Some(g) = &self.gate
+            && !g.held.contains_key(&e.connection.id)
+            && let Some((snap, _)) = g.remote.get(&e.connection.id)
+        {
+            return ConnectionStatus {
+                connection: e.connection.clone(),
+                snapshot: snap.clone(),
+            };
+        }
+        e.status()
+    }
 }
 
 #[derive(Clone)]
@@ -124,7 +162,15 @@ impl Supervisor {
         Duration::from_secs(self.inner.ctx.config.registration.unregister_timeout_sec)
     }
 
-    /// Spawns the driver for `conn` (none when it is inactive or has no proxy).
+    fn gated(&self, id: &str) -> Gated {
+        match &self.state().gate {
+            None => Gated::Free,
+            Some(g) => g.held.get(id).cloned().map_or(Gated::NotHeld, Gated::Held),
+        }
+    }
+
+    /// Spawns the driver for `conn` (none when it is inactive or has no
+    /// proxy, or, clustered, when another node holds it).
     fn spawn(
         &self,
         conn: &Arc<Connection>,
@@ -141,6 +187,11 @@ impl Supervisor {
         };
         let (tx, rx) = watch::channel(Snapshot::new(initial));
         let stop = CancellationToken::new();
+        let continuity = match self.gated(&conn.id) {
+            Gated::Free => None,
+            Gated::Held(c) => Some(c),
+            Gated::NotHeld => return (rx, stop, None),
+        };
         let task = if applicable {
             let driver = Driver::new(
                 self.inner.ctx.clone(),
@@ -148,6 +199,7 @@ impl Supervisor {
                 conn.clone(),
                 tx,
                 stop.clone(),
+                continuity,
             );
             Some(tokio::spawn(Box::new(driver).run()))
         } else {
@@ -250,6 +302,10 @@ impl Supervisor {
         let entry = {
             let mut st = self.state();
             let e = st.entries.remove(id)?;
+            if let Some(g) = st.gate.as_mut() {
+                g.held.remove(id);
+                g.remote.remove(id);
+            }
             if st
                 .by_user
                 .get(&e.connection.user_name)
@@ -282,14 +338,15 @@ impl Supervisor {
 
     /// One connection with its current snapshot.
     pub fn get(&self, id: &str) -> Option<ConnectionStatus> {
-        self.state().entries.get(id).map(Entry::status)
+        let st = self.state();
+        st.entries.get(id).map(|e| st.status_of(e))
     }
 
     /// The connection whose Contact user is `user`, with its status.
     pub fn by_user(&self, user: &str) -> Option<ConnectionStatus> {
         let st = self.state();
         let id = st.by_user.get(user)?;
-        st.entries.get(id).map(Entry::status)
+        st.entries.get(id).map(|e| st.status_of(e))
     }
 
     /// The connection whose registration lives on TCP/TLS flow `flow`, when
@@ -316,10 +373,8 @@ impl Supervisor {
 
     /// The current snapshot of one connection.
     pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
-        self.state()
-            .entries
-            .get(id)
-            .map(|e| e.status.borrow().clone())
+        let st = self.state();
+        st.entries.get(id).map(|e| st.status_of(e).snapshot)
     }
 
     /// The connection whose Contact user is `user_name` (routing looks this up
@@ -333,8 +388,11 @@ impl Supervisor {
     /// Every connection with its current snapshot, in start order.
     pub fn statuses(&self) -> Vec<ConnectionStatus> {
         let st = self.state();
-        let mut v: Vec<(u64, ConnectionStatus)> =
-            st.entries.values().map(|e| (e.seq, e.status())).collect();
+        let mut v: Vec<(u64, ConnectionStatus)> = st
+            .entries
+            .values()
+            .map(|e| (e.seq, st.status_of(e)))
+            .collect();
         drop(st);
         v.sort_by_key(|(seq, _)| *seq);
         v.into_iter().map(|(_, s)| s).collect()
@@ -387,5 +445,119 @@ impl Supervisor {
             .filter(|s| s.borrow().status == RegStatus::Success)
             .count();
         tracing::info!(still_registered = registered, "registrations stopped");
+    }
+}
+
+/// Cluster mode (driven by `cluster::Cluster`): the node holds connections
+/// by lease and runs drivers only for those.
+impl Supervisor {
+    /// Switches to cluster mode before any connection starts: from now on
+    /// only connections passed to [`Supervisor::hold`] register here.
+    pub fn clustered(&self, node_id: &str, key: [u8; 16]) {
+        self.state().gate = Some(Gate {
+            node_id: node_id.into(),
+            key,
+            held: HashMap::new(),
+            remote: HashMap::new(),
+        });
+    }
+
+    /// The Call-ID every holder of connection `id` uses: keyed by the shared
+    /// key, so that a new holder continues the binding's Call-ID.
+    fn cluster_call_id(key: &[u8; 16], id: &str) -> Arc<str> {
+        let mac = crate::crypto::hmac_sha256(key, &[b"uacd register call-id\0", id.as_bytes()]);
+        format!("{}@uacd", crate::crypto::hex(&mac[..16])).into()
+    }
+
+    /// This node now holds `id` (a claim returned `cseq_base` for its
+    /// epoch): its driver starts, with the shared Call-ID and CSeqs from
+    /// `cseq_base` on. Holding it already changes nothing.
+    pub fn hold(&self, id: &str, cseq_base: u32) {
+        let conn = {
+            let mut st = self.state();
+            if st.closed {
+                return;
+            }
+            let Some(g) = st.gate.as_mut() else { return };
+            if g.held.contains_key(id) {
+                return;
+            }
+            let c = Continuity {
+                call_id: Supervisor::cluster_call_id(&g.key, id),
+                cseq: Arc::new(AtomicU32::new(cseq_base)),
+            };
+            g.held.insert(id.to_owned(), c);
+            match st.entries.get(id) {
+                Some(e) => e.connection.clone(),
+                None => return,
+            }
+        };
+        let (status, stop, task) = self.spawn(&conn);
+        let mut st = self.state();
+        match st.entries.get_mut(id) {
+            Some(e) if e.task.is_none() => {
+                e.status = status;
+                e.stop = stop;
+                e.task = task;
+            }
+            _ => stop.cancel(),
+        }
+    }
+
+    /// This node no longer holds `id` (handed over, or taken as dead): its
+    /// driver is aborted without `Expires: 0`, since the binding is now the
+    /// next holder's to refresh.
+    pub fn unhold(&self, id: &str) {
+        let mut st = self.state();
+        let Some(g) = st.gate.as_mut() else { return };
+        if g.held.remove(id).is_none() {
+            return;
+        }
+        if let Some(e) = st.entries.get_mut(id) {
+            if let Some(t) = e.task.take() {
+                t.abort();
+            }
+            e.stop.cancel();
+            let (_, rx) = watch::channel(Snapshot::new(RegStatus::NotRegistered));
+            e.status = rx;
+            e.stop = CancellationToken::new();
+        }
+    }
+
+    /// The ids this node holds.
+    pub fn held(&self) -> std::collections::BTreeSet<String> {
+        let st = self.state();
+        st.gate
+            .as_ref()
+            .map(|g| g.held.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every known connection id.
+    pub fn ids(&self) -> Vec<String> {
+        self.state().entries.keys().cloned().collect()
+    }
+
+    /// Records what the holder (`node_id`) of connection `id` persisted.
+    pub fn set_remote(&self, id: &str, snapshot: Snapshot, node_id: Option<String>) {
+        if let Some(g) = self.state().gate.as_mut() {
+            g.remote.insert(id.to_owned(), (snapshot, node_id));
+        }
+    }
+
+    /// Clustered, the node that holds `id` now as far as this node knows
+    /// (itself, or what the status table says); None when not clustered.
+    pub fn holder(&self, id: &str) -> Option<String> {
+        let st = self.state();
+        let g = st.gate.as_ref()?;
+        if g.held.contains_key(id) {
+            return Some(g.node_id.to_string());
+        }
+        g.remote.get(id).and_then(|(_, n)| n.clone())
+    }
+
+    /// Whether this supervisor runs in cluster mode.
+    pub fn is_clustered(&self) -> bool {
+        self.state().gate.is_some()
     }
 }

@@ -2,7 +2,9 @@
 //! state that must survive a restart. A small synchronous [`Store`] trait with an
 //! SQLite implementation ([`SqliteStore`]), and [`StoreHandle`], the cheap-clone
 //! async face that runs every call on tokio's blocking pool, off the async threads.
+//! In cluster mode the store is PostgreSQL ([`PgStore`]), shared by the nodes.
 
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeSet;
@@ -12,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Connection;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Who owns a connection: the config file (read-only over the API) or the API.
@@ -116,6 +119,10 @@ pub enum StoreError {
     FileConflict { id: String, reason: String },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A PostgreSQL query failed (cluster mode): the database is down or
+    /// unreachable, or refused the statement.
+    #[error("store query failed: {0}")]
+    Pg(String),
     #[error("stored connection {id:?} cannot be decoded: {source}")]
     Decode {
         id: String,
@@ -165,6 +172,12 @@ impl StoreHandle {
         StoreHandle {
             inner: Arc::new(store),
         }
+    }
+
+    /// A handle on a store shared with another owner (cluster mode: the
+    /// PostgreSQL store is also the cluster's database).
+    pub fn from_arc(store: Arc<dyn Store>) -> StoreHandle {
+        StoreHandle { inner: store }
     }
 
     /// Runs `f` against the store on tokio's blocking pool.

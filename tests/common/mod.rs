@@ -13,7 +13,8 @@
 //! |---------|---------------------------------------------|
 //! | 10..=19 | `infra_selftest.rs`                         |
 //! | 20..=29 | `interop_sipp.rs`                           |
-//! | 30..=39 | `interop_kamailio.rs`                       |
+//! | 30      | free (`store_postgres.rs` uses 127.0.0.1 and random ports) |
+//! | 31..=39 | `cluster.rs`                                |
 //! | 40..=49 | `security_answers.rs`                       |
 //! | 50..=59 | `operations.rs`                             |
 //! | 70..=79 | `proxy_invite.rs`                           |
@@ -24,6 +25,7 @@
 //! | 140..=149 | `dns_edge_resolver.rs`                  |
 //! | 150..=159 | `sip_trace.rs`                          |
 //! | 160..=169 | `attack_dialog.rs`                      |
+//! | 170..=179 | `interop_kamailio.rs`                   |
 //! | 180..=189 | `outbound_calls.rs`                     |
 //!
 //! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
@@ -39,6 +41,7 @@
 
 pub mod dns;
 pub mod dnsmasq;
+pub mod postgres;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
