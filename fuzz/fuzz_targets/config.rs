@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
                     "duplicate user_name {:?} accepted",
                     c.user_name
                 );
-                let issues = c.check(true);
+                let issues = c.check(true, config.sip.domain.as_deref());
                 assert!(
                     issues.is_empty(),
                     "an accepted connection fails its checks: {issues:?}"
