@@ -229,10 +229,16 @@ impl HeaderField {
     /// The value with folding replaced by single spaces (lossy for non-UTF-8).
     pub fn value(&self) -> Cow<'_, str> {
         let raw = self.raw_value();
+        // `str::from_utf8` checks ASCII a word at a time; the lossy
+        // decoder walks every byte, and nearly every value is ASCII.
+        let text = match std::str::from_utf8(raw) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
         if memchr::memchr2(b'\r', b'\n', raw).is_none() {
-            return String::from_utf8_lossy(raw);
+            return text;
         }
-        Cow::Owned(unfold(&String::from_utf8_lossy(raw)))
+        Cow::Owned(unfold(&text))
     }
 
     /// The first of [`Self::values`], without collecting the others.
