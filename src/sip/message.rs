@@ -3,6 +3,7 @@
 //! edits that re-serialise only what changed (a proxy's §16.6 changes).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 
@@ -42,6 +43,18 @@ pub struct Message {
     /// The empty line ending the header block, as received.
     blank: Bytes,
     body: Bytes,
+    /// The headers every hop reads several times, parsed on first use.
+    parsed: Parsed,
+}
+
+/// Parsed top Via, From and To, filled on first use and dropped by every
+/// edit (a forwarded request is read by the transaction layer, the
+/// classifier, the token checks and the relay: one parse serves them all).
+#[derive(Clone, Debug, Default)]
+struct Parsed {
+    top_via: OnceLock<Result<Via, ParseError>>,
+    from: OnceLock<Result<NameAddr, ParseError>>,
+    to: OnceLock<Result<NameAddr, ParseError>>,
 }
 
 fn parse_u32(s: &str) -> Option<u32> {
@@ -66,6 +79,7 @@ impl Message {
             headers,
             blank,
             body,
+            parsed: Parsed::default(),
         }
     }
 
@@ -207,6 +221,13 @@ impl Message {
 
     /// The topmost Via value.
     pub fn top_via(&self) -> Result<Via, ParseError> {
+        self.parsed
+            .top_via
+            .get_or_init(|| self.parse_top_via())
+            .clone()
+    }
+
+    fn parse_top_via(&self) -> Result<Via, ParseError> {
         let first = self
             .headers
             .iter()
@@ -230,12 +251,18 @@ impl Message {
 
     /// The From header.
     pub fn from_header(&self) -> Result<NameAddr, ParseError> {
-        self.name_addr(HeaderName::From)
+        self.parsed
+            .from
+            .get_or_init(|| self.name_addr(HeaderName::From))
+            .clone()
     }
 
     /// The To header.
     pub fn to_header(&self) -> Result<NameAddr, ParseError> {
-        self.name_addr(HeaderName::To)
+        self.parsed
+            .to
+            .get_or_init(|| self.name_addr(HeaderName::To))
+            .clone()
     }
 
     fn name_addrs(&self, name: HeaderName) -> Result<Vec<NameAddr>, ParseError> {
@@ -357,16 +384,19 @@ impl Message {
 
     /// Inserts `name: value` as the first header field.
     pub fn prepend_header(&mut self, name: &str, value: &str) {
+        self.parsed = Parsed::default();
         self.headers.insert(0, HeaderField::new(name, value));
     }
 
     /// Appends `name: value` after the last header field.
     pub fn append_header(&mut self, name: &str, value: &str) {
+        self.parsed = Parsed::default();
         self.headers.push(HeaderField::new(name, value));
     }
 
     /// Removes the first field called `name`; returns whether one was removed.
     pub fn remove_first(&mut self, name: HeaderName) -> bool {
+        self.parsed = Parsed::default();
         match self.headers.iter().position(|h| h.name() == name) {
             Some(i) => {
                 self.headers.remove(i);
@@ -378,6 +408,7 @@ impl Message {
 
     /// Removes every field called `name`; returns how many were removed.
     pub fn remove_all(&mut self, name: HeaderName) -> usize {
+        self.parsed = Parsed::default();
         let before = self.headers.len();
         self.headers.retain(|h| h.name() != name);
         before - self.headers.len()
@@ -386,6 +417,7 @@ impl Message {
     /// Removes every field named `name` (any header, compact forms
     /// included); returns how many were removed.
     pub fn remove_named(&mut self, name: &str) -> usize {
+        self.parsed = Parsed::default();
         let before = self.headers.len();
         self.headers.retain(|h| !h.is_named(name));
         before - self.headers.len()
@@ -395,6 +427,7 @@ impl Message {
     /// (linear in the header, however many there are); returns how many
     /// were removed. Other values keep their order.
     pub fn remove_first_values(&mut self, name: HeaderName, k: usize) -> usize {
+        self.parsed = Parsed::default();
         let mut left = k;
         let mut i = 0;
         while left > 0 && i < self.headers.len() {
@@ -419,6 +452,7 @@ impl Message {
     /// Removes the first *value* of `name` (e.g. the top Via or Route when one
     /// line holds several); other values of that line are kept in order.
     pub fn remove_first_value(&mut self, name: HeaderName) -> bool {
+        self.parsed = Parsed::default();
         let Some(i) = self.headers.iter().position(|h| h.name() == name) else {
             return false;
         };
@@ -436,6 +470,7 @@ impl Message {
     /// Replaces the first field called `name`, or appends one. Does nothing
     /// for [`HeaderName::Other`]; use [`Self::set_header_named`].
     pub fn set_header(&mut self, name: HeaderName, value: &str) {
+        self.parsed = Parsed::default();
         if name == HeaderName::Other {
             return;
         }
@@ -449,6 +484,7 @@ impl Message {
     /// Rewrites each field called `name` for which `f`, given its whole
     /// value, returns a new one; its name is kept as written.
     pub fn edit_fields(&mut self, name: HeaderName, mut f: impl FnMut(&str) -> Option<String>) {
+        self.parsed = Parsed::default();
         for h in self.headers.iter_mut().filter(|h| h.name() == name) {
             if let Some(v) = f(&h.value()) {
                 let raw_name = String::from_utf8_lossy(h.raw_name()).into_owned();
@@ -459,6 +495,7 @@ impl Message {
 
     /// Like [`Self::set_header`] for any header name.
     pub fn set_header_named(&mut self, name: &str, value: &str) {
+        self.parsed = Parsed::default();
         let field = HeaderField::new(name, value);
         match self.headers.iter_mut().find(|h| h.is_named(name)) {
             Some(slot) => *slot = field,

@@ -505,3 +505,26 @@ fn validate_request_checks_presence_and_cseq() {
         Err(ParseError::NotARequest)
     );
 }
+
+#[test]
+fn parsed_headers_follow_edits() {
+    // The parsed Via, From and To are cached; every edit must drop them.
+    let mut m = msg(INVITE);
+    let via = m.top_via().unwrap();
+    let to = m.to_header().unwrap();
+    assert_eq!(to.tag(), None);
+    assert_eq!(m.to_header().unwrap(), to);
+    m.set_header(HeaderName::To, "<sip:bob@biloxi.example.com>;tag=t1");
+    assert_eq!(m.to_header().unwrap().tag(), Some("t1"));
+    m.prepend_header("Via", "SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKnew");
+    assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bKnew"));
+    assert!(m.remove_first_value(HeaderName::Via));
+    assert_eq!(m.top_via().unwrap(), via);
+    m.edit_fields(HeaderName::From, |_| {
+        Some("<sip:carol@example.com>;tag=f2".to_owned())
+    });
+    assert_eq!(m.from_header().unwrap().tag(), Some("f2"));
+    assert_eq!(m.clone().from_header().unwrap().tag(), Some("f2"));
+    assert_eq!(m.remove_all(HeaderName::To), 1);
+    assert!(m.to_header().is_err());
+}
