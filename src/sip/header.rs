@@ -187,8 +187,23 @@ impl HeaderField {
 
     /// A new field `Name: value\r\n`; CR and LF in either part become spaces.
     pub(crate) fn new(name: &str, value: &str) -> HeaderField {
-        let clean = |s: &str| s.replace(['\r', '\n'], " ");
-        let line = format!("{}: {}\r\n", clean(name.trim()), clean(value.trim()));
+        // One allocation: CR and LF inside the name or value become spaces.
+        fn push_clean(out: &mut String, s: &str) {
+            if s.bytes().any(|b| b == b'\r' || b == b'\n') {
+                out.extend(
+                    s.chars()
+                        .map(|c| if matches!(c, '\r' | '\n') { ' ' } else { c }),
+                );
+            } else {
+                out.push_str(s);
+            }
+        }
+        let (name, value) = (name.trim(), value.trim());
+        let mut line = String::with_capacity(name.len() + value.len() + 4);
+        push_clean(&mut line, name);
+        line.push_str(": ");
+        push_clean(&mut line, value);
+        line.push_str("\r\n");
         let line = Bytes::from(line);
         HeaderField::from_line(line.clone()).unwrap_or(HeaderField {
             name: HeaderName::Other,
