@@ -165,17 +165,20 @@ destination_uri = "1006@{dest}:5060"
     let rest = total - over.len();
     let (mut idle, mut half) = (Vec::new(), Vec::new());
     for (i, n) in (0..rest.div_ceil(PER_IP)).map(|i| (i, PER_IP.min(rest - i * PER_IP))) {
-        let flows = rt.block_on(connect_many(ip(11 + i as u8), uacd_sip, n));
+        let mut flows = rt.block_on(connect_many(ip(11 + i as u8), uacd_sip, n));
         if i % 3 == 0 {
+            // Written as soon as the group is open: opening thousands of
+            // flows on a loaded machine can outlast the idle timeout, and
+            // a flow must not go idle before its half-sent header arrives.
+            for s in &mut flows {
+                use std::io::Write;
+                s.write_all(b"INVITE sip:1006@127.0.2.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.2.11;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\n")
+                    .unwrap();
+            }
             half.extend(flows);
         } else {
             idle.extend(flows);
         }
-    }
-    for s in &mut half {
-        use std::io::Write;
-        s.write_all(b"INVITE sip:1006@127.0.2.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.2.11;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\n")
-            .unwrap();
     }
     for s in over.iter_mut().chain(&mut idle).chain(&mut half) {
         s.set_nonblocking(true).unwrap();
