@@ -259,9 +259,13 @@ fn unique(e: rusqlite::Error, c: &Connection) -> StoreError {
 
 fn insert_row(conn: &rusqlite::Connection, row: &Row) -> Result<(), StoreError> {
     let c = &row.connection;
-    conn.execute(
+    // Cached: a store import inserts thousands of rows, and preparing the
+    // statement each time cost more than the insert itself.
+    conn.prepare_cached(
         "INSERT INTO connections (id, user_id, user_name, connection_name, owner, settings, password, external_password, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(
         params![
             c.id,
             c.user_id,
@@ -282,9 +286,11 @@ fn insert_row(conn: &rusqlite::Connection, row: &Row) -> Result<(), StoreError> 
 fn update_row(conn: &rusqlite::Connection, row: &Row) -> Result<bool, StoreError> {
     let c = &row.connection;
     let n = conn
-        .execute(
+        .prepare_cached(
             "UPDATE connections SET user_id = ?2, user_name = ?3, connection_name = ?4, owner = ?5,
              settings = ?6, password = ?7, external_password = ?8, updated_at = ?9 WHERE id = ?1",
+        )?
+        .execute(
             params![
                 c.id,
                 c.user_id,
@@ -489,10 +495,8 @@ impl Store for SqliteStore {
             .iter()
             .filter(|r| r.owner == Owner::File && !wanted.contains(r.connection.id.as_str()))
         {
-            tx.execute(
-                "DELETE FROM connections WHERE id = ?1",
-                [&old.connection.id],
-            )?;
+            tx.prepare_cached("DELETE FROM connections WHERE id = ?1")?
+                .execute([&old.connection.id])?;
             report.removed += 1;
         }
         for c in file.iter_mut() {
