@@ -474,4 +474,63 @@ Content-Length: 0\r\n\r\n",
         c.end("c1");
         assert_eq!(c.mapping("c1", now), None);
     }
+
+    fn pending(origin: &str, ours: &str, resent: bool) -> Pending {
+        let text = format!(
+            "BYE sip:2000@pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch={ours}\r\n\
+             Call-ID: a\r\nCSeq: 3 BYE\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\n\r\n"
+        );
+        Pending {
+            origin_branch: origin.into(),
+            branch: ours.into(),
+            request: crate::sip::Message::parse_datagram(text.into_bytes().into()).unwrap(),
+            target: crate::dns::Target {
+                addr: "192.0.2.2:5060".parse().unwrap(),
+                transport: crate::config::Transport::Udp,
+                server_name: "pbx.example.com".into(),
+            },
+            resent,
+            answered: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_retransmission_finds_the_resend_and_the_answer_takes_it() {
+        let now = t0();
+        let c = Calls::new(now, 100);
+        c.admit("a", "conn", Direction::Outbound, Some(1), None, now)
+            .unwrap();
+        c.add_pending("a", pending("z9hG4bKcaller", "z9hG4bKours1", false));
+        // Not resent yet: a retransmission is mapped and sent anew.
+        assert!(c.resent("a", "z9hG4bKcaller").is_none());
+        // Resent with credentials under a new branch of ours: it replaces
+        // the first copy, and a retransmission gets that resend.
+        c.add_pending("a", pending("z9hG4bKcaller", "z9hG4bKours2", true));
+        let p = c.resent("a", "z9hG4bKcaller").expect("the resend");
+        assert_eq!(p.branch, "z9hG4bKours2");
+        assert!(c.resent("a", "z9hG4bKother").is_none());
+        // The final response to the resend takes it; the first branch is gone.
+        assert!(c.take_pending("a", "z9hG4bKours1").is_none());
+        assert!(c.take_pending("a", "z9hG4bKours2").is_some());
+        assert!(c.resent("a", "z9hG4bKcaller").is_none());
+    }
+
+    #[test]
+    fn pending_requests_of_a_call_are_bounded() {
+        let now = t0();
+        let c = Calls::new(now, 100);
+        c.admit("a", "conn", Direction::Outbound, Some(1), None, now)
+            .unwrap();
+        for i in 0..=MAX_PENDING {
+            c.add_pending("a", pending(&format!("o{i}"), &format!("b{i}"), true));
+        }
+        // The oldest went; the newest MAX_PENDING stay.
+        assert!(c.take_pending("a", "b0").is_none());
+        for i in 1..=MAX_PENDING {
+            assert!(c.take_pending("a", &format!("b{i}")).is_some(), "b{i}");
+        }
+        // A call that is not held keeps nothing.
+        c.add_pending("zz", pending("o", "b", true));
+        assert!(c.take_pending("zz", "b").is_none());
+    }
 }
