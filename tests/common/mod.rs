@@ -342,6 +342,8 @@ pub struct Sipp {
     dir: PathBuf,
     args: Vec<String>,
     name: String,
+    /// `-i`/`-p`, when given: [`Sipp::start`] waits until the UDP socket is bound.
+    local: Option<(Ipv4Addr, u16)>,
 }
 
 impl Sipp {
@@ -352,6 +354,7 @@ impl Sipp {
             dir: dir.to_owned(),
             args: Vec::new(),
             name,
+            local: None,
         }
     }
 
@@ -362,7 +365,8 @@ impl Sipp {
     }
 
     /// `-i ip -p port`.
-    pub fn local(self, ip: Ipv4Addr, port: u16) -> Sipp {
+    pub fn local(mut self, ip: Ipv4Addr, port: u16) -> Sipp {
+        self.local = Some((ip, port));
         self.args([
             "-i".to_owned(),
             ip.to_string(),
@@ -417,6 +421,17 @@ impl Sipp {
             .arg("-log_file")
             .arg(&logs);
         let child = Child::spawn(&format!("sipp-{}", self.name), cmd, &self.dir);
+        // Over UDP, a peer that sends before SIPp has bound its port gets
+        // ICMP unreachable, which a registration treats as a transport
+        // error and retries only after its backoff: wait for the socket.
+        // (A SIPp that fails to start is reported by the test's own waits.)
+        let udp = !self
+            .args
+            .windows(2)
+            .any(|w| w[0] == "-t" && !w[1].starts_with('u'));
+        if let (Some((ip, port)), true) = (self.local, udp) {
+            let _ = wait_for_udp_listener(ip, port, Duration::from_secs(10));
+        }
         SippRun {
             child,
             name: self.name,
