@@ -40,8 +40,8 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         match &*cached {
             Some((k, mac)) if k.as_slice() == key => mac.clone(),
             _ => {
-                let mac = Hmac::<Sha256>::new_from_slice(key)
-                    .expect("HMAC takes a key of any length");
+                let mac =
+                    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
                 *cached = Some((key.to_vec(), mac.clone()));
                 mac
             }

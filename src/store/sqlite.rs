@@ -290,22 +290,20 @@ fn update_row(conn: &rusqlite::Connection, row: &Row) -> Result<bool, StoreError
             "UPDATE connections SET user_id = ?2, user_name = ?3, connection_name = ?4, owner = ?5,
              settings = ?6, password = ?7, external_password = ?8, updated_at = ?9 WHERE id = ?1",
         )?
-        .execute(
-            params![
-                c.id,
-                c.user_id,
-                c.user_name,
-                c.connection_name,
-                row.owner.as_str(),
-                encode(c)?,
-                c.password.expose(),
-                c.external_uac_settings
-                    .password
-                    .as_ref()
-                    .map(Secret::expose),
-                row.updated_at
-            ],
-        )
+        .execute(params![
+            c.id,
+            c.user_id,
+            c.user_name,
+            c.connection_name,
+            row.owner.as_str(),
+            encode(c)?,
+            c.password.expose(),
+            c.external_uac_settings
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            row.updated_at
+        ])
         .map_err(|e| unique(e, c))?;
     Ok(n > 0)
 }
