@@ -65,9 +65,12 @@ async fn pbx_targets(
         .map(|addr| Target {
             addr,
             transport,
+            // The name the registration checked the certificate against
+            // (RFC 5922 §7: the host of the URI it connected for).
             server_name: ext
-                .proxy
+                .outbound_proxy
                 .as_ref()
+                .or(ext.proxy.as_ref())
                 .map(|p| p.host.clone())
                 .unwrap_or_default()
                 .into(),
@@ -289,6 +292,7 @@ pub(super) async fn run(
         permit: Some(permit),
         icmp_tx,
         icmp_watches: Vec::new(),
+        connect_timeout: policy.timeout_1xx,
     };
     task.run_actions(&mut call, actions).await;
     let upstream_flow = task.upstream.flow.clone();
@@ -362,6 +366,9 @@ struct CallTask {
     /// Told of ICMP errors for the UDP targets we sent to.
     icmp_tx: mpsc::Sender<SocketAddr>,
     icmp_watches: Vec<(usize, UnreachableWatch)>,
+    /// The call's `timeout_1xx` (the connection's own, if set), which also
+    /// bounds a TCP connect or TLS handshake toward a target.
+    connect_timeout: Duration,
 }
 
 impl CallTask {
@@ -427,7 +434,7 @@ impl CallTask {
         // A connect (TCP, TLS handshake) that hangs is a transport error
         // after timeout_1xx: the same time a silent target gets.
         let hop = tokio::time::timeout(
-            self.shared.policy.timeout_1xx,
+            self.connect_timeout,
             self.shared
                 .ctx
                 .transports
