@@ -19,6 +19,7 @@
 //! Tests of this file run in parallel: each uses its own ports (the SRV
 //! records carry them).
 
+mod api_client;
 mod common;
 
 use std::net::Ipv4Addr;
@@ -54,6 +55,7 @@ struct Setup {
     dir: PathBuf,
     uacd: Uacd,
     uacd_port: u16,
+    api_port: u16,
     a_port: u16,
     b_port: u16,
     _dns: Dnsmasq,
@@ -132,6 +134,7 @@ timeout_1xx_secs = {timeout_1xx}
         dir,
         uacd,
         uacd_port,
+        api_port,
         a_port,
         b_port,
         _dns: dns,
@@ -212,6 +215,27 @@ impl Setup {
         self.uacd.wait_for_log("call finished", WAIT)
     }
 
+    /// The value of the first series of `/metrics` named `name` whose line
+    /// contains every one of `labels` (`direction="outbound"`).
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let addr = std::net::SocketAddr::from((uacd_ip(), self.api_port));
+        let resp = api_client::Api::new(addr, "test-token-0123456").get("/metrics");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        resp.body
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in /metrics:\n{}", resp.body))
+    }
+
+    /// `uacd_calls_total` of calls toward the PBX that ended with `result`.
+    fn outbound_calls(&self, result: &str) -> f64 {
+        let r = format!("result=\"{result}\"");
+        self.metric("uacd_calls_total", &["direction=\"outbound\"", &r])
+    }
+
     /// uacd's `call target failed` lines.
     fn targets_failed(&self) -> Vec<String> {
         std::fs::read_to_string(self.uacd.log_path())
@@ -258,7 +282,9 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 fn silent_registrar_target_fails_over_to_the_next_srv_target() {
     // A takes the INVITE and never answers: after the connection's
     // timeout_1xx_secs (1 s; the daemon's 20 s) B gets the call, and its
-    // 200 reaches the internal side, which ACKs and hangs up through uacd.
+    // 200 reaches the internal side, which ACKs and hangs up through uacd
+    // (both SIPp runs exit 0 only if B got that ACK and BYE and the
+    // internal side the 200 of its own dialog and the BYE's 200).
     let mut s = setup("of-silent", 1);
     let mut a = s
         // -d: it stays up (absorbing retransmissions) past the 1 s, so
@@ -298,6 +324,8 @@ fn silent_registrar_target_fails_over_to_the_next_srv_target() {
         (1000..20_000).contains(&setup_ms),
         "B tried after the connection's 1 s, not the daemon's 20 s: {done}"
     );
+    assert_eq!(s.outbound_calls("answered"), 1.0);
+    assert_eq!(s.metric("uacd_failovers_total", &[]), 1.0);
     a.child.terminate(Duration::from_secs(5));
 }
 
@@ -325,6 +353,8 @@ fn registrar_target_486_is_relayed_and_the_next_target_never_tried() {
         b.report()
     );
     assert!(s.targets_failed().is_empty(), "{:#?}", s.targets_failed());
+    assert_eq!(s.outbound_calls("486"), 1.0);
+    assert_eq!(s.metric("uacd_failovers_total", &[]), 0.0);
     b.child.terminate(Duration::from_secs(5));
 }
 
@@ -352,4 +382,6 @@ fn closed_registrar_port_fails_over_at_once_on_icmp_unreachable() {
     assert_eq!(field(&done, "failovers="), "1", "{done}");
     let setup_ms: u64 = field(&done, "setup_ms=").parse().expect("setup_ms");
     assert!(setup_ms < 10_000, "not the 10 s timeout: {done}");
+    assert_eq!(s.outbound_calls("answered"), 1.0);
+    assert_eq!(s.metric("uacd_failovers_total", &[]), 1.0);
 }
