@@ -27,6 +27,7 @@
 //! | 160..=169 | `attack_dialog.rs`                      |
 //! | 170..=179 | `interop_kamailio.rs`                   |
 //! | 180..=189 | `outbound_calls.rs`                     |
+//! | 190..=199 | `outbound_failover.rs`                  |
 //!
 //! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
