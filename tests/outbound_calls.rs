@@ -705,6 +705,9 @@ fn invite_challenged_with_401_is_answered_once_with_the_credentials() {
     assert_no_challenge_seen(&c);
     assert_eq!(logged(&c, "ANSWERED", "cseq"), "1");
     assert_no_secret(&s);
+    // The resend went to the same target: answered, and not a failover.
+    assert_eq!(calls_total(&s, "outbound", "answered"), 1.0);
+    assert_eq!(metric(&s, "uacd_failovers_total"), 0.0);
 }
 
 #[test]
@@ -1249,6 +1252,17 @@ fn internal_side_over_tcp() {
 }
 
 /// The value of `uacd_calls_total{direction=..,result=..}` in /metrics.
+/// The value of the unlabelled series `name` in `/metrics`.
+fn metric(s: &Setup, name: &str) -> f64 {
+    let addr = std::net::SocketAddr::from((uacd_ip(), s.api_port));
+    let resp = api_client::Api::new(addr, "test-token-0123456").get("/metrics");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    resp.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", resp.body))
+}
+
 fn calls_total(s: &Setup, direction: &str, result: &str) -> f64 {
     let addr = std::net::SocketAddr::from((uacd_ip(), s.api_port));
     let resp = api_client::Api::new(addr, "test-token-0123456").get("/metrics");

@@ -694,7 +694,13 @@ impl Call {
         CallOutcome {
             status,
             setup: now.saturating_duration_since(self.started),
-            failovers: self.attempts.len().saturating_sub(1) as u32,
+            // A resend with credentials (a call toward a PBX) is a new
+            // attempt at the same target: only a change of target counts.
+            failovers: self
+                .attempts
+                .windows(2)
+                .filter(|w| w[0].target != w[1].target)
+                .count() as u32,
         }
     }
 
