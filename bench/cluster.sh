@@ -19,6 +19,7 @@
 #      WAIT_S=600 UACD_BIN (default target/release/uacd) FIGS=<file>
 set -u
 . "$(dirname "$0")/lib.sh"
+EXTRA_PACKAGES=(postgresql:/usr/lib/postgresql/15/bin/postgres)
 need python3 setpriv
 
 N=${1:-30000}

@@ -16,9 +16,25 @@ CLK_TCK="$(getconf CLK_TCK)"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
+# The Debian packages the benchmarks run (package:probe), installed with
+# apt when missing, as scripts/test.sh installs the test peers; a fresh
+# machine lacks kamailio-sqlite-modules (Kamailio's uacreg table) even
+# after the test suite ran.
+BENCH_PACKAGES=(sip-tester:sipp curl:curl python3:python3 sqlite3:sqlite3 util-linux:setpriv
+  kamailio:kamailio kamailio-utils-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/utils.so
+  kamailio-sqlite-modules:/usr/lib/x86_64-linux-gnu/kamailio/modules/db_sqlite.so)
+
+# need CMD...: the bench packages installed (once per run), then each CMD on PATH.
 need() {
+  if [ -z "${BENCH_PACKAGES_OK:-}" ]; then
+    # A subshell: setup-lib.sh has its own log().
+    (. "$REPO_DIR/scripts/setup-lib.sh" && ensure_packages "${BENCH_PACKAGES[@]}" "${EXTRA_PACKAGES[@]}") ||
+      die "could not install the bench's packages: ${BENCH_PACKAGES[*]%%:*} ${EXTRA_PACKAGES[*]%%:*}"
+    export BENCH_PACKAGES_OK=1
+  fi
+  case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
   local b
-  for b in "$@"; do command -v "$b" >/dev/null 2>&1 || die "missing $b (apt-get install -y sip-tester kamailio kamailio-tls-modules kamailio-sqlite-modules kamailio-utils-modules sqlite3)"; done
+  for b in "$@"; do command -v "$b" >/dev/null 2>&1 || die "missing $b after installing ${BENCH_PACKAGES[*]%%:*}"; done
 }
 
 # PIDs started by this script, stopped by stop_all on exit.
