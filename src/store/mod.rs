@@ -6,6 +6,7 @@
 
 mod postgres;
 mod sqlite;
+mod sync;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

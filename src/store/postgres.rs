@@ -8,14 +8,14 @@
 
 mod cluster;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
-use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport};
+use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport, sync};
 use crate::config::{Connection, Secret};
 
 /// Schema migrations; entry `i` takes `uacd_schema.version` from `i` to `i + 1`.
@@ -506,69 +506,25 @@ impl Store for PgStore {
                 &tx.query(&format!("SELECT {COLUMNS} FROM connections"), &[])
                     .map_err(sql)?,
             )?;
-            let mut report = SyncReport::default();
-            let wanted: BTreeSet<&str> = file.iter().map(|c| c.id.as_str()).collect();
-            let by_id: HashMap<&str, &Row> = existing
-                .iter()
-                .map(|r| (r.connection.id.as_str(), r))
-                .collect();
-            // Removals first, so that a user_name can move between file connections.
-            for old in existing
-                .iter()
-                .filter(|r| r.owner == Owner::File && !wanted.contains(r.connection.id.as_str()))
-            {
-                delete_row(&mut tx, &old.connection.id)?;
-                report.removed += 1;
-            }
-            for c in file.iter_mut() {
-                match by_id.get(c.id.as_str()).copied() {
-                    Some(r) if r.owner == Owner::Api => {
-                        return Err(StoreError::FileConflict {
-                            id: c.id.clone(),
-                            reason: "an API-created connection has the same id; rename one of them"
-                                .into(),
-                        });
+            let writes = sync::plan(&existing, file, generated_passwords, now)?;
+            for w in &writes {
+                match w {
+                    sync::Write::Remove(id) => {
+                        delete_row(&mut tx, id)?;
                     }
-                    Some(r) => {
-                        if generated_passwords.contains(&c.id) {
-                            c.password = r.connection.password.clone();
-                        }
-                        if r.connection != *c {
-                            let row = Row {
-                                connection: c.clone(),
-                                owner: Owner::File,
-                                created_at: r.created_at,
-                                updated_at: now,
-                            };
-                            update_row(&mut tx, &row).map_err(|e| file_conflict(e, c))?;
-                            report.updated += 1;
-                        }
+                    sync::Write::Update(row) => {
+                        update_row(&mut tx, row)
+                            .map_err(|e| sync::file_conflict(e, &row.connection))?;
                     }
-                    None => {
-                        let row = Row {
-                            connection: c.clone(),
-                            owner: Owner::File,
-                            created_at: now,
-                            updated_at: now,
-                        };
-                        insert_row(&mut tx, &row).map_err(|e| file_conflict(e, c))?;
-                        report.inserted += 1;
+                    sync::Write::Insert(row) => {
+                        insert_row(&mut tx, row)
+                            .map_err(|e| sync::file_conflict(e, &row.connection))?;
                     }
                 }
             }
             tx.commit().map_err(sql)?;
-            Ok(report)
+            Ok(sync::report(&writes))
         })
-    }
-}
-
-fn file_conflict(e: StoreError, c: &Connection) -> StoreError {
-    match e {
-        StoreError::DuplicateUserName(u) => StoreError::FileConflict {
-            id: c.id.clone(),
-            reason: format!("user_name {u:?} is already used by an API-created connection"),
-        },
-        other => other,
     }
 }
 

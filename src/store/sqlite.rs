@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport};
+use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport, sync};
 use crate::config::{Connection, Secret};
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
@@ -480,72 +480,23 @@ impl Store for SqliteStore {
             let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM connections"))?;
             collect(&mut stmt, [])?
         };
-        let mut report = SyncReport::default();
-        let wanted: BTreeSet<&str> = file.iter().map(|c| c.id.as_str()).collect();
-        // By id: a linear search per file connection made a reload O(N²)
-        // (10k connections: ~1.7 s of memcmp).
-        let by_id: HashMap<&str, &Row> = existing
-            .iter()
-            .map(|r| (r.connection.id.as_str(), r))
-            .collect();
-        // Removals first, so that a user_name can move between file connections.
-        for old in existing
-            .iter()
-            .filter(|r| r.owner == Owner::File && !wanted.contains(r.connection.id.as_str()))
-        {
-            tx.prepare_cached("DELETE FROM connections WHERE id = ?1")?
-                .execute([&old.connection.id])?;
-            report.removed += 1;
-        }
-        for c in file.iter_mut() {
-            let old = by_id.get(c.id.as_str()).copied();
-            match old {
-                Some(r) if r.owner == Owner::Api => {
-                    return Err(StoreError::FileConflict {
-                        id: c.id.clone(),
-                        reason: "an API-created connection has the same id; rename one of them"
-                            .into(),
-                    });
+        let writes = sync::plan(&existing, file, generated_passwords, now)?;
+        for w in &writes {
+            match w {
+                sync::Write::Remove(id) => {
+                    tx.prepare_cached("DELETE FROM connections WHERE id = ?1")?
+                        .execute([id])?;
                 }
-                Some(r) => {
-                    if generated_passwords.contains(&c.id) {
-                        c.password = r.connection.password.clone();
-                    }
-                    if r.connection != *c {
-                        let row = Row {
-                            connection: c.clone(),
-                            owner: Owner::File,
-                            created_at: r.created_at,
-                            updated_at: now,
-                        };
-                        update_row(&tx, &row).map_err(|e| file_conflict(e, c))?;
-                        report.updated += 1;
-                    }
+                sync::Write::Update(row) => {
+                    update_row(&tx, row).map_err(|e| sync::file_conflict(e, &row.connection))?;
                 }
-                None => {
-                    let row = Row {
-                        connection: c.clone(),
-                        owner: Owner::File,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    insert_row(&tx, &row).map_err(|e| file_conflict(e, c))?;
-                    report.inserted += 1;
+                sync::Write::Insert(row) => {
+                    insert_row(&tx, row).map_err(|e| sync::file_conflict(e, &row.connection))?;
                 }
             }
         }
         tx.commit()?;
-        Ok(report)
-    }
-}
-
-fn file_conflict(e: StoreError, c: &Connection) -> StoreError {
-    match e {
-        StoreError::DuplicateUserName(u) => StoreError::FileConflict {
-            id: c.id.clone(),
-            reason: format!("user_name {u:?} is already used by an API-created connection"),
-        },
-        other => other,
+        Ok(sync::report(&writes))
     }
 }
 

@@ -1,0 +1,95 @@
+//! What a config-file sync writes (pure; [`super::Store::sync_file`] of each
+//! backend runs the plan inside its transaction).
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{Owner, Row, StoreError, SyncReport};
+use crate::config::Connection;
+
+/// One write of a sync, in the order it must be made.
+#[derive(Debug)]
+pub(super) enum Write {
+    Remove(String),
+    Update(Row),
+    Insert(Row),
+}
+
+/// The writes that make the file-owned rows of `existing` equal to `file`:
+/// removals first (so that a `user_name` can move between file connections),
+/// then updates and inserts in file order. For ids in `generated_passwords`
+/// the stored password is kept, and written back into `file`. An API-owned
+/// row with a file connection's id is a conflict.
+pub(super) fn plan(
+    existing: &[Row],
+    file: &mut [Connection],
+    generated_passwords: &BTreeSet<String>,
+    now: i64,
+) -> Result<Vec<Write>, StoreError> {
+    let wanted: BTreeSet<&str> = file.iter().map(|c| c.id.as_str()).collect();
+    // By id: a linear search per file connection made a reload O(N²)
+    // (10k connections: ~1.7 s of memcmp).
+    let by_id: HashMap<&str, &Row> = existing
+        .iter()
+        .map(|r| (r.connection.id.as_str(), r))
+        .collect();
+    let mut writes: Vec<Write> = existing
+        .iter()
+        .filter(|r| r.owner == Owner::File && !wanted.contains(r.connection.id.as_str()))
+        .map(|r| Write::Remove(r.connection.id.clone()))
+        .collect();
+    for c in file.iter_mut() {
+        match by_id.get(c.id.as_str()).copied() {
+            Some(r) if r.owner == Owner::Api => {
+                return Err(StoreError::FileConflict {
+                    id: c.id.clone(),
+                    reason: "an API-created connection has the same id; rename one of them".into(),
+                });
+            }
+            Some(r) => {
+                if generated_passwords.contains(&c.id) {
+                    c.password = r.connection.password.clone();
+                }
+                if r.connection != *c {
+                    writes.push(Write::Update(Row {
+                        connection: c.clone(),
+                        owner: Owner::File,
+                        created_at: r.created_at,
+                        updated_at: now,
+                    }));
+                }
+            }
+            None => writes.push(Write::Insert(Row {
+                connection: c.clone(),
+                owner: Owner::File,
+                created_at: now,
+                updated_at: now,
+            })),
+        }
+    }
+    Ok(writes)
+}
+
+/// Counts `writes` as the sync's report.
+pub(super) fn report(writes: &[Write]) -> SyncReport {
+    let mut r = SyncReport::default();
+    for w in writes {
+        match w {
+            Write::Remove(_) => r.removed += 1,
+            Write::Update(_) => r.updated += 1,
+            Write::Insert(_) => r.inserted += 1,
+        }
+    }
+    r
+}
+
+/// A file connection's write refused because its `user_name` is taken by an
+/// API-created one: said as a conflict of that file connection.
+pub(super) fn file_conflict(e: StoreError, c: &Connection) -> StoreError {
+    match e {
+        StoreError::DuplicateUserName(u) => StoreError::FileConflict {
+            id: c.id.clone(),
+            reason: format!("user_name {u:?} is already used by an API-created connection"),
+        },
+        other => other,
+    }
+}
