@@ -184,17 +184,20 @@ pub fn parse_list(raw: Option<&str>) -> Result<ListParams, ApiError> {
     if q.get("mode").is_some_and(|m| m != "typeahead") {
         return Err(ApiError::bad_parameter("mode", "must be typeahead"));
     }
+    // The v1 paging parameters, when given, else the v2 ones: a v2 one is
+    // never ignored (checked against its range) because a v1 flag such as
+    // `mode` or `with_auth` came with it. The page size defaults to v1's
+    // when any v1 parameter is present.
     let v1 = V1.iter().any(|k| q.contains_key(*k));
-    let (page_number, page_size) = if v1 {
-        (
-            int_in(&q, "page", 1..=u32::MAX, 1)?,
-            int_in(&q, "per_page", 1..=V1_MAX_PAGE_SIZE, V1_DEFAULT_PAGE_SIZE)?,
-        )
+    let page_number = if q.contains_key("page") {
+        int_in(&q, "page", 1..=u32::MAX, 1)?
     } else {
-        (
-            int_in(&q, PAGE_NUMBER, 1..=u32::MAX, 1)?,
-            int_in(&q, PAGE_SIZE, 1..=MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)?,
-        )
+        int_in(&q, PAGE_NUMBER, 1..=u32::MAX, 1)?
+    };
+    let page_size = if q.contains_key("per_page") || (v1 && !q.contains_key(PAGE_SIZE)) {
+        int_in(&q, "per_page", 1..=V1_MAX_PAGE_SIZE, V1_DEFAULT_PAGE_SIZE)?
+    } else {
+        int_in(&q, PAGE_SIZE, 1..=MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)?
     };
     let sort = if q.contains_key("order_by") || q.contains_key("sort_direction") {
         parse_v1_order(
@@ -306,6 +309,16 @@ mod tests {
     }
 
     #[test]
+    fn v2_paging_is_honoured_beside_v1_flags() {
+        let p = parse_list(Some("with_auth=true&page[number]=2")).unwrap();
+        assert_eq!((p.page_number, p.page_size), (2, V1_DEFAULT_PAGE_SIZE));
+        let p = parse_list(Some("mode=typeahead&page[number]=3&page[size]=7")).unwrap();
+        assert_eq!((p.page_number, p.page_size), (3, 7));
+        let p = parse_list(Some("page=4&per_page=5")).unwrap();
+        assert_eq!((p.page_number, p.page_size), (4, 5));
+    }
+
+    #[test]
     fn list_rejects_bad_values_with_the_parameter_named() {
         for (q, param) in [
             ("page[size]=0", "page[size]"),
@@ -317,6 +330,13 @@ mod tests {
             ("sort=--created_at", "sort"),
             ("bogus=1", "bogus"),
             ("sort=created_at&sort=connection_name", "sort"),
+            // A v1 flag does not make a v2 paging parameter go unchecked
+            // (found by schemathesis).
+            (
+                "mode=typeahead&page[number]=746978719105833",
+                "page[number]",
+            ),
+            ("with_auth=true&page[size]=251", "page[size]"),
         ] {
             let e = parse_list(Some(q)).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
