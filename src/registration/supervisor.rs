@@ -203,7 +203,7 @@ impl Supervisor {
             );
             Some(tokio::spawn(Box::new(driver).run()))
         } else {
-            tracing::info!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
+            tracing::debug!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
             None
         };
         (rx, stop, task)
