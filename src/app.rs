@@ -354,7 +354,7 @@ impl App {
                     removed = report.removed,
                     "config connections synced into the store"
                 );
-                s.all()
+                Ok(report.after)
             })
             .await?;
         let config = Arc::new(config);
@@ -506,9 +506,12 @@ impl App {
         let synced = self
             .store
             .run(move |s| {
-                let before = s.all()?;
-                let report = s.sync_file(&mut file, &generated, now_ms())?;
-                Ok((before, report, s.all()?))
+                let mut report = s.sync_file(&mut file, &generated, now_ms())?;
+                let (before, after) = (
+                    std::mem::take(&mut report.before),
+                    std::mem::take(&mut report.after),
+                );
+                Ok((before, report, after))
             })
             .await;
         let (before, report, after) = match synced {

@@ -182,12 +182,16 @@ fn sync_file_keeps_generated_passwords_and_every_node_shares_the_dialog_key() {
     file[0].password = Secret::new("random-first");
     let r = n1.sync_file(&mut file, &generated, 100).unwrap();
     assert_eq!((r.inserted, r.updated, r.removed), (2, 0, 0));
+    // The rows it reports are the store's.
+    assert_eq!(r.after, n1.all().unwrap());
     // Another node reading the same file generated another password: the
     // stored one wins there too.
     let mut file = vec![conn("f1", "F1 renamed", "1")];
     file[0].password = Secret::new("random-second");
     let r = n2.sync_file(&mut file, &generated, 200).unwrap();
     assert_eq!((r.inserted, r.updated, r.removed), (0, 1, 1));
+    assert_eq!(r.before.len(), 3);
+    assert_eq!(r.after, n1.all().unwrap());
     assert_eq!(file[0].password.expose(), "random-first");
     let f1 = n1.get("f1").unwrap().unwrap();
     assert_eq!(f1.connection.connection_name, "F1 renamed");

@@ -82,12 +82,16 @@ pub struct Page {
     pub total: u64,
 }
 
-/// What [`Store::sync_file`] changed.
+/// What [`Store::sync_file`] changed, and every row before and after it,
+/// in creation order (as [`Store::all`] gives them), so that a caller needs
+/// no second read of the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
     pub inserted: usize,
     pub updated: usize,
     pub removed: usize,
+    pub before: Vec<Row>,
+    pub after: Vec<Row>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -503,8 +503,11 @@ impl Store for PgStore {
             // one's generated passwords are the ones every node keeps.
             let mut tx = writing(c)?;
             let existing = decode_all(
-                &tx.query(&format!("SELECT {COLUMNS} FROM connections"), &[])
-                    .map_err(sql)?,
+                &tx.query(
+                    &format!("SELECT {COLUMNS} FROM connections ORDER BY created_at, seq"),
+                    &[],
+                )
+                .map_err(sql)?,
             )?;
             let writes = sync::plan(&existing, file, generated_passwords, now)?;
             for w in &writes {
@@ -523,7 +526,7 @@ impl Store for PgStore {
                 }
             }
             tx.commit().map_err(sql)?;
-            Ok(sync::report(&writes))
+            Ok(sync::report(existing, writes))
         })
     }
 }

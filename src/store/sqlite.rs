@@ -477,7 +477,9 @@ impl Store for SqliteStore {
         *counts = None;
         let tx = conn.unchecked_transaction()?;
         let existing = {
-            let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM connections"))?;
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {COLUMNS} FROM connections ORDER BY created_at, seq"
+            ))?;
             collect(&mut stmt, [])?
         };
         let writes = sync::plan(&existing, file, generated_passwords, now)?;
@@ -496,7 +498,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
-        Ok(sync::report(&writes))
+        Ok(sync::report(existing, writes))
     }
 }
 

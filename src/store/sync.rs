@@ -1,7 +1,7 @@
 //! What a config-file sync writes (pure; [`super::Store::sync_file`] of each
 //! backend runs the plan inside its transaction).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{Owner, Row, StoreError, SyncReport};
 use crate::config::Connection;
@@ -69,16 +69,37 @@ pub(super) fn plan(
     Ok(writes)
 }
 
-/// Counts `writes` as the sync's report.
-pub(super) fn report(writes: &[Write]) -> SyncReport {
+/// The sync's report: `writes` counted, and the rows after them. `existing`
+/// is in creation order; an update keeps a row's place, inserts come last in
+/// file order (they are created now), removals drop out.
+pub(super) fn report(existing: Vec<Row>, writes: Vec<Write>) -> SyncReport {
     let mut r = SyncReport::default();
+    let mut removed: HashSet<String> = HashSet::new();
+    let mut updated: HashMap<String, Row> = HashMap::new();
+    let mut inserted: Vec<Row> = Vec::new();
     for w in writes {
         match w {
-            Write::Remove(_) => r.removed += 1,
-            Write::Update(_) => r.updated += 1,
-            Write::Insert(_) => r.inserted += 1,
+            Write::Remove(id) => {
+                removed.insert(id);
+            }
+            Write::Update(row) => {
+                updated.insert(row.connection.id.clone(), row);
+            }
+            Write::Insert(row) => inserted.push(row),
         }
     }
+    (r.removed, r.updated, r.inserted) = (removed.len(), updated.len(), inserted.len());
+    r.after = existing
+        .iter()
+        .filter(|row| !removed.contains(&row.connection.id))
+        .map(|row| {
+            updated
+                .remove(&row.connection.id)
+                .unwrap_or_else(|| row.clone())
+        })
+        .chain(inserted)
+        .collect();
+    r.before = existing;
     r
 }
 
