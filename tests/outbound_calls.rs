@@ -408,6 +408,20 @@ impl Setup {
             .start()
     }
 
+    /// The extension plays `ext`, the internal side calls it with `caller`
+    /// (step "1" both); both must end with success. Returns (caller, extension).
+    fn call_through(
+        &self,
+        (ext, ext_args): (&str, &[&str]),
+        (caller, caller_args): (&str, &[&str]),
+    ) -> (SippRun, SippRun) {
+        let mut e = self.ext("1", ext, ext_args);
+        let mut c = self.call("1", caller, caller_args);
+        self.wait_ok(&mut c, "internal side");
+        self.wait_ok(&mut e, "extension");
+        (c, e)
+    }
+
     fn wait_ok(&self, run: &mut SippRun, who: &str) {
         let s = run.wait(WAIT);
         assert!(
@@ -648,10 +662,10 @@ fn scenario_pairs_work_through_the_pbx_alone() {
 #[test]
 fn call_answered_and_hung_up_by_the_internal_side() {
     let s = setup("ob-internal-bye", Opts::default());
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &["-d", "200"]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, ext) = s.call_through(
+        ("uas-answer.xml", &[]),
+        ("internal-call.xml", &["-d", "200"]),
+    );
     let (_, inv) = assert_authenticated_invites(&s, "Authorization");
     assert_eq!(inv.src, s.uacd_addr(), "{inv:?}");
     assert_eq!(inv.proto, "udp");
@@ -679,10 +693,10 @@ fn call_answered_and_hung_up_by_the_internal_side() {
 #[test]
 fn call_answered_and_hung_up_by_the_extension() {
     let s = setup("ob-remote-bye", Opts::default());
-    let mut ext = s.ext("1", "uas-hangup.xml", &["-d", "200"]);
-    let mut c = s.call("1", "internal-call-remote-bye.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, _ext) = s.call_through(
+        ("uas-hangup.xml", &["-d", "200"]),
+        ("internal-call-remote-bye.xml", &[]),
+    );
     let (_, inv) = assert_authenticated_invites(&s, "Authorization");
     let bye = s.pbx_saw("BYE");
     assert_eq!(bye.len(), 1, "{bye:#?}\n{}", s.report());
@@ -697,10 +711,7 @@ fn call_answered_and_hung_up_by_the_extension() {
 #[test]
 fn invite_challenged_with_401_is_answered_once_with_the_credentials() {
     let s = setup("ob-401", Opts::default());
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, _ext) = s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     assert_authenticated_invites(&s, "Authorization");
     assert_no_challenge_seen(&c);
     assert_eq!(logged(&c, "ANSWERED", "cseq"), "1");
@@ -719,10 +730,7 @@ fn invite_challenged_with_407_is_answered_with_proxy_authorization() {
             ..Opts::default()
         },
     );
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, _ext) = s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     assert_authenticated_invites(&s, "Proxy-Authorization");
     assert_no_challenge_seen(&c);
     assert_eq!(logged(&c, "ANSWERED", "cseq"), "1");
@@ -766,10 +774,10 @@ fn wrong_invite_password_gives_403_without_a_loop() {
 #[test]
 fn reinvite_from_the_internal_side() {
     let s = setup("ob-reinvite-internal", Opts::default());
-    let mut ext = s.ext("1", "uas-answer-reinvite.xml", &[]);
-    let mut c = s.call("1", "internal-reinvite.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, ext) = s.call_through(
+        ("uas-answer-reinvite.xml", &[]),
+        ("internal-reinvite.xml", &[]),
+    );
     assert_eq!(logged(&c, "REANSWERED", "cseq"), "2");
     let first: u32 = logged(&ext, "INVITE", "cseq").parse().unwrap();
     let again: u32 = logged(&ext, "REINVITE", "cseq").parse().unwrap();
@@ -787,10 +795,7 @@ fn reinvite_from_the_internal_side() {
 #[test]
 fn reinvite_from_the_extension() {
     let s = setup("ob-reinvite-ext", Opts::default());
-    let mut ext = s.ext("1", "uas-reinvite.xml", &[]);
-    let mut c = s.call("1", "internal-reinvited.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, _ext) = s.call_through(("uas-reinvite.xml", &[]), ("internal-reinvited.xml", &[]));
     let inv = s.pbx_saw("INVITE");
     assert_eq!(inv.len(), 3, "{inv:#?}");
     assert_eq!(inv[2].src, format!("{}:{}", ext_ip(), s.ext_port));
@@ -805,10 +810,7 @@ fn reinvite_from_the_extension() {
 #[test]
 fn cancel_before_answer_gives_487() {
     let s = setup("ob-cancel", Opts::default());
-    let mut ext = s.ext("1", "uas-ring-cancel.xml", &[]);
-    let mut c = s.call("1", "internal-cancel.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, _ext) = s.call_through(("uas-ring-cancel.xml", &[]), ("internal-cancel.xml", &[]));
     assert_eq!(final_status(&c), "487");
     let (_, inv) = assert_authenticated_invites(&s, "Authorization");
     let cancel = s.pbx_saw("CANCEL");
@@ -845,10 +847,7 @@ fn call_goes_over_the_registration_tcp_flow() {
             ..Opts::default()
         },
     );
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     let reg = s.pbx_saw("REGISTER");
     let reg = reg.last().expect("a REGISTER");
     assert_eq!(reg.proto, "tcp", "{reg:?}");
@@ -1051,10 +1050,7 @@ fn bye_challenged_by_the_pbx_is_authenticated() {
             ..Opts::default()
         },
     );
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, _ext) = s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     let bye = s.pbx_saw("BYE");
     assert_eq!(
         bye.len(),
@@ -1081,10 +1077,10 @@ fn challenged_reinvite_keeps_the_pbx_leg_cseq_going_up() {
             ..Opts::default()
         },
     );
-    let mut ext = s.ext("1", "uas-answer-reinvite.xml", &[]);
-    let mut c = s.call("1", "internal-reinvite.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (c, ext) = s.call_through(
+        ("uas-answer-reinvite.xml", &[]),
+        ("internal-reinvite.xml", &[]),
+    );
     assert_eq!(logged(&c, "REANSWERED", "cseq"), "2");
     let inv = s.pbx_saw("INVITE");
     let seq: Vec<(u32, &str)> = inv.iter().map(|i| (i.cseq(), i.get("auth"))).collect();
@@ -1140,10 +1136,7 @@ fn identity_test(name: &str, assert_identity: bool) -> String {
             ..Opts::default()
         },
     );
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (_c, ext) = s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     invite_at_the_extension(&ext)
 }
 
@@ -1183,10 +1176,7 @@ fn invite_to_the_pbx_carries_our_contact() {
     // Issue 17: "Contact at our address, our Via" — the PBX sees a call
     // from its registered endpoint, not the internal application's address.
     let s = setup("ob-contact", Opts::default());
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    let (_c, ext) = s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     let invite = invite_at_the_extension(&ext);
     let contact = invite
         .lines()
@@ -1216,10 +1206,10 @@ fn extension_hangs_up_over_the_registration_tcp_flow() {
             ..Opts::default()
         },
     );
-    let mut ext = s.ext("1", "uas-hangup.xml", &["-d", "200"]);
-    let mut c = s.call("1", "internal-call-remote-bye.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    s.call_through(
+        ("uas-hangup.xml", &["-d", "200"]),
+        ("internal-call-remote-bye.xml", &[]),
+    );
     let reg = s.pbx_saw("REGISTER");
     let reg = reg.last().expect("a REGISTER");
     let (_, inv) = assert_authenticated_invites(&s, "Authorization");
@@ -1280,10 +1270,7 @@ fn calls_total(s: &Setup, direction: &str, result: &str) -> f64 {
 #[test]
 fn calls_are_counted_by_direction() {
     let s = setup("ob-metrics", Opts::default());
-    let mut ext = s.ext("1", "uas-answer.xml", &[]);
-    let mut c = s.call("1", "internal-call.xml", &[]);
-    s.wait_ok(&mut c, "internal side");
-    s.wait_ok(&mut ext, "extension");
+    s.call_through(("uas-answer.xml", &[]), ("internal-call.xml", &[]));
     let mut ext = s.ext("2", "uas-busy.xml", &[]);
     let mut c = s.call(
         "2",
