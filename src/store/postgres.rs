@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
-use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport, sync};
+use super::{
+    ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport, like_contains, sync,
+};
 use crate::config::{Connection, Secret};
 
 /// Schema migrations; entry `i` takes `uacd_schema.version` from `i` to `i + 1`.
@@ -386,20 +388,6 @@ fn delete_row(c: &mut impl postgres::GenericClient, id: &str) -> Result<bool, St
             .map_err(sql)?;
     }
     Ok(n > 0)
-}
-
-/// `ILIKE` pattern for "contains `s`", with `\` as the escape character.
-fn like_contains(s: &str) -> String {
-    let mut p = String::with_capacity(s.len() + 2);
-    p.push('%');
-    for ch in s.chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(ch);
-    }
-    p.push('%');
-    p
 }
 
 impl Store for PgStore {

@@ -11,7 +11,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport, sync};
+use super::{
+    ListQuery, Owner, Page, Row, SortKey, Store, StoreError, SyncReport, like_contains, sync,
+};
 use crate::config::{Connection, Secret};
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
@@ -348,19 +350,6 @@ impl SqliteStore {
             total: u64::try_from(total).unwrap_or(0),
         })
     }
-}
-
-fn like_contains(s: &str) -> String {
-    let mut p = String::with_capacity(s.len() + 2);
-    p.push('%');
-    for ch in s.chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(ch);
-    }
-    p.push('%');
-    p
 }
 
 impl Store for SqliteStore {
