@@ -254,7 +254,11 @@ pub(super) async fn run(
         toward_pbx: toward,
     };
     // A call toward a PBX may resend once per realm challenged.
-    let resends = if new.toward_pbx.is_some() { 2 } else { 0 };
+    let resends = if new.toward_pbx.is_some() {
+        super::outbound::MAX_ANSWERS
+    } else {
+        0
+    };
     let attempts = u32::try_from(outbound.len().max(1) + resends).unwrap_or(u32::MAX);
     let reliable = inbound.transport.is_stream();
     let (mut call, actions) =

@@ -221,11 +221,18 @@ pub enum AuthRefused {
     Rejected,
 }
 
+/// At most this many challenges are answered for one request and its
+/// resends: one per realm for a proxy and a registrar (401 and 407), and one
+/// `stale=true` renewal. A PBX that challenges beyond that (stale again, or
+/// a new realm each time) gets no more resends.
+pub const MAX_ANSWERS: usize = 3;
+
 /// The challenges answered so far for one request and its resends.
 #[derive(Clone, Debug, Default)]
 pub struct Answered {
     realms: Vec<String>,
     counts: NonceCounts,
+    answers: usize,
 }
 
 /// The `Authorization` / `Proxy-Authorization` headers answering the
@@ -252,9 +259,10 @@ pub fn answer_challenge(
     if chosen.is_empty() {
         return Err(AuthRefused::NoChallenge);
     }
-    if chosen
-        .iter()
-        .any(|ch| !ch.stale && answered.realms.contains(&ch.realm))
+    if answered.answers >= MAX_ANSWERS
+        || chosen
+            .iter()
+            .any(|ch| !ch.stale && answered.realms.contains(&ch.realm))
     {
         return Err(AuthRefused::Rejected);
     }
@@ -262,6 +270,7 @@ pub fn answer_challenge(
         return Err(AuthRefused::NoChallenge);
     };
     let uri = uri.to_string();
+    answered.answers += 1;
     let mut out = Vec::with_capacity(chosen.len());
     for ch in chosen {
         if !answered.realms.contains(&ch.realm) {

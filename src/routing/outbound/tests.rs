@@ -296,3 +296,39 @@ Content-Length: 0
         "<sip:2000@192.0.2.99:5060>"
     );
 }
+
+#[test]
+fn a_pbx_that_keeps_challenging_gets_at_most_max_answers() {
+    // stale=true every time, or a new realm every time: bounded either way.
+    for fresh_realm in [false, true] {
+        let sent = invite();
+        let mut answered = Answered::default();
+        let mut ok = 0;
+        for i in 0..10 {
+            let resp = if fresh_realm {
+                msg(&format!(
+                    "SIP/2.0 401 Unauthorized
+Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx
+From: <sip:telnyx-reg@pbx.test>;tag=caller1
+To: <sip:2000@pbx.test>;tag=k1
+Call-ID: call-1
+CSeq: 10 INVITE
+WWW-Authenticate: Digest realm=\"r{i}\", nonce=\"n{i}\"
+Content-Length: 0
+
+"
+                ))
+            } else {
+                challenge(401, "WWW-Authenticate", true)
+            };
+            match answer_challenge(&resp, &sent, &creds(), &mut answered, "cn") {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert_eq!(e, AuthRefused::Rejected);
+                    break;
+                }
+            }
+        }
+        assert_eq!(ok, MAX_ANSWERS, "fresh realm each time: {fresh_realm}");
+    }
+}
