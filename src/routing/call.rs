@@ -479,6 +479,11 @@ impl Call {
                 return;
             };
             let first = self.phase == Phase::Trying;
+            if first && self.params.toward_pbx.is_some() {
+                // The dialog is the answering attempt's: its CSeq offset is
+                // the one the caller's in-dialog requests get.
+                out.push(CallAction::CSeqOffset(self.attempts[n].cseq_offset));
+            }
             self.send_upstream(code, r.to_bytes(), out);
             if first {
                 self.phase = Phase::Answered;
@@ -586,6 +591,12 @@ impl Call {
             if let Some(id) = &tp.asserted_identity {
                 request.append_header("P-Asserted-Identity", id);
             }
+            // A new target starts from the caller's CSeq and answers its
+            // own challenges: what an earlier target asked does not carry.
+            if self.attempts.iter().any(|a| a.cseq_offset != 0) {
+                out.push(CallAction::CSeqOffset(0));
+            }
+            self.answered = Answered::default();
         }
         self.start_attempt(t, branch, token, request, 0, out);
         Ok(())

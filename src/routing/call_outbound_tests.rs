@@ -245,3 +245,36 @@ fn a_silent_pbx_target_fails_over_to_the_next() {
     assert_eq!(next[0].0, 1);
     assert_eq!(value(&next[0].1, HeaderName::CSeq), "5 INVITE");
 }
+
+#[test]
+fn failover_after_a_challenge_starts_the_next_target_afresh() {
+    // Target 0 challenges, the resend (attempt 1) goes unanswered; target 1
+    // gets the caller's own CSeq, may challenge with the same realm, and the
+    // dialog takes the answering attempt's offset.
+    let (mut call, acts, now) = start(2);
+    let first = sent(&acts).remove(0).1;
+    let acts = call.step(answer(&first, 401, WWW), now);
+    assert!(acts.contains(&CallAction::CSeqOffset(1)));
+    let acts = call.step(CallEvent::Timer(CallTimer::NoProvisional(1)), now);
+    assert!(acts.contains(&CallAction::CSeqOffset(0)));
+    let next = sent(&acts)
+        .into_iter()
+        .find(|(t, _)| *t == 1)
+        .expect("INVITE to target 1")
+        .1;
+    assert_eq!(value(&next, HeaderName::CSeq), "5 INVITE");
+    let acts = call.step(answer(&next, 401, WWW), now);
+    let resend = sent(&acts)
+        .into_iter()
+        .map(|(_, m)| m)
+        .find(|m| m.method() == Some(&crate::sip::Method::Invite))
+        .expect("target 1's challenge answered, not a 403");
+    assert_eq!(value(&resend, HeaderName::CSeq), "6 INVITE");
+    let acts = call.step(answer(&resend, 200, ""), now);
+    assert!(acts.contains(&CallAction::CSeqOffset(1)));
+    let ok = upstream(&acts)
+        .into_iter()
+        .find(|m| m.status() == Some(200))
+        .expect("200 upstream");
+    assert_eq!(value(&ok, HeaderName::CSeq), "5 INVITE");
+}
