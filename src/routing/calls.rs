@@ -139,6 +139,11 @@ impl Inner {
 pub enum Refused {
     /// The connection has `channel_limit` calls of that direction open.
     ChannelLimit,
+    /// A call with this Call-ID is held already: a second initial INVITE
+    /// of it (retransmissions are absorbed by the server transaction,
+    /// RFC 6026) is a loop or a merged request (RFC 3261 §8.2.2.2), and
+    /// counting it apart would let one Call-ID take several channels.
+    Held,
 }
 
 #[derive(Debug)]
@@ -165,8 +170,8 @@ impl Calls {
     }
 
     /// Admits the INVITE of `call_id` for `connection`: refused when the
-    /// connection has `limit` calls of `direction` open. A Call-ID already
-    /// held (the same call again) is admitted as it is.
+    /// connection has `limit` calls of `direction` open, or when a call
+    /// with that Call-ID is held already.
     pub fn admit(
         &self,
         call_id: &str,
@@ -182,7 +187,7 @@ impl Calls {
         let mut inner = self.lock();
         inner.sweep(now, false);
         if inner.map.contains_key(call_id) {
-            return Ok(());
+            return Err(Refused::Held);
         }
         let connection: Arc<str> = connection.into();
         let key = (connection.clone(), direction);
@@ -399,13 +404,25 @@ mod tests {
     }
 
     #[test]
-    fn the_same_call_id_is_not_counted_twice() {
+    fn the_same_call_id_is_refused_not_counted_twice() {
         let now = t0();
         let c = Calls::new(now, 100);
         let d = Direction::Outbound;
         c.admit("a", "conn", d, Some(1), None, now).unwrap();
-        assert_eq!(c.admit("a", "conn", d, Some(1), None, now), Ok(()));
+        assert_eq!(
+            c.admit("a", "conn", d, Some(1), None, now),
+            Err(Refused::Held)
+        );
         assert_eq!(c.open("conn", d), 1);
+        // With room left too: one Call-ID never takes two channels, and the
+        // refusal leaves the held call in place.
+        assert_eq!(
+            c.admit("a", "conn", d, Some(5), None, now),
+            Err(Refused::Held)
+        );
+        assert_eq!(c.open("conn", d), 1);
+        c.end("a");
+        assert_eq!(c.open("conn", d), 0);
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub(super) async fn run(
         Direction::Outbound => &conn.outbound,
     };
     let mapping = toward.as_ref().map(|t| t.mapping.clone());
-    if let Err(Refused::ChannelLimit) = shared.calls.admit(
+    match shared.calls.admit(
         &call_id,
         &conn.id,
         direction,
@@ -220,12 +220,21 @@ pub(super) async fn run(
         mapping,
         now,
     ) {
-        // The line is busy (RFC 3261 §21.4.24), not uacd: a 503 would make
-        // many PBXes take the whole trunk out of service for Retry-After.
-        tracing::info!(connection_id = %conn.id, direction = direction.label(), "channel limit reached: 486");
-        metrics::call_result(direction.metric(), CallResult::Status(486), None);
-        shared.reply(&inbound, 486);
-        return;
+        Ok(()) => {}
+        Err(Refused::ChannelLimit) => {
+            // The line is busy (RFC 3261 §21.4.24), not uacd: a 503 would make
+            // many PBXes take the whole trunk out of service for Retry-After.
+            tracing::info!(connection_id = %conn.id, direction = direction.label(), "channel limit reached: 486");
+            metrics::call_result(direction.metric(), CallResult::Status(486), None);
+            shared.reply(&inbound, 486);
+            return;
+        }
+        Err(Refused::Held) => {
+            tracing::debug!(connection_id = %conn.id, call_id = %call_id, "a second initial INVITE of a held call: 482");
+            metrics::call_result(direction.metric(), CallResult::Status(482), None);
+            shared.reply(&inbound, 482);
+            return;
+        }
     }
     let outbound = match &new.toward_pbx {
         Some(leg) => pbx_targets(&shared, &conn, leg.registrar).await,
