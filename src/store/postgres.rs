@@ -214,11 +214,18 @@ impl Drop for PgStore {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`; the
+/// query string (where `password=` and `sslpassword=` may also be given)
+/// is never shown.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "postgres://…".into();
     };
+    let rest = match rest.split_once('?') {
+        Some((path, _)) => format!("{path}?…"),
+        None => rest.to_owned(),
+    };
+    let rest = rest.as_str();
     let (auth, host) = match rest.rsplit_once('@') {
         Some((a, h)) => (Some(a), h),
         None => (None, rest),
@@ -532,5 +539,13 @@ mod tests {
         assert_eq!(redact("postgres://db/uacd"), "postgres://db/uacd");
         assert_eq!(redact("postgres://u@db/uacd"), "postgres://u@db/uacd");
         assert_eq!(redact("host=db password=x"), "postgres://…");
+        assert_eq!(
+            redact("postgres://u@db/uacd?password=secret&sslmode=disable"),
+            "postgres://u@db/uacd?…"
+        );
+        assert_eq!(
+            redact("postgres://u:secret@db/uacd?sslpassword=secret"),
+            "postgres://u:***@db/uacd?…"
+        );
     }
 }
