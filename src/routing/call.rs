@@ -584,10 +584,9 @@ impl Call {
             },
         )?;
         if let Some(tp) = &self.params.toward_pbx {
+            // The caller's identity headers are gone (`apply`); RFC 3325
+            // §9.1: ours is asserted only when the config trusts the PBX.
             tp.mapping.apply(&mut request, Side::Pbx);
-            // RFC 3325 §9.1: only a trusted sender's identity is asserted.
-            request.remove_named("P-Asserted-Identity");
-            request.remove_named("P-Preferred-Identity");
             if let Some(id) = &tp.asserted_identity {
                 request.append_header("P-Asserted-Identity", id);
             }

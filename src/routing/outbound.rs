@@ -198,6 +198,11 @@ impl Mapping {
                 msg.remove_all(HeaderName::Authorization);
                 msg.remove_all(HeaderName::ProxyAuthorization);
             }
+            // RFC 3325 §9.1: the internal side's identity claims never reach
+            // the PBX on their own, in any request or response; the initial
+            // INVITE gets ours back when `assert_caller_identity` allows.
+            msg.remove_named("P-Asserted-Identity");
+            msg.remove_named("P-Preferred-Identity");
         }
     }
 }

@@ -332,3 +332,40 @@ Content-Length: 0
         assert_eq!(ok, MAX_ANSWERS, "fresh realm each time: {fresh_realm}");
     }
 }
+
+#[test]
+fn the_caller_s_identity_claims_never_reach_the_pbx() {
+    // In-dialog requests and responses too, not only the initial INVITE.
+    let map = mapping();
+    let mut update = msg("UPDATE sip:ext@10.0.0.9 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKapp3
+From: <sip:app@10.0.0.1>;tag=caller1
+To: <sip:2000@u1.uac.test>;tag=pbx9
+Call-ID: call-1
+CSeq: 12 UPDATE
+P-Asserted-Identity: <sip:ceo@pbx.test>
+P-Preferred-Identity: <sip:ceo@pbx.test>
+Content-Length: 0
+
+");
+    map.apply(&mut update, Side::Pbx);
+    let mut ok = msg("SIP/2.0 200 OK
+Via: SIP/2.0/UDP 192.0.2.5;branch=z9hG4bKpbx1
+From: <sip:2000@u1.uac.test>;tag=pbx9
+To: <sip:app@10.0.0.1>;tag=caller1
+Call-ID: call-1
+CSeq: 7 INFO
+P-Asserted-Identity: <sip:ceo@pbx.test>
+Content-Length: 0
+
+");
+    map.apply(&mut ok, Side::Pbx);
+    for m in [&update, &ok] {
+        assert!(
+            m.headers()
+                .all(|h| !h.is_named("P-Asserted-Identity") && !h.is_named("P-Preferred-Identity")),
+            "{}",
+            String::from_utf8_lossy(&m.to_bytes())
+        );
+    }
+}
