@@ -142,6 +142,11 @@ impl Validity {
         self.until.is_some_and(|u| now < u)
     }
 
+    /// Until when this node may act on its leases (none before a renewal).
+    pub fn until(&self) -> Option<Instant> {
+        self.until
+    }
+
     /// Forgets the renewal (after giving everything up).
     pub fn reset(&mut self) {
         self.until = None;

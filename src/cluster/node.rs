@@ -141,27 +141,42 @@ impl Cluster {
         // everything and handing most of it over a tick later.
         let mut first = true;
         loop {
+            // Our leases run out at `validity.until()` whether or not a tick
+            // comes first: give them up then, not at the next failed round.
+            let expiry = validity
+                .until()
+                .filter(|_| self.inner.supervisor.holds_any());
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = every.tick() => {}
+                _ = sleep_until_some(expiry) => {
+                    self.give_up(&mut validity, "no heartbeat committed");
+                    continue;
+                }
             }
             let claims = !std::mem::take(&mut first);
             if let Err(e) = self.round(&mut validity, claims).await {
-                let sup = &self.inner.supervisor;
-                if !validity.valid(Instant::now()) && !sup.held().is_empty() {
-                    let held = sup.held();
-                    for id in &held {
-                        sup.unhold(id);
-                    }
-                    tracing::error!(error = %e, connections = held.len(), "cluster: database unreachable until our leases may have expired; stopped our registrations (not unregistering: another node may hold them now)");
-                    self.epochs().clear();
-                    validity.reset();
-                    crate::metrics::connections_owned(0);
+                if !validity.valid(Instant::now()) && self.inner.supervisor.holds_any() {
+                    self.give_up(&mut validity, &e.to_string());
                 } else {
                     tracing::warn!(error = %e, "cluster: heartbeat failed");
                 }
             }
         }
+    }
+
+    /// Stops every registration we drive once our leases may have expired
+    /// (never unregistering: another node may hold them now).
+    fn give_up(&self, validity: &mut Validity, why: &str) {
+        let sup = &self.inner.supervisor;
+        let held = sup.held();
+        for id in &held {
+            sup.unhold(id);
+        }
+        tracing::error!(error = %why, connections = held.len(), "cluster: database unreachable until our leases may have expired; stopped our registrations (not unregistering: another node may hold them now)");
+        self.epochs().clear();
+        validity.reset();
+        crate::metrics::connections_owned(0);
     }
 
     fn epochs(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -350,5 +365,13 @@ impl Cluster {
                 tracing::warn!(error = %e, "cluster: could not hand over; the others take over when our leases expire")
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -524,6 +524,14 @@ impl Supervisor {
         }
     }
 
+    /// Whether this node drives any connection under a cluster lease.
+    pub fn holds_any(&self) -> bool {
+        self.state()
+            .gate
+            .as_ref()
+            .is_some_and(|g| !g.held.is_empty())
+    }
+
     /// The ids this node holds.
     pub fn held(&self) -> std::collections::BTreeSet<String> {
         let st = self.state();
