@@ -24,14 +24,17 @@ pub enum Kind {
     FlowRefused,
     /// An in-dialog request toward a hop its dialog did not advertise.
     InDialogRefused,
+    /// A UDP receive queue overloaded (new requests answered 503).
+    Overload,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Malformed,
         Kind::Unframeable,
         Kind::FlowRefused,
         Kind::InDialogRefused,
+        Kind::Overload,
     ];
 
     pub fn label(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Unframeable => "unframeable",
             Kind::FlowRefused => "flow_refused",
             Kind::InDialogRefused => "in_dialog_refused",
+            Kind::Overload => "receive_overload",
         }
     }
 }
@@ -79,7 +83,7 @@ const FRESH: Gate = Gate {
     suppressed: AtomicU64::new(0),
 };
 
-static GATES: [Gate; 4] = [FRESH; 4];
+static GATES: [Gate; Kind::ALL.len()] = [FRESH; Kind::ALL.len()];
 
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();

@@ -30,11 +30,12 @@ pub const TAKEOVERS: &str = "uacd_takeovers_total";
 
 /// Every `kind` of `uacd_log_lines_suppressed_total` (the network-caused
 /// log lines that are rate-limited).
-pub const LOG_KINDS: [&str; 4] = [
+pub const LOG_KINDS: [&str; 5] = [
     "malformed",
     "unframeable",
     "flow_refused",
     "in_dialog_refused",
+    "receive_overload",
 ];
 
 /// Every `reason` of `uacd_transport_flows_closed_total`: refused at accept

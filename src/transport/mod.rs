@@ -9,6 +9,7 @@
 mod icmp;
 pub mod keepalive;
 pub mod limits;
+pub mod overload;
 mod stream;
 mod supervise;
 pub mod tls;
@@ -88,6 +89,9 @@ pub struct Inbound {
     pub flow: Option<Flow>,
     /// The local address it arrived at.
     pub local: SocketAddr,
+    /// Its socket's receive queue is overloaded ([`overload`]): a new
+    /// request is to be refused with 503.
+    pub overloaded: bool,
 }
 
 /// Where the responses to a request go (§18.2.2, RFC 3581): back over its

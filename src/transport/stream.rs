@@ -446,6 +446,8 @@ fn deliver(t: &Transports, flow: &Flow, frame: Bytes) {
             transport: flow.transport(),
             flow: Some(flow.clone()),
             local: flow.local(),
+            // A stream pushes back on its sender instead of dropping.
+            overloaded: false,
         }),
         Err(err) => {
             if let Some(suppressed) = lograte::allow(Kind::Malformed) {
