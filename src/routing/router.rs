@@ -3,7 +3,8 @@
 //! request with [`route::classify`] and carries out the [`Decision`]:
 //! answers or rejects it here, relays it in-dialog ([`super::relay`]) or
 //! starts a call ([`super::executor`]). Work in progress is bounded by
-//! [`MAX_IN_PROGRESS`].
+//! [`MAX_IN_PROGRESS`], and new requests that arrived on an overloaded
+//! socket ([`crate::transport::overload`]) are refused before any of it.
 
 use std::sync::{Arc, RwLock};
 
@@ -30,6 +31,9 @@ use crate::transport::Inbound;
 /// 503 with Retry-After and other work is dropped: a flood costs a counter,
 /// not memory or DNS queries.
 pub const MAX_IN_PROGRESS: usize = 20_000;
+
+/// Seconds an overloaded daemon asks callers to wait before trying again.
+const RETRY_AFTER: &str = "5";
 
 /// The directory routing reads: one entry per connection.
 pub type Connections = dyn Directory<Entry = ConnectionEntry> + Send + Sync;
@@ -89,6 +93,9 @@ pub(super) struct Held {
 
 impl RequestHandler for Router {
     fn on_request(&self, inbound: Inbound) {
+        if inbound.overloaded && self.shed(&inbound) {
+            return;
+        }
         let held = if inbound.msg.method() == Some(&Method::Invite) {
             let (tx, rx) = mpsc::channel(16);
             let guard = inbound
@@ -123,6 +130,31 @@ impl RequestHandler for Router {
 }
 
 impl Router {
+    /// A new request (no To tag, not ACK or CANCEL) that arrived while its
+    /// socket's receive queue was overloaded gets 503 with Retry-After
+    /// here, before any task, transaction or lookup (RFC 3261 §21.5.4);
+    /// in-dialog requests finish calls already admitted and go on.
+    fn shed(&self, inbound: &Inbound) -> bool {
+        let msg = &inbound.msg;
+        if matches!(msg.method(), Some(Method::Ack | Method::Cancel))
+            || msg.to_header().is_ok_and(|t| t.tag().is_some())
+        {
+            return false;
+        }
+        if msg.method() == Some(&Method::Invite) {
+            let mut internal = self.shared.ctx.config.routing.internal_sources.iter();
+            let direction = if internal.any(|c| c.contains(inbound.source.ip())) {
+                CallDirection::Outbound
+            } else {
+                CallDirection::Inbound
+            };
+            metrics::call_result(direction, CallResult::Status(503), None);
+        }
+        self.shared
+            .reply_with(inbound, 503, &[("Retry-After", RETRY_AFTER)]);
+        true
+    }
+
     fn spawn_request(&self, inbound: Inbound, held: Option<Held>) {
         let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
             if inbound.msg.method() == Some(&Method::Invite) {
@@ -131,7 +163,7 @@ impl Router {
             if inbound.msg.method() != Some(&Method::Ack) {
                 tracing::debug!(source = %inbound.source, "overloaded: 503");
                 self.shared
-                    .reply_with(&inbound, 503, &[("Retry-After", "5")]);
+                    .reply_with(&inbound, 503, &[("Retry-After", RETRY_AFTER)]);
             }
             return;
         };
