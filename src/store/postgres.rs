@@ -214,29 +214,50 @@ impl Drop for PgStore {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`; the
-/// query string (where `password=` and `sslpassword=` may also be given)
-/// is never shown.
+/// How the store is named in logs and errors: built from the parsed
+/// config (user, hosts, ports, database), never from the text, so no
+/// password reaches a line however it was written (`user:secret@`,
+/// `?password=`, `sslpassword=`, unencoded characters); `***` says one was
+/// given. Text that does not parse is not shown at all.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "postgres://…".into();
-    };
-    let rest = match rest.split_once('?') {
-        Some((path, _)) => format!("{path}?…"),
-        None => rest.to_owned(),
-    };
-    let rest = rest.as_str();
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
-    };
-    match auth.and_then(|a| a.split_once(':')) {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => match auth {
-            Some(a) => format!("{scheme}://{a}@{host}"),
-            None => format!("{scheme}://{host}"),
-        },
+    match url.parse::<postgres::Config>() {
+        Ok(c) => shown(&c),
+        Err(_) => "postgres://…".into(),
     }
+}
+
+fn shown(c: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let mut out = String::from("postgres://");
+    if let Some(user) = c.get_user() {
+        out.push_str(user);
+    }
+    if c.get_password().is_some() {
+        out.push_str(":***");
+    }
+    if c.get_user().is_some() || c.get_password().is_some() {
+        out.push('@');
+    }
+    let ports = c.get_ports();
+    for (i, host) in c.get_hosts().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match host {
+            Host::Tcp(h) if h.contains(':') => out.push_str(&format!("[{h}]")),
+            Host::Tcp(h) => out.push_str(h),
+            Host::Unix(p) => out.push_str(&p.display().to_string()),
+        }
+        // One port applies to every host; else they pair up.
+        if let Some(port) = ports.get(i).or(ports.first().filter(|_| ports.len() == 1)) {
+            out.push_str(&format!(":{port}"));
+        }
+    }
+    if let Some(db) = c.get_dbname() {
+        out.push('/');
+        out.push_str(db);
+    }
+    out
 }
 
 fn migrate(c: &mut Client) -> Result<(), StoreError> {
@@ -532,20 +553,42 @@ mod tests {
 
     #[test]
     fn the_password_never_shows() {
-        assert_eq!(
-            redact("postgres://uacd:secret@db.example.net/uacd"),
-            "postgres://uacd:***@db.example.net/uacd"
-        );
-        assert_eq!(redact("postgres://db/uacd"), "postgres://db/uacd");
-        assert_eq!(redact("postgres://u@db/uacd"), "postgres://u@db/uacd");
-        assert_eq!(redact("host=db password=x"), "postgres://…");
-        assert_eq!(
-            redact("postgres://u@db/uacd?password=secret&sslmode=disable"),
-            "postgres://u@db/uacd?…"
-        );
-        assert_eq!(
-            redact("postgres://u:secret@db/uacd?sslpassword=secret"),
-            "postgres://u:***@db/uacd?…"
-        );
+        let cases = [
+            (
+                "postgres://uacd:secret@db.example.net/uacd",
+                "postgres://uacd:***@db.example.net:5432/uacd",
+            ),
+            ("postgres://db/uacd", "postgres://db:5432/uacd"),
+            ("postgres://u@db:5433/uacd", "postgres://u@db:5433/uacd"),
+            ("host=db password=x", "postgres://:***@db"),
+            (
+                "postgres://u@db/uacd?password=secret&sslmode=disable",
+                "postgres://u:***@db:5432/uacd",
+            ),
+            // An option the client does not know: refused, so not shown.
+            (
+                "postgres://u:secret@db/uacd?sslpassword=secret",
+                "postgres://…",
+            ),
+            (
+                "postgres://u@a:6000,[::1]/x",
+                "postgres://u@a:6000,[::1]:5432/x",
+            ),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact(url), want, "{url}");
+        }
+        // Never any part of text the parser reads otherwise or refuses.
+        for bad in [
+            "postgres://u:pa?ss@db/x?password=s3cr",
+            "postgres://u:s3cr@[db/x",
+            "nothing s3cr",
+        ] {
+            let shown = redact(bad);
+            assert!(
+                !shown.contains("s3cr") && !shown.contains("pa"),
+                "{bad} -> {shown}"
+            );
+        }
     }
 }
