@@ -262,7 +262,7 @@ pub(super) async fn run(
         to_tag: format!("{:016x}", rand::random::<u64>()),
         toward_pbx: toward,
     };
-    // A call toward a PBX may resend once per realm challenged.
+    // A call toward a PBX resends once per challenge it answers.
     let resends = if new.toward_pbx.is_some() {
         super::outbound::MAX_ANSWERS
     } else {

@@ -141,31 +141,34 @@ impl Router {
         {
             return false;
         }
-        if msg.method() == Some(&Method::Invite) {
-            let mut internal = self.shared.ctx.config.routing.internal_sources.iter();
-            let direction = if internal.any(|c| c.contains(inbound.source.ip())) {
-                CallDirection::Outbound
-            } else {
-                CallDirection::Inbound
-            };
-            metrics::call_result(direction, CallResult::Status(503), None);
+        self.refuse_overloaded(inbound);
+        true
+    }
+
+    /// 503 with Retry-After for work refused because the daemon is
+    /// overloaded (an ACK gets no answer); an INVITE counts as a call
+    /// refused in its direction.
+    fn refuse_overloaded(&self, inbound: &Inbound) {
+        match inbound.msg.method() {
+            Some(Method::Ack) => return,
+            Some(Method::Invite) => {
+                let direction = if self.shared.is_internal(inbound.source) {
+                    CallDirection::Outbound
+                } else {
+                    CallDirection::Inbound
+                };
+                metrics::call_result(direction, CallResult::Status(503), None);
+            }
+            _ => {}
         }
+        tracing::debug!(source = %inbound.source, "overloaded: 503");
         self.shared
             .reply_with(inbound, 503, &[("Retry-After", RETRY_AFTER)]);
-        true
     }
 
     fn spawn_request(&self, inbound: Inbound, held: Option<Held>) {
         let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
-            if inbound.msg.method() == Some(&Method::Invite) {
-                metrics::call_result(CallDirection::Inbound, CallResult::Status(503), None);
-            }
-            if inbound.msg.method() != Some(&Method::Ack) {
-                tracing::debug!(source = %inbound.source, "overloaded: 503");
-                self.shared
-                    .reply_with(&inbound, 503, &[("Retry-After", RETRY_AFTER)]);
-            }
-            return;
+            return self.refuse_overloaded(&inbound);
         };
         spawn_boxed(request(self.shared.clone(), inbound, held, permit));
     }
@@ -183,13 +186,7 @@ async fn request(
     let source = Source {
         addr: inbound.source,
         flow: inbound.flow.as_ref().map(|f| f.id()),
-        internal: shared
-            .ctx
-            .config
-            .routing
-            .internal_sources
-            .iter()
-            .any(|c| c.contains(inbound.source.ip())),
+        internal: shared.is_internal(inbound.source),
     };
     let view = if is_invite {
         // Only a flow we opened can carry a registration (the flow lookup
@@ -313,6 +310,12 @@ async fn request(
 }
 
 impl Shared {
+    /// Whether `source` is inside `routing.internal_sources`.
+    pub(super) fn is_internal(&self, source: std::net::SocketAddr) -> bool {
+        let internal = &self.ctx.config.routing.internal_sources;
+        internal.iter().any(|c| c.contains(source.ip()))
+    }
+
     pub(super) fn local(&self) -> Local {
         self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
