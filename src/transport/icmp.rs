@@ -91,17 +91,31 @@ fn is_unreachable(ee: &libc::sock_extended_err) -> bool {
     }
 }
 
-fn sockaddr(s: &SockaddrStorage) -> Option<SocketAddr> {
+/// The address as `recv_from` gives it (a v4-mapped address stays v6: an
+/// answer goes out on the same dual-stack socket).
+pub(super) fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(a) = s.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())));
     }
     let a = s.as_sockaddr_in6()?;
-    let ip = a.ip();
-    // A v4-mapped address on a dual-stack socket is the v4 peer.
-    Some(match ip.to_ipv4_mapped() {
-        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
-        None => SocketAddr::V6(SocketAddrV6::new(ip, a.port(), 0, a.scope_id())),
-    })
+    Some(SocketAddr::V6(SocketAddrV6::new(
+        a.ip(),
+        a.port(),
+        a.flowinfo(),
+        a.scope_id(),
+    )))
+}
+
+/// The destination an error came back for; a v4-mapped address on a
+/// dual-stack socket is the v4 peer (as watches are keyed).
+fn sockaddr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    match socket_addr(s)? {
+        SocketAddr::V6(a) => Some(match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+            None => SocketAddr::V6(SocketAddrV6::new(*a.ip(), a.port(), 0, a.scope_id())),
+        }),
+        v4 => Some(v4),
+    }
 }
 
 const SHARDS: usize = 16;

@@ -4,7 +4,7 @@
 //! [`overload::Detector`] with what the kernel says about each datagram.
 
 use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -54,7 +54,7 @@ fn recv_one(
     let source = msg
         .address
         .as_ref()
-        .and_then(socket_addr)
+        .and_then(super::icmp::socket_addr)
         .ok_or_else(|| io::Error::other("datagram without a source address"))?;
     let mut reading = Reading::default();
     if let Ok(cmsgs) = msg.cmsgs() {
@@ -67,21 +67,6 @@ fn recv_one(
         }
     }
     Ok((msg.bytes, source, reading))
-}
-
-/// The source as `recv_from` gives it (a v4-mapped address stays v6: the
-/// answer goes out on the same dual-stack socket).
-fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(a) = s.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())));
-    }
-    let a = s.as_sockaddr_in6()?;
-    Some(SocketAddr::V6(SocketAddrV6::new(
-        a.ip(),
-        a.port(),
-        a.flowinfo(),
-        a.scope_id(),
-    )))
 }
 
 /// Time since the kernel's arrival stamp (the real-time clock); `None`
