@@ -22,7 +22,10 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{Uacd, free_tcp_port, free_udp_port, temp_dir, test_ip};
+use common::{
+    Uacd, free_tcp_port, free_udp_port, recv_sip, sip_headers as header, sip_response as response,
+    temp_dir, test_ip,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// How long a socket that must hear nothing is listened to.
@@ -49,31 +52,7 @@ impl Peer {
 
     /// The next SIP message within `timeout` (keepalive whitespace skipped).
     fn recv(&self, timeout: Duration) -> Option<(String, SocketAddr)> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.sock
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("timeout");
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if !text.trim().is_empty() {
-                        return Some((text, from));
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
+        recv_sip(&self.sock, timeout)
     }
 
     /// The next message that is not a REGISTER (those are answered 200,
@@ -124,41 +103,6 @@ impl Peer {
             );
         }
     }
-}
-
-/// The values of header `name` (full name, any case), one per line.
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    msg.split("\r\n")
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-        .collect()
-}
-
-/// A response to `req` copying Via, From, To (with `to_tag` when it has
-/// none), Call-ID, CSeq and Record-Route, plus `extra` header lines.
-fn response(req: &str, code: u16, reason: &str, to_tag: Option<&str>, extra: &str) -> String {
-    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
-    for v in header(req, "Via") {
-        out.push_str(&format!("Via: {v}\r\n"));
-    }
-    for rr in header(req, "Record-Route") {
-        out.push_str(&format!("Record-Route: {rr}\r\n"));
-    }
-    let to = header(req, "To")[0];
-    let to = match to_tag {
-        Some(t) if !to.contains(";tag=") => format!("{to};tag={t}"),
-        _ => to.to_owned(),
-    };
-    out.push_str(&format!(
-        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
-        header(req, "From")[0],
-        header(req, "Call-ID")[0],
-        header(req, "CSeq")[0],
-    ));
-    out
 }
 
 /// The dialog token (`uacd=` parameter) in a message's Record-Route.

@@ -17,64 +17,16 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{Uacd, free_tcp_port, free_udp_port, temp_dir, test_ip};
+use common::{
+    Uacd, free_tcp_port, free_udp_port, recv_sip as recv, sip_headers, sip_response, temp_dir,
+    test_ip,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The values of header `name` in `msg`.
+/// The first value of header `name` in `msg`.
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.split("\r\n")
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-}
-
-/// The next datagram on `sock` within `timeout`.
-fn recv(sock: &UdpSocket, timeout: Duration) -> Option<(String, SocketAddr)> {
-    let mut buf = vec![0u8; 65536];
-    sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-        .unwrap();
-    loop {
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if !text.trim().is_empty() {
-                    return Some((text, from));
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return None;
-            }
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-}
-
-/// A 200 to `req` (Via, From, To with `tag`, Call-ID, CSeq copied).
-fn ok(req: &str, tag: &str, extra: &str) -> String {
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for l in req.split("\r\n").take_while(|l| !l.is_empty()) {
-        let name = l.split(':').next().unwrap_or("").trim();
-        if ["Via", "Record-Route", "From", "Call-ID", "CSeq"]
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
-        {
-            out.push_str(l);
-            out.push_str("\r\n");
-        }
-    }
-    let to = header(req, "To").unwrap();
-    out.push_str(&format!(
-        "To: {to};tag={tag}\r\n{extra}Content-Length: 0\r\n\r\n"
-    ));
-    out
+    sip_headers(msg, name).first().copied()
 }
 
 fn invite(uacd: SocketAddr, pbx: SocketAddr, n: usize) -> String {
@@ -135,7 +87,8 @@ destination_uri = "sip:1006@{dest_addr}"
             && msg.starts_with("REGISTER ")
         {
             let contact = header(&msg, "Contact").unwrap_or("");
-            let reply = ok(&msg, "reg", &format!("Contact: {contact};expires=600\r\n"));
+            let extra = format!("Contact: {contact};expires=600\r\n");
+            let reply = sip_response(&msg, 200, "OK", Some("reg"), &extra);
             pbx.send_to(reply.as_bytes(), from).unwrap();
         }
     }
@@ -198,8 +151,11 @@ destination_uri = "sip:1006@{dest_addr}"
     assert!(fwd.starts_with("INVITE sip:1006@"), "{fwd}");
     let call = header(&fwd, "Call-ID").unwrap().to_owned();
     let contact = format!("Contact: <sip:1006@{dest_addr}>\r\n");
-    dest.send_to(ok(&fwd, "d1", &contact).as_bytes(), uacd_addr)
-        .unwrap();
+    dest.send_to(
+        sip_response(&fwd, 200, "OK", Some("d1"), &contact).as_bytes(),
+        uacd_addr,
+    )
+    .unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline

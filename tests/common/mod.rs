@@ -28,6 +28,7 @@
 //! | 170..=179 | `interop_kamailio.rs`                   |
 //! | 180..=189 | `outbound_calls.rs`                     |
 //! | 190..=199 | `outbound_failover.rs`                  |
+//! | 131..=133 | `overload.rs`                           |
 //!
 //! 60..=69 are free, but for 127.0.0.62/.63 (and .5/.6), which
 //! the shell selftests (`scripts/sipp-selftest.sh`, `tests/kamailio/selftest.sh`)
@@ -46,7 +47,7 @@ pub mod postgres;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -790,4 +791,75 @@ impl Uacd {
     pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.child.terminate(grace)
     }
+}
+
+// === raw SIP over UDP ===
+
+/// The next SIP message on `sock` within `timeout` (keepalive whitespace skipped).
+pub fn recv_sip(sock: &UdpSocket, timeout: Duration) -> Option<(String, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !text.trim().is_empty() {
+                    return Some((text, from));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+/// The values of header `name` (full name, any case), one per line.
+pub fn sip_headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+        .collect()
+}
+
+/// A response to `req` copying Via, From, To (with `to_tag` when it has
+/// none), Call-ID, CSeq and Record-Route, plus `extra` header lines.
+pub fn sip_response(
+    req: &str,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    extra: &str,
+) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in sip_headers(req, "Via") {
+        out.push_str(&format!("Via: {v}\r\n"));
+    }
+    for rr in sip_headers(req, "Record-Route") {
+        out.push_str(&format!("Record-Route: {rr}\r\n"));
+    }
+    let to = sip_headers(req, "To")[0];
+    let to = match to_tag {
+        Some(t) if !to.contains(";tag=") => format!("{to};tag={t}"),
+        _ => to.to_owned(),
+    };
+    out.push_str(&format!(
+        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+        sip_headers(req, "From")[0],
+        sip_headers(req, "Call-ID")[0],
+        sip_headers(req, "CSeq")[0],
+    ));
+    out
 }
