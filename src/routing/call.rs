@@ -50,8 +50,9 @@ struct Attempt {
     /// The destination end's dialog token, in this attempt's Record-Route.
     token: String,
     /// What was sent, for retransmission, CANCEL and the ACK of a non-2xx;
-    /// `None` once the transaction no longer needs it ([`Call::shed`]).
-    sent: Option<Sent>,
+    /// `None` once the transaction no longer needs it ([`Call::shed`]);
+    /// boxed, so that a shed attempt is small.
+    sent: Option<Box<Sent>>,
     tx: InviteClient,
     provisional: bool,
     /// CANCEL wanted but not sent yet (no provisional so far, §9.1).
@@ -266,6 +267,29 @@ impl Call {
                 a.sent = None;
             }
         }
+        if self.relays_2xx_only() {
+            self.attempts.shrink_to_fit();
+        }
+    }
+
+    /// Answered, and every transaction is Accepted or over (RFC 6026): all
+    /// that is left is to absorb the PBX's INVITE retransmissions and relay
+    /// 2xx retransmissions (and forked 2xx) upstream until Timers L and M
+    /// fire. From here on `step` only returns `SendUpstream`, `Arm`,
+    /// `Disarm` and `Terminate`, so the executor can hand the call to a
+    /// smaller task.
+    pub fn relays_2xx_only(&self) -> bool {
+        self.phase == Phase::Answered
+            && matches!(
+                self.server.state(),
+                invite_server::State::Accepted | invite_server::State::Terminated
+            )
+            && self.attempts.iter().all(|a| {
+                matches!(
+                    a.tx.state(),
+                    invite_client::State::Accepted | invite_client::State::Terminated
+                )
+            })
     }
 
     /// Memory held for retransmission, CANCEL and ACK (for tests: zero once
@@ -621,10 +645,10 @@ impl Call {
             target: t,
             branch,
             token,
-            sent: Some(Sent {
+            sent: Some(Box::new(Sent {
                 request,
                 bytes: bytes.clone(),
-            }),
+            })),
             tx,
             provisional: false,
             cancel_pending: false,

@@ -360,6 +360,52 @@ fn rfc6026_answered_call_terminates_after_timers_l_and_m() {
     assert!(acts.contains(&CallAction::Terminate));
 }
 
+/// The executor hands an answered call to a smaller task once it only
+/// relays 2xx: not while another attempt may still need a CANCEL or the
+/// ACK of its non-2xx (Completed, Timer D), and from then on `step` asks
+/// for nothing but upstream sends and timers.
+#[test]
+fn rfc6026_relays_2xx_only_once_every_transaction_is_accepted_or_over() {
+    let (mut call, _, now) = start(2);
+    assert!(!call.relays_2xx_only(), "trying");
+    call.step(resp(&call, 0, 503), now);
+    call.step(resp(&call, 1, 200), now);
+    assert!(call.answered());
+    assert!(
+        !call.relays_2xx_only(),
+        "attempt 0 is Completed: it ACKs a retransmitted 503"
+    );
+    call.step(
+        CallEvent::Timer(CallTimer::Client(0, invite_client::Timer::D)),
+        now,
+    );
+    assert!(call.relays_2xx_only());
+    for event in [
+        resp(&call, 1, 200),
+        resp(&call, 1, 180),
+        resp(&call, 0, 503),
+        CallEvent::Timer(CallTimer::Client(1, invite_client::Timer::M)),
+    ] {
+        for act in call.step(event, now) {
+            assert!(
+                matches!(
+                    act,
+                    CallAction::SendUpstream(_)
+                        | CallAction::Arm(..)
+                        | CallAction::Disarm(_)
+                        | CallAction::Terminate
+                ),
+                "{act:?}"
+            );
+        }
+    }
+    let acts = call.step(
+        CallEvent::Timer(CallTimer::Server(invite_server::Timer::L)),
+        now,
+    );
+    assert!(acts.contains(&CallAction::Terminate));
+}
+
 #[test]
 fn rfc3261_16_7_item10_late_2xx_from_abandoned_target_is_still_relayed() {
     let (mut call, _, now) = start(2);
