@@ -25,6 +25,8 @@
 #       clean rate (SIPp shares the 2 cores). Half the runs of a linear
 #       search at the same resolution, so that run.sh stays under 15 min.
 # Env: DAEMONS="uacd kamailio" TAIL_S=5 (2 in max mode) MAX_RATE=6000 MEM=fm
+#      LATE_S=<s> (rates mode: log PSS/RSS every 5 s for that long after each
+#      rate, to tell live objects from what the allocator keeps)
 #      FIGS=<file> (summary rows for run.sh)
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -196,6 +198,12 @@ for dm in $DAEMONS; do
       emit_fig "$FIGS" "$sec" "INVITE->200 p90" "$dm" ms "$(colv "$dm" "$rate" rtt_p90_ms)" "$s" "$o"
       emit_fig "$FIGS" "$sec" "INVITE->200 p99" "$dm" ms "$(colv "$dm" "$rate" rtt_p99_ms)" "$s" "$o"
       emit_fig "$FIGS" "$sec" "PSS after run" "$dm" MiB "$(colv "$dm" "$rate" pss_mib)" "$s" "$o"
+      if [ -n "${LATE_S:-}" ]; then
+        for ((w = 0; w < LATE_S; w += 5)); do
+          sleep 5; read -r pss rss _ <<<"$(mem_kib "$PROXY_PID")"
+          log "$dm +$((w + 5))s after rate $rate: pss $((pss / 1024)) MiB rss $((rss / 1024)) MiB"
+        done
+      fi
     done
   fi
   stop_proxy
