@@ -425,7 +425,6 @@ impl Driver {
         };
         let job = Job {
             ctx: self.ctx.clone(),
-            pace: self.pace.clone(),
             conn: self.conn.clone(),
             call_id: self.call_id.clone(),
             from_tag: self.from_tag.clone(),
@@ -439,17 +438,30 @@ impl Driver {
             learned: self.learned,
             route: self.route,
             aim: self.aim.clone(),
-            paced,
-            stop: self.stop.clone(),
         };
-        Box::pin(job.run())
+        if !paced {
+            return Box::pin(job.run());
+        }
+        // The pacer's slot is awaited before the transaction's own future
+        // (~2.5 KB) exists: at start-up every connection waits here at once
+        // (100,000 at 2000/s is 50 s of slots), and the allocator keeps the
+        // peak it reached.
+        let (pace, stop) = (self.pace.clone(), self.stop.clone());
+        Box::pin(async move {
+            // Slots may be far ahead at start-up: a stop while waiting must
+            // not be followed by a REGISTER that creates a binding.
+            tokio::select! {
+                _ = stop.cancelled() => return Outcome::event(Event::TransportError),
+                _ = pace.pacer.wait() => {}
+            }
+            Box::pin(job.run()).await
+        })
     }
 }
 
 /// One REGISTER transaction with everything it needs, owned.
 struct Job {
     ctx: Arc<Context>,
-    pace: Arc<Pacing>,
     conn: Arc<Connection>,
     call_id: Arc<str>,
     from_tag: Arc<str>,
@@ -460,20 +472,10 @@ struct Job {
     learned: Option<SocketAddr>,
     route: Option<(SocketAddr, IpAddr)>,
     aim: Aim,
-    paced: bool,
-    stop: CancellationToken,
 }
 
 impl Job {
     async fn run(self) -> Outcome {
-        if self.paced {
-            // Slots may be far ahead at start-up: a stop while waiting must
-            // not be followed by a REGISTER that creates a binding.
-            tokio::select! {
-                _ = self.stop.cancelled() => return Outcome::event(Event::TransportError),
-                _ = self.pace.pacer.wait() => {}
-            }
-        }
         let ext = &self.conn.external_uac_settings;
         let Some(proxy) = ext.proxy.as_ref() else {
             return Outcome::event(Event::TransportError);
