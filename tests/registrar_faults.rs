@@ -51,13 +51,10 @@ async fn start(cfg: uacd::config::Config) -> App {
 }
 
 async fn wait_status(app: &App, id: &str, want: RegStatus) -> Snapshot {
-    let mut rx = app.supervisor.watch(id).expect("connection exists");
-    let reached = timeout(WAIT, rx.wait_for(|s| s.status == want))
-        .await
-        .map(|r| r.expect("driver alive").clone());
-    match reached {
+    let status = app.supervisor.watch(id).expect("connection exists");
+    match timeout(WAIT, status.wait_for(|s| s.status == want)).await {
         Ok(snap) => snap,
-        Err(_) => panic!("{id} never reached {want:?}; last: {:?}", rx.borrow()),
+        Err(_) => panic!("{id} never reached {want:?}; last: {:?}", status.get()),
     }
 }
 
@@ -200,7 +197,7 @@ async fn silent_registrar_does_not_affect_another_connection() {
     let snap = wait_status(&app, "dead", RegStatus::Failed).await;
     assert_eq!(snap.last_response.as_deref(), Some("408 Request Timeout"));
     assert_eq!(
-        app.supervisor.watch("good").unwrap().borrow().status,
+        app.supervisor.watch("good").unwrap().get().status,
         RegStatus::Success
     );
     // The silent registrar saw retransmissions of the same REGISTER (UDP, Timer E).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use driver::{Continuity, Snapshot};
+pub use driver::{Continuity, Snapshot, StatusCell};
 pub use state::RegStatus;
 pub use supervisor::{Applied, ConnectionStatus, Supervisor};
 

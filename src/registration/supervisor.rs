@@ -12,11 +12,10 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Continuity, Driver, Snapshot};
+use super::driver::{Continuity, Driver, Snapshot, StatusCell};
 use super::{Pacer, Pacing, RegStatus};
 use crate::config::Connection;
 use crate::context::Context;
@@ -45,7 +44,7 @@ pub enum Applied {
 
 struct Entry {
     connection: Arc<Connection>,
-    status: watch::Receiver<Snapshot>,
+    status: Arc<StatusCell>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
     /// Start order, for stable listings.
@@ -56,7 +55,7 @@ impl Entry {
     fn status(&self) -> ConnectionStatus {
         ConnectionStatus {
             connection: self.connection.clone(),
-            snapshot: self.status.borrow().clone(),
+            snapshot: self.status.get(),
         }
     }
 }
@@ -174,30 +173,26 @@ impl Supervisor {
     fn spawn(
         &self,
         conn: &Arc<Connection>,
-    ) -> (
-        watch::Receiver<Snapshot>,
-        CancellationToken,
-        Option<JoinHandle<()>>,
-    ) {
+    ) -> (Arc<StatusCell>, CancellationToken, Option<JoinHandle<()>>) {
         let applicable = conn.active && conn.external_uac_settings.proxy.is_some();
         let initial = if applicable {
             RegStatus::NotRegistered
         } else {
             RegStatus::NotApplicable
         };
-        let (tx, rx) = watch::channel(Snapshot::new(initial));
+        let cell = StatusCell::new(Snapshot::new(initial));
         let stop = CancellationToken::new();
         let continuity = match self.gated(&conn.id) {
             Gated::Free => None,
             Gated::Held(c) => Some(c),
-            Gated::NotHeld => return (rx, stop, None),
+            Gated::NotHeld => return (cell, stop, None),
         };
         let task = if applicable {
             let driver = Driver::new(
                 self.inner.ctx.clone(),
                 self.inner.pace.clone(),
                 conn.clone(),
-                tx,
+                cell.clone(),
                 stop.clone(),
                 continuity,
             );
@@ -206,7 +201,7 @@ impl Supervisor {
             tracing::debug!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
             None
         };
-        (rx, stop, task)
+        (cell, stop, task)
     }
 
     /// Starts registering `conn` (or records it as Not Applicable when it is
@@ -321,7 +316,7 @@ impl Supervisor {
         }
         .finish(self.unregister_deadline())
         .await;
-        let snapshot = entry.status.borrow().clone();
+        let snapshot = entry.status.get();
         Some(ConnectionStatus {
             connection: entry.connection,
             snapshot,
@@ -359,7 +354,7 @@ impl Supervisor {
         let mut on_flow = st
             .entries
             .values()
-            .filter(|e| e.status.borrow().flow == Some(flow));
+            .filter(|e| e.status.read(|s| s.flow) == Some(flow));
         let only = on_flow.next()?;
         if on_flow.next().is_some() {
             tracing::debug!(
@@ -398,9 +393,9 @@ impl Supervisor {
         v.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// A receiver that sees every status change of one connection (until
-    /// the connection is restarted or removed).
-    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
+    /// The status of one connection as its driver publishes it (until the
+    /// connection is restarted or removed).
+    pub fn watch(&self, id: &str) -> Option<Arc<StatusCell>> {
         self.state().entries.get(id).map(|e| e.status.clone())
     }
 
@@ -442,7 +437,7 @@ impl Supervisor {
         }
         let registered = statuses
             .iter()
-            .filter(|s| s.borrow().status == RegStatus::Success)
+            .filter(|s| s.read(|s| s.status) == RegStatus::Success)
             .count();
         tracing::info!(still_registered = registered, "registrations stopped");
     }
@@ -518,8 +513,7 @@ impl Supervisor {
                 t.abort();
             }
             e.stop.cancel();
-            let (_, rx) = watch::channel(Snapshot::new(RegStatus::NotRegistered));
-            e.status = rx;
+            e.status = StatusCell::new(Snapshot::new(RegStatus::NotRegistered));
             e.stop = CancellationToken::new();
         }
     }
