@@ -50,8 +50,7 @@ struct Attempt {
     /// The destination end's dialog token, in this attempt's Record-Route.
     token: String,
     /// What was sent, for retransmission, CANCEL and the ACK of a non-2xx;
-    /// `None` once the transaction no longer needs it ([`Call::shed`]);
-    /// boxed, so that a shed attempt is small.
+    /// `None` (a shed attempt is small) once no longer needed ([`Call::shed`]).
     sent: Option<Box<Sent>>,
     tx: InviteClient,
     provisional: bool,
@@ -272,12 +271,9 @@ impl Call {
         }
     }
 
-    /// Answered, and every transaction is Accepted or over (RFC 6026): all
-    /// that is left is to absorb the PBX's INVITE retransmissions and relay
-    /// 2xx retransmissions (and forked 2xx) upstream until Timers L and M
-    /// fire. From here on `step` only returns `SendUpstream`, `Arm`,
-    /// `Disarm` and `Terminate`, so the executor can hand the call to a
-    /// smaller task.
+    /// Answered, and every transaction Accepted or over (RFC 6026): until
+    /// Timers L and M, `step` only relays 2xx (`SendUpstream`), arms and
+    /// disarms timers and terminates, so a smaller task can run the call.
     pub fn relays_2xx_only(&self) -> bool {
         self.phase == Phase::Answered
             && matches!(
