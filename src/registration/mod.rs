@@ -5,6 +5,7 @@
 mod driver;
 mod request;
 pub mod state;
+mod status;
 mod supervisor;
 
 use std::sync::Mutex;
@@ -12,8 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use driver::{Continuity, Snapshot, StatusCell};
+pub use driver::{Continuity, Snapshot};
 pub use state::RegStatus;
+pub use status::StatusCell;
 pub use supervisor::{Applied, ConnectionStatus, Supervisor};
 
 /// What every driver shares besides the daemon's context: the pace of new

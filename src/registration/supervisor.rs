@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Continuity, Driver, Snapshot, StatusCell};
+use super::driver::{Continuity, Driver, Snapshot};
+use super::status::StatusCell;
 use super::{Pacer, Pacing, RegStatus};
 use crate::config::Connection;
 use crate::context::Context;
