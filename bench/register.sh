@@ -20,6 +20,9 @@
 #            (uacd: a separate probe run with the N [[connection]]s inactive,
 #            from its exec until it logged "uacd started" + 1 s; Kamailio:
 #            until its uacreg table is loaded + 1 s)
+#   store    uacd: the same, with the N rows already in its store and none
+#            in its file (the load probe's rows handed to the API), so only
+#            the store read and start-up; Kamailio: its load figure again
 #   initial  CPU and time until N 200s: uacd from its exec (it registers at
 #            once), CPU minus the load probe's; Kamailio from
 #            `uac.reg_active 1` (table loaded before)
@@ -75,7 +78,7 @@ for a in "$UACD_IP $UACD_PORT" "$UACD_IP $UACD_API" "$KAM_IP $KAM_PORT"; do
 done
 case " $DAEMONS " in *" uacd "*) build_uacd ;; esac
 
-printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tload_sched_s\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\n' >"$OUT"
+printf 'daemon\trep\tN\tt_all_reg_s\tregistered\tinit_txn\tinit_cpu_s\tinit_cpu_s_per_1k_txn\tinit_sched_s_per_1k_txn\tload_sched_s\tidle_cpu_s_per_s\trefresh_window_s\trefreshed\trefresh_txn\trefresh_cpu_s_per_1k_txn\trefresh_cpu_s_per_1k_txn_minus_idle\trefresh_sched_s_per_1k_txn_minus_idle\tbad_digests\tpss_mib\trss_mib\tpss_kib_per_conn\trss_kib_per_conn\tregistrar_cpu_s\tload1\tothers_cpu_frac\tsteal_frac\tstore_load_sched_s\n' >"$OUT"
 
 start_registrars() { # WD: REGISTRAR_PIDS[k] listens on REG_PORT + k
   local k port
@@ -181,6 +184,20 @@ one_rep() { # DAEMON REP
     read -r LOAD_TICKS LOAD_NS <<<"$(tree_cpu "$lpid")"
     PROBE_TICKS=$LOAD_TICKS
     stop_pid "$lpid" 10
+    # 1b) the same N rows already in the store and none in the file (what
+    #     Kamailio's figure is: a read of its uacreg rows): the probe's rows
+    #     handed to the API, then a start on a file with no [[connection]]
+    local st st_ns
+    sqlite3 "$WD/load/uacd.db" "UPDATE connections SET owner = 'api'"
+    N=0 uacd_config "$WD/load/store.toml" false
+    RUST_LOG=info,uacd::registration::supervisor=warn "$UACD_BIN" run --config "$WD/load/store.toml" 2>"$WD/load/store.log" &
+    lpid=$!; remember_pid "$lpid"
+    for ((i = 0; i < 600; i++)); do grep -q 'uacd started' "$WD/load/store.log" 2>/dev/null && break; sleep 0.05; done
+    grep -q 'uacd started' "$WD/load/store.log" || die "uacd (store probe) did not start (see $WD/load/store.log)"
+    sleep 1
+    read -r st STORE_NS <<<"$(tree_cpu "$lpid")"
+    PROBE_TICKS=$((PROBE_TICKS + st))
+    stop_pid "$lpid" 10
     # 2) the measured run: the same connections active on a fresh store;
     #    it registers at once, so the window starts at the exec
     uacd_config "$WD/uacd.toml" true
@@ -223,7 +240,7 @@ one_rep() { # DAEMON REP
     c0=$LOAD_TICKS; n0=$LOAD_NS; T0=$Ts
   else
     read -r c0 n0 <<<"$(tree_cpu "$pid")"; T0=$(now_s)
-    LOAD_NS=$n0; PROBE_TICKS=0
+    LOAD_NS=$n0; STORE_NS=$n0; PROBE_TICKS=0
     Ts=$T0; kam_rpc "$CTL" uac.reg_active 1 >/dev/null || die "uac.reg_active failed"
   fi
   wait_ok "$dm" $((ok0 + N)) "$WAIT_S"
@@ -269,13 +286,13 @@ one_rep() { # DAEMON REP
     -v itx="$itx" -v ic=$((c1 - c0)) -v ins=$((n1 - n0)) -v lns="$LOAD_NS" -v idle="$idle" \
     -v rw="$(elapsed "$T1" "$T2")" -v rfd="$rok" -v rtx="$rtx" -v rc=$((c2 - c1)) -v rns=$((n2 - n1)) \
     -v to="$bad" -v pss="$pss" -v rss="$rss" -v regc=$((r1 - r0)) -v hz="$CLK_TCK" \
-    -v l1="$(load1)" -v oth="$oth" -v stl="$stl" 'BEGIN {
+    -v l1="$(load1)" -v oth="$oth" -v stl="$stl" -v sns="$STORE_NS" 'BEGIN {
       ics = ic / hz; rcs = rc / hz
-      printf "%s\t%d\t%d\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.3f\t%.6f\t%.1f\t%d\t%d\t%.4f\t%.4f\t%.4f\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n",
+      printf "%s\t%d\t%d\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.3f\t%.6f\t%.1f\t%d\t%d\t%.4f\t%.4f\t%.4f\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%.3f\n",
         dm, rep, N, tall, reg, itx, ics, itx ? ics / itx * 1000 : 0, itx ? ins / 1e9 / itx * 1000 : 0, lns / 1e9, idle,
         rw, rfd, rtx, rtx ? rcs / rtx * 1000 : 0, rtx ? (rcs - idle * rw) / rtx * 1000 : 0,
         rtx ? (rns / 1e9 - idle * rw) / rtx * 1000 : 0, to, pss / 1024, rss / 1024, pss / N, rss / N,
-        regc / hz, l1, oth, stl }' >>"$OUT"
+        regc / hz, l1, oth, stl, sns / 1e9 }' >>"$OUT"
   tail -n 1 "$OUT" >&2
 }
 
@@ -292,6 +309,7 @@ for dm in $DAEMONS; do
   sec="register N=$N"
   emit_fig "$FIGS" "$sec" "time to all registered" "$dm" s "$(colv "$dm" t_all_reg_s)" "$s" "$o"
   emit_fig "$FIGS" "$sec" "CPU start-up + loading N connections (before any REGISTER)" "$dm" cpu-s "$(colv "$dm" load_sched_s)" "$s" "$o"
+  emit_fig "$FIGS" "$sec" "CPU start-up, N connections already in the store (Kamailio: the same figure)" "$dm" cpu-s "$(colv "$dm" store_load_sched_s)" "$s" "$o"
   emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, initial (minus load)" "$dm" cpu-s "$(colv "$dm" init_sched_s_per_1k_txn)" "$s" "$o"
   if [ "$REFRESH" = 1 ]; then
     emit_fig "$FIGS" "$sec" "CPU / 1000 REGISTER txn, refresh (minus idle)" "$dm" cpu-s "$(colv "$dm" refresh_sched_s_per_1k_txn_minus_idle)" "$s" "$o"
