@@ -106,20 +106,42 @@ pub fn test_ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
 
-/// A UDP port that was free on `ip` a moment ago (bind port 0, read it, close).
-pub fn free_udp_port(ip: Ipv4Addr) -> u16 {
-    UdpSocket::bind((ip, 0))
-        .and_then(|s| s.local_addr())
-        .unwrap_or_else(|e| panic!("bind udp {ip}:0: {e}"))
-        .port()
+/// Ports for the daemons and peers a test starts, below the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999 by default).
+/// A port read from a port-0 bind is in that range, and between the check
+/// and the daemon's own bind the kernel may hand it to any outgoing
+/// connection or port-0 bind of a test running beside it; below the range
+/// only these helpers hand out ports, each at most once per test process
+/// (test files own distinct IPs, so processes do not collide).
+const TEST_PORTS: std::ops::Range<u16> = 20000..32768;
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    static HANDED: std::sync::Mutex<Vec<(Ipv4Addr, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    let len = usize::from(TEST_PORTS.end - TEST_PORTS.start);
+    // Spread the processes of successive runs over the range.
+    let start = (std::process::id() as usize).wrapping_mul(7919) % len;
+    for i in 0..len {
+        let port = TEST_PORTS.start + ((start + i) % len) as u16;
+        if handed.contains(&(ip, port)) {
+            continue;
+        }
+        if UdpSocket::bind((ip, port)).is_ok() && TcpListener::bind((ip, port)).is_ok() {
+            handed.push((ip, port));
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in {TEST_PORTS:?}");
 }
 
-/// A TCP port that was free on `ip` a moment ago.
+/// A port free on `ip` for UDP and TCP, handed out once per test process.
+pub fn free_udp_port(ip: Ipv4Addr) -> u16 {
+    free_port(ip)
+}
+
+/// A port free on `ip` for TCP and UDP, handed out once per test process.
 pub fn free_tcp_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|s| s.local_addr())
-        .unwrap_or_else(|e| panic!("bind tcp {ip}:0: {e}"))
-        .port()
+    free_port(ip)
 }
 
 /// Panics (never skips) when `bin` is not on PATH: interop tests must fail in
