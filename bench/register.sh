@@ -118,6 +118,20 @@ uacd_config() { # FILE ACTIVE(true|false); the store lives beside FILE
   } >"$1"
 }
 
+# start_probe PREFIX: runs uacd on PREFIX.toml (log PREFIX.log) until it
+# logged "uacd started" + 1 s, stops it; sets P_TICKS and P_NS to its CPU
+# (not in a subshell, so that the exit trap knows the PID)
+start_probe() {
+  local p i
+  RUST_LOG=info,uacd::registration::supervisor=warn "$UACD_BIN" run --config "$1.toml" 2>"$1.log" &
+  p=$!; remember_pid "$p"
+  for ((i = 0; i < 600; i++)); do grep -q 'uacd started' "$1.log" 2>/dev/null && break; sleep 0.05; done
+  grep -q 'uacd started' "$1.log" || die "uacd (probe $1.toml) did not start (see $1.log)"
+  sleep 1
+  read -r P_TICKS P_NS <<<"$(tree_cpu "$p")"
+  stop_pid "$p" 10
+}
+
 # live_ok DAEMON: registrations completed so far, read while the run goes
 # on (the registrar's log file is only complete once SIPp exits):
 #   uacd      lines with status=success in its log (RUST_LOG=info, the default: one
@@ -173,31 +187,18 @@ one_rep() { # DAEMON REP
     #    window likewise starts with its table loaded). The supervisor's
     #    per-connection "not applicable" info line is filtered out so that
     #    the probe does no logging the measured run does not do.
-    local i lpid
+    local i
     mkdir -p "$WD/load"
     uacd_config "$WD/load/uacd.toml" false
-    RUST_LOG=info,uacd::registration::supervisor=warn "$UACD_BIN" run --config "$WD/load/uacd.toml" 2>"$WD/load/uacd.log" &
-    lpid=$!; remember_pid "$lpid"
-    for ((i = 0; i < 600; i++)); do grep -q 'uacd started' "$WD/load/uacd.log" 2>/dev/null && break; sleep 0.05; done
-    grep -q 'uacd started' "$WD/load/uacd.log" || die "uacd (load probe) did not start (see $WD/load/uacd.log)"
-    sleep 1
-    read -r LOAD_TICKS LOAD_NS <<<"$(tree_cpu "$lpid")"
-    PROBE_TICKS=$LOAD_TICKS
-    stop_pid "$lpid" 10
+    start_probe "$WD/load/uacd"
+    LOAD_TICKS=$P_TICKS; LOAD_NS=$P_NS; PROBE_TICKS=$LOAD_TICKS
     # 1b) the same N rows already in the store and none in the file (what
     #     Kamailio's figure is: a read of its uacreg rows): the probe's rows
     #     handed to the API, then a start on a file with no [[connection]]
-    local st st_ns
     sqlite3 "$WD/load/uacd.db" "UPDATE connections SET owner = 'api'"
     N=0 uacd_config "$WD/load/store.toml" false
-    RUST_LOG=info,uacd::registration::supervisor=warn "$UACD_BIN" run --config "$WD/load/store.toml" 2>"$WD/load/store.log" &
-    lpid=$!; remember_pid "$lpid"
-    for ((i = 0; i < 600; i++)); do grep -q 'uacd started' "$WD/load/store.log" 2>/dev/null && break; sleep 0.05; done
-    grep -q 'uacd started' "$WD/load/store.log" || die "uacd (store probe) did not start (see $WD/load/store.log)"
-    sleep 1
-    read -r st STORE_NS <<<"$(tree_cpu "$lpid")"
-    PROBE_TICKS=$((PROBE_TICKS + st))
-    stop_pid "$lpid" 10
+    start_probe "$WD/load/store"
+    STORE_NS=$P_NS; PROBE_TICKS=$((PROBE_TICKS + P_TICKS))
     # 2) the measured run: the same connections active on a fresh store;
     #    it registers at once, so the window starts at the exec
     uacd_config "$WD/uacd.toml" true
