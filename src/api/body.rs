@@ -278,6 +278,19 @@ pub fn to_connection(
             "must be 1 to 64 characters",
         ));
     }
+    // serde reads a struct from a JSON array too (its fields in order, the
+    // defaulted ones may be left out), so `"outbound": []` would pass as
+    // the defaults: the schema says object.
+    for key in [
+        "external_uac_settings",
+        "internal_uac_settings",
+        "inbound",
+        "outbound",
+    ] {
+        if doc.get(key).is_some_and(|v| !v.is_object() && !v.is_null()) {
+            return Err(ApiError::invalid(format!("/{key}"), "must be an object"));
+        }
+    }
     let mut conn: Connection = serde_path_to_error::deserialize(&doc).map_err(|e| {
         let path: Vec<String> = e
             .path()

@@ -71,6 +71,25 @@ fn type_errors_unknown_fields_and_enums_point_at_the_field() {
     }
 }
 
+/// serde would read these structs from arrays (fields in order, defaults
+/// for the rest): the schema says object, and so does the answer.
+#[test]
+fn settings_given_as_arrays_or_scalars_are_refused() {
+    for key in [
+        "external_uac_settings",
+        "internal_uac_settings",
+        "inbound",
+        "outbound",
+    ] {
+        for bad in [json!([]), json!([null, 5]), json!(true), json!("x")] {
+            let body = json!({"connection_name": "x", key: bad});
+            let e = to_connection(doc(body.clone()), "1", None).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(pointers(&e), [format!("/{key}")], "{body}");
+        }
+    }
+}
+
 #[test]
 fn field_checks_report_every_issue_with_pointers() {
     let e = to_connection(
