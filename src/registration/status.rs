@@ -8,9 +8,9 @@ use tokio::sync::Notify;
 use super::driver::Snapshot;
 
 /// One connection's status as its driver last published it: read by the
-/// API, routing and metrics, awaited by tests. A lock and one `Notify`
-/// (about 190 bytes a connection) where a watch channel, with its nine
-/// `Notify`s, was 456.
+/// API, routing and metrics, awaited by tests. A lock and one `Notify`,
+/// where a watch channel allocated nine `Notify`s with its value (456
+/// bytes a connection).
 #[derive(Debug)]
 pub struct StatusCell {
     /// The snapshot and how many times it was published.
