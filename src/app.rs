@@ -507,14 +507,11 @@ impl App {
             .store
             .run(move |s| {
                 let mut report = s.sync_file(&mut file, &generated, now_ms())?;
-                let (before, after) = (
-                    std::mem::take(&mut report.before),
-                    std::mem::take(&mut report.after),
-                );
-                Ok((before, report, after))
+                let after = std::mem::take(&mut report.after);
+                Ok((report, after))
             })
             .await;
-        let (before, report, after) = match synced {
+        let (report, after) = match synced {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "reload: connections not applied; the running ones stay");
@@ -524,16 +521,11 @@ impl App {
         let mut counts = [0usize; 4];
         // Removed connections unregister side by side: N of them take one
         // unregister deadline, not N.
-        let kept: std::collections::HashSet<&str> =
-            after.iter().map(|a| a.connection.id.as_str()).collect();
         let mut removals = tokio::task::JoinSet::new();
-        for row in before.iter().filter(|r| r.owner == Owner::File) {
-            if !kept.contains(row.connection.id.as_str()) {
-                let supervisor = self.supervisor.clone();
-                let id = row.connection.id.clone();
-                removals.spawn(async move { supervisor.remove(&id).await });
-                counts[3] += 1;
-            }
+        for id in &report.removed_ids {
+            let (supervisor, id) = (self.supervisor.clone(), id.clone());
+            removals.spawn(async move { supervisor.remove(&id).await });
+            counts[3] += 1;
         }
         while removals.join_next().await.is_some() {}
         for row in after.into_iter().filter(|r| r.owner == Owner::File) {

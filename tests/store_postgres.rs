@@ -190,7 +190,7 @@ fn sync_file_keeps_generated_passwords_and_every_node_shares_the_dialog_key() {
     file[0].password = Secret::new("random-second");
     let r = n2.sync_file(&mut file, &generated, 200).unwrap();
     assert_eq!((r.inserted, r.updated, r.removed), (0, 1, 1));
-    assert_eq!(r.before.len(), 3);
+    assert_eq!(r.removed_ids, ["f2"]);
     assert_eq!(r.after, n1.all().unwrap());
     assert_eq!(file[0].password.expose(), "random-first");
     let f1 = n1.get("f1").unwrap().unwrap();

@@ -82,15 +82,15 @@ pub struct Page {
     pub total: u64,
 }
 
-/// What [`Store::sync_file`] changed, and every row before and after it,
-/// in creation order (as [`Store::all`] gives them), so that a caller needs
-/// no second read of the store.
+/// What [`Store::sync_file`] changed: the ids of the file rows it removed,
+/// and every row after it in creation order (as [`Store::all`] gives them),
+/// so that a caller needs no second read of the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
     pub inserted: usize,
     pub updated: usize,
     pub removed: usize,
-    pub before: Vec<Row>,
+    pub removed_ids: Vec<String>,
     pub after: Vec<Row>,
 }
 

@@ -151,8 +151,8 @@ fn sync_file_inserts_updates_removes_and_keeps_generated_passwords() {
     file[0].password = Secret::new("random-first");
     let r = s.sync_file(&mut file, &generated, 100).unwrap();
     assert_eq!((r.inserted, r.updated, r.removed), (2, 0, 0));
-    // The rows it reports are the store's, before and after.
-    assert_eq!(r.before.len(), 1);
+    // The rows it reports are the store's after it.
+    assert!(r.removed_ids.is_empty());
     assert_eq!(r.after, s.all().unwrap());
 
     // Next load: a new random password is generated for f1; the stored one wins.
@@ -160,7 +160,7 @@ fn sync_file_inserts_updates_removes_and_keeps_generated_passwords() {
     file[0].password = Secret::new("random-second");
     let r = s.sync_file(&mut file, &generated, 200).unwrap();
     assert_eq!((r.inserted, r.updated, r.removed), (0, 1, 1));
-    assert_eq!(r.before.len(), 3);
+    assert_eq!(r.removed_ids, ["f2"]);
     assert_eq!(r.after, s.all().unwrap());
     assert_eq!(file[0].password.expose(), "random-first");
     let f1 = s.get("f1").unwrap().unwrap();
@@ -177,7 +177,7 @@ fn sync_file_inserts_updates_removes_and_keeps_generated_passwords() {
     let mut same = vec![conn("f1", "F1 renamed", "1")];
     let r = s.sync_file(&mut same, &generated, 300).unwrap();
     assert_eq!((r.inserted, r.updated, r.removed), (0, 0, 0));
-    assert_eq!(r.after, r.before);
+    assert_eq!(r.after, s.all().unwrap());
 
     let mut clash = vec![conn("api1", "x", "1")];
     assert!(matches!(
