@@ -12,7 +12,7 @@ use bytes::Bytes;
 use sd_notify::NotifyState;
 
 use crate::config::Transport;
-use crate::registration::{RegStatus, Supervisor};
+use crate::registration::Supervisor;
 use crate::sip::Method;
 use crate::transaction::client::Timers;
 use crate::transaction::{Layer, new_branch};
@@ -61,15 +61,7 @@ pub struct Probe {
 impl Probe {
     /// `"N/M connections registered"`: the supervisor answers.
     pub fn status_line(&self) -> String {
-        let all = self.supervisor.statuses();
-        let registered = all
-            .iter()
-            .filter(|s| s.snapshot.status == RegStatus::Success)
-            .count();
-        let applicable = all
-            .iter()
-            .filter(|s| s.snapshot.status != RegStatus::NotApplicable)
-            .count();
+        let (registered, applicable) = self.supervisor.registered_count();
         format!("{registered}/{applicable} connections registered")
     }
 
