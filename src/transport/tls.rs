@@ -4,7 +4,7 @@
 //! allowed but warned about.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -49,36 +49,69 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Client side: one connector shared by every TLS flow.
+/// Client side: one connector shared by every TLS flow. With verification
+/// on, the system roots are read when the first TLS flow needs them, not at
+/// start-up (reading /etc/ssl/certs was a twentieth of starting 10,000 UDP
+/// connections); `tls.ca_file` is read at once, so that its errors still
+/// stop the start.
 #[derive(Clone)]
 pub struct ClientTls {
-    connector: TlsConnector,
+    inner: Arc<ClientInner>,
+}
+
+type WantsVerifier = rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>;
+
+struct ClientInner {
+    /// Verification on: the builder and the `ca_file` roots, waiting for
+    /// the system roots.
+    verify: Option<(WantsVerifier, rustls::RootCertStore)>,
+    connector: OnceLock<TlsConnector>,
 }
 
 impl ClientTls {
     pub fn new(cfg: &TlsConfig) -> Result<Self, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?;
-        let config = if cfg.verify_server {
+        let connector = OnceLock::new();
+        let verify = if cfg.verify_server {
             let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
             if let Some(ca) = &cfg.ca_file {
                 for cert in load_certs(ca)? {
                     roots.add(cert)?;
                 }
             }
-            tracing::debug!(system_roots = added, ca_file = ?cfg.ca_file, "TLS server verification on");
-            builder.with_root_certificates(roots).with_no_client_auth()
+            Some((builder, roots))
         } else {
             tracing::warn!("tls.verify_server = false: PBX certificates are NOT verified");
-            builder
+            let config = builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
-                .with_no_client_auth()
+                .with_no_client_auth();
+            let _ = connector.set(TlsConnector::from(Arc::new(config)));
+            None
         };
         Ok(ClientTls {
-            connector: TlsConnector::from(Arc::new(config)),
+            inner: Arc::new(ClientInner { verify, connector }),
+        })
+    }
+
+    fn connector(&self) -> &TlsConnector {
+        self.inner.connector.get_or_init(|| {
+            let Some((builder, ca)) = self.inner.verify.clone() else {
+                unreachable!("set in new() when verification is off")
+            };
+            let mut roots = ca;
+            let from_ca = roots.len();
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(
+                system_roots = added,
+                ca_file_roots = from_ca,
+                "TLS server verification on"
+            );
+            TlsConnector::from(Arc::new(
+                builder.with_root_certificates(roots).with_no_client_auth(),
+            ))
         })
     }
 
@@ -100,7 +133,7 @@ impl ClientTls {
                 .to_owned(),
         )
         .map_err(|_| super::Error::ServerName(server_name.into()))?;
-        self.connector
+        self.connector()
             .connect(name, tcp)
             .await
             .map_err(|source| super::Error::Handshake { remote, source })
