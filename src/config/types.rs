@@ -381,14 +381,14 @@ fn check_host(host: &str) -> Result<(), String> {
     if host.len() > 253 {
         return Err("host name too long".into());
     }
-    let labels: Vec<&str> = host.strip_suffix('.').unwrap_or(host).split('.').collect();
-    if labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+    let labels = || host.strip_suffix('.').unwrap_or(host).split('.');
+    if labels().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
         return host
             .parse::<Ipv4Addr>()
             .map(|_| ())
             .map_err(|_| format!("invalid IPv4 address {host:?}"));
     }
-    for label in &labels {
+    for label in labels() {
         let ok = !label.is_empty()
             && label.len() <= 63
             && label
