@@ -102,10 +102,7 @@ impl State {
     /// The entry's status; clustered, a connection held elsewhere shows
     /// what its holder persisted.
     fn status_of(&self, e: &Entry) -> ConnectionStatus {
-        if let Some(g) = &self.gate
-            && !g.held.contains_key(&e.connection.id)
-            && let Some((snap, _)) = g.remote.get(&e.connection.id)
-        {
+        if let Some(snap) = self.remote_of(e) {
             return ConnectionStatus {
                 connection: e.connection.clone(),
                 snapshot: snap.clone(),
@@ -114,15 +111,21 @@ impl State {
         e.status()
     }
 
+    /// Clustered: what the holder persisted for a connection held elsewhere.
+    fn remote_of(&self, e: &Entry) -> Option<&Snapshot> {
+        let g = self.gate.as_ref()?;
+        if g.held.contains_key(&e.connection.id) {
+            return None;
+        }
+        g.remote.get(&e.connection.id).map(|(snap, _)| snap)
+    }
+
     /// [`State::status_of`]'s status alone, without cloning the snapshot.
     fn reg_status_of(&self, e: &Entry) -> RegStatus {
-        if let Some(g) = &self.gate
-            && !g.held.contains_key(&e.connection.id)
-            && let Some((snap, _)) = g.remote.get(&e.connection.id)
-        {
-            return snap.status;
+        match self.remote_of(e) {
+            Some(snap) => snap.status,
+            None => e.status.read(|s| s.status),
         }
-        e.status.read(|s| s.status)
     }
 }
 
