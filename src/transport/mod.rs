@@ -75,6 +75,8 @@ pub enum Error {
     FlowClosed(SocketAddr),
     #[error("{0} is unreachable (ICMP)")]
     Unreachable(SocketAddr),
+    #[error("cannot start the UDP receive threads: {0}")]
+    Threads(io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -281,6 +283,80 @@ impl Drop for Admitted {
     }
 }
 
+/// A UDP receive thread: a current-thread runtime and its socket of each
+/// UDP listen address. What a datagram starts (a request's task, a call)
+/// is spawned on the thread that read it, so a message is parsed, matched
+/// and answered without waking another thread; only work that belongs to
+/// a task elsewhere (a registration's REGISTER answered) crosses over.
+struct Receiver {
+    runtime: tokio::runtime::Runtime,
+    sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
+}
+
+impl Receiver {
+    /// Runs the receive loops until the transports shut down.
+    fn run(self, t: Transports) {
+        let cancel = t.inner.cancel.clone();
+        self.runtime.block_on(async {
+            for (s, local) in self.sockets {
+                let t = t.clone();
+                supervise::run(&cancel, Transport::Udp, local, move || {
+                    udp::recv_loop(t.clone(), s.clone(), local)
+                });
+            }
+            cancel.cancelled().await;
+        });
+        drop(t);
+        self.runtime.shutdown_timeout(Duration::from_millis(100));
+    }
+}
+
+/// Registers the sockets of each UDP listen address with the receive
+/// threads' runtimes (socket `k` of a group to thread `k`), and returns
+/// the first socket of each address, the one responses and requests are
+/// sent from (any socket of a group sends from the same address).
+#[allow(clippy::type_complexity)]
+fn receivers(
+    groups: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
+    threads: usize,
+) -> Result<(Vec<(Arc<UdpSocket>, SocketAddr)>, Vec<Receiver>), Error> {
+    if groups.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut receivers = (0..threads)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| Receiver {
+                    runtime,
+                    sockets: Vec::new(),
+                })
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(Error::Threads)?;
+    let mut first = Vec::with_capacity(groups.len());
+    for (local, group) in groups {
+        for (s, r) in group.into_iter().zip(receivers.iter_mut()) {
+            let s = {
+                let _in = r.runtime.enter();
+                UdpSocket::from_std(s)
+            }
+            .map_err(|source| Error::Bind {
+                transport: Transport::Udp,
+                addr: local,
+                source,
+            })?;
+            icmp::enable(&s, local.is_ipv6());
+            r.sockets.push((Arc::new(s), local));
+        }
+        // Thread 0 got this group's first socket.
+        first.extend(receivers[0].sockets.last().cloned());
+    }
+    receivers.retain(|r| !r.sockets.is_empty());
+    Ok((first, receivers))
+}
+
 impl Transports {
     /// Binds every `sip.listen` address and starts the receive loops.
     pub async fn bind(
@@ -298,7 +374,8 @@ impl Transports {
                 }
             })?;
         }
-        let mut udp = Vec::new();
+        let threads = udp::receive_threads();
+        let mut udp_groups = Vec::new();
         let mut tcp_listeners = Vec::new();
         let mut tls_listeners = Vec::new();
         for l in &config.sip.listen {
@@ -309,10 +386,9 @@ impl Transports {
             };
             match l.transport {
                 Transport::Udp => {
-                    let s = udp::bind(l.addr).map_err(bind_err)?;
-                    let local = s.local_addr().map_err(bind_err)?;
-                    icmp::enable(&s, local.is_ipv6());
-                    udp.push((Arc::new(s), local));
+                    let group = udp::bind_group(l.addr, threads).map_err(bind_err)?;
+                    let local = group[0].local_addr().map_err(bind_err)?;
+                    udp_groups.push((local, group));
                 }
                 Transport::Tcp => tcp_listeners.push(
                     tokio::net::TcpListener::bind(l.addr)
@@ -326,6 +402,7 @@ impl Transports {
                 ),
             }
         }
+        let (udp, receivers) = receivers(udp_groups, threads)?;
         let acceptor = if tls_listeners.is_empty() {
             None
         } else {
@@ -353,11 +430,12 @@ impl Transports {
         });
         tokio::spawn(inner.keepalive.clone().run(inner.cancel.child_token()));
         let this = Transports { inner };
-        for (s, local) in &this.inner.udp {
-            let (t, s, local) = (this.clone(), s.clone(), *local);
-            supervise::run(&this.inner.cancel, Transport::Udp, local, move || {
-                udp::recv_loop(t.clone(), s.clone(), local)
-            });
+        for (k, r) in receivers.into_iter().enumerate() {
+            let t = this.clone();
+            std::thread::Builder::new()
+                .name(format!("uacd-udp-{k}"))
+                .spawn(move || r.run(t))
+                .map_err(Error::Threads)?;
         }
         for (l, tls) in tcp_listeners
             .into_iter()

@@ -1,4 +1,5 @@
-//! UDP receive loop (RFC 3261 §18.2.1): one per listen socket. Malformed
+//! UDP receive loops (RFC 3261 §18.2.1): one per socket, one socket of
+//! each listen address per receive thread. Malformed
 //! requests get a 400 when they can be answered (§8.2.2); keepalive
 //! datagrams (CRLF, RFC 5626 §3.5.1 over UDP) are ignored. Drives
 //! [`overload::Detector`] with what the kernel says about each datagram.
@@ -11,7 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrStorage, bind,
+    recvmsg, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeSpec;
 use tokio::io::Interest;
@@ -28,18 +30,72 @@ use crate::sip::{Message, bad_request_response};
 /// longer a burst can queue before the kernel drops datagrams.
 const RECEIVE_BUFFER: usize = 8 << 20;
 
-pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = std::net::UdpSocket::bind(addr)?;
-    s.set_nonblocking(true)?;
+/// How many receive threads, each with its own socket of every UDP listen
+/// address: `UACD_UDP_THREADS` when set to 1..=64, else one per core this
+/// process may run on (its CPU affinity counts), at most 16.
+pub(super) fn receive_threads() -> usize {
+    if let Ok(v) = std::env::var("UACD_UDP_THREADS") {
+        match v.parse::<usize>() {
+            Ok(n @ 1..=64) => return n,
+            _ => {
+                tracing::warn!(value = %v, "UACD_UDP_THREADS is not a number from 1 to 64; ignored")
+            }
+        }
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+}
+
+/// Binds `count` sockets to `addr` in one `SO_REUSEPORT` group (socket(7)):
+/// the kernel spreads the datagrams over them by a hash of the source and
+/// destination addresses, so one peer's datagrams always reach the same
+/// socket, and so the same receive thread. The address is first bound
+/// plainly, alone: a second daemon on the same port then fails to start,
+/// as it would without the group, instead of joining it and taking part of
+/// the traffic (the probe also resolves port 0 for the whole group).
+pub(super) fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let probe = std::net::UdpSocket::bind(addr)?;
+    if count <= 1 {
+        configure(&probe, addr);
+        return Ok(vec![probe]);
+    }
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let mut group = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = bind_reuseport(addr)?;
+        configure(&s, addr);
+        group.push(s);
+    }
+    Ok(group)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+fn configure(s: &std::net::UdpSocket, addr: SocketAddr) {
     // Best effort: without them the socket works, and overload is seen
     // only when the router's own bound is reached.
-    let _ = setsockopt(&s, sockopt::RcvBuf, &RECEIVE_BUFFER);
-    if let Err(e) = setsockopt(&s, sockopt::ReceiveTimestampns, &true)
-        .and_then(|()| setsockopt(&s, sockopt::RxqOvfl, &1))
+    let _ = s.set_nonblocking(true);
+    let _ = setsockopt(s, sockopt::RcvBuf, &RECEIVE_BUFFER);
+    if let Err(e) = setsockopt(s, sockopt::ReceiveTimestampns, &true)
+        .and_then(|()| setsockopt(s, sockopt::RxqOvfl, &1))
     {
         tracing::warn!(%addr, error = %e, "receive-queue overload detection unavailable on this socket");
     }
-    UdpSocket::from_std(s)
 }
 
 /// Reads one datagram into `buf`, with what the kernel says about its
@@ -160,6 +216,61 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
                     let _ = socket.send_to(&resp, source).await;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_group_shares_one_address_and_keeps_a_second_daemon_out() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(group.len(), 3);
+        let addr = group[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert!(group.iter().all(|s| s.local_addr().unwrap() == addr));
+        // Another daemon on the port fails as it would without the group.
+        let plain = std::net::UdpSocket::bind(addr).unwrap_err();
+        assert_eq!(plain.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(
+            bind_group(addr, 2).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+    }
+
+    #[test]
+    fn each_peer_reaches_one_socket_of_the_group() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        let peers: Vec<_> = (0..8)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for _ in 0..3 {
+            for p in &peers {
+                p.send_to(b"OPTIONS", addr).unwrap();
+            }
+        }
+        // Which socket each peer's datagrams reached.
+        let mut seen: std::collections::HashMap<SocketAddr, Vec<usize>> = Default::default();
+        let mut buf = [0u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.values().map(Vec::len).sum::<usize>() < 24 && Instant::now() < deadline {
+            for (i, s) in group.iter().enumerate() {
+                if let Ok((_, from)) = s.recv_from(&mut buf) {
+                    seen.entry(from).or_default().push(i);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 8, "every peer heard: {seen:?}");
+        for (peer, sockets) in &seen {
+            assert_eq!(sockets.len(), 3, "{peer}: {sockets:?}");
+            assert!(
+                sockets.iter().all(|&i| i == sockets[0]),
+                "{peer}: {sockets:?}"
+            );
         }
     }
 }
