@@ -283,80 +283,6 @@ impl Drop for Admitted {
     }
 }
 
-/// A UDP receive thread: a current-thread runtime and its socket of each
-/// UDP listen address. What a datagram starts (a request's task, a call)
-/// is spawned on the thread that read it, so a message is parsed, matched
-/// and answered without waking another thread; only work that belongs to
-/// a task elsewhere (a registration's REGISTER answered) crosses over.
-struct Receiver {
-    runtime: tokio::runtime::Runtime,
-    sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
-}
-
-impl Receiver {
-    /// Runs the receive loops until the transports shut down.
-    fn run(self, t: Transports) {
-        let cancel = t.inner.cancel.clone();
-        self.runtime.block_on(async {
-            for (s, local) in self.sockets {
-                let t = t.clone();
-                supervise::run(&cancel, Transport::Udp, local, move || {
-                    udp::recv_loop(t.clone(), s.clone(), local)
-                });
-            }
-            cancel.cancelled().await;
-        });
-        drop(t);
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
-    }
-}
-
-/// Registers the sockets of each UDP listen address with the receive
-/// threads' runtimes (socket `k` of a group to thread `k`), and returns
-/// the first socket of each address, the one responses and requests are
-/// sent from (any socket of a group sends from the same address).
-#[allow(clippy::type_complexity)]
-fn receivers(
-    groups: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
-    threads: usize,
-) -> Result<(Vec<(Arc<UdpSocket>, SocketAddr)>, Vec<Receiver>), Error> {
-    if groups.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let mut receivers = (0..threads)
-        .map(|_| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|runtime| Receiver {
-                    runtime,
-                    sockets: Vec::new(),
-                })
-        })
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(Error::Threads)?;
-    let mut first = Vec::with_capacity(groups.len());
-    for (local, group) in groups {
-        for (s, r) in group.into_iter().zip(receivers.iter_mut()) {
-            let s = {
-                let _in = r.runtime.enter();
-                UdpSocket::from_std(s)
-            }
-            .map_err(|source| Error::Bind {
-                transport: Transport::Udp,
-                addr: local,
-                source,
-            })?;
-            icmp::enable(&s, local.is_ipv6());
-            r.sockets.push((Arc::new(s), local));
-        }
-        // Thread 0 got this group's first socket.
-        first.extend(receivers[0].sockets.last().cloned());
-    }
-    receivers.retain(|r| !r.sockets.is_empty());
-    Ok((first, receivers))
-}
-
 impl Transports {
     /// Binds every `sip.listen` address and starts the receive loops.
     pub async fn bind(
@@ -402,7 +328,7 @@ impl Transports {
                 ),
             }
         }
-        let (udp, receivers) = receivers(udp_groups, threads)?;
+        let (udp, receivers) = udp::receivers(udp_groups, threads)?;
         let acceptor = if tls_listeners.is_empty() {
             None
         } else {

@@ -220,6 +220,44 @@ async fn a_panicking_udp_receive_loop_is_restarted() {
 }
 
 #[tokio::test]
+async fn every_receive_thread_hands_its_datagrams_to_the_handler() {
+    let (t, mut rx) = transports(&config(&["udp:127.0.0.1:0"], 4, 8)).await;
+    let to = t.listen_addr(Transport::Udp).unwrap();
+    // Peers on 16 ports: with more than one receive thread, the kernel's
+    // hash sends some of them to each socket of the group.
+    let mut peers = Vec::new();
+    for _ in 0..16 {
+        peers.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    for (i, p) in peers.iter().enumerate() {
+        p.send_to(message(&format!("peer-{i}")).as_bytes(), to)
+            .await
+            .unwrap();
+    }
+    let mut heard = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while heard.len() < peers.len() {
+            heard.insert(rx.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {heard:?} reached the handler"));
+}
+
+#[tokio::test]
+async fn a_udp_address_in_use_fails_the_bind_without_a_panic() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let c = config(&["udp:127.0.0.1:0", &format!("udp:{addr}")], 4, 8);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = match Transports::bind(&c, Arc::new(Collect(tx)), CancellationToken::new()).await {
+        Ok(_) => panic!("{addr} is taken"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
 async fn accept_closes_flows_beyond_the_per_ip_and_total_limits() {
     let (t, _rx) = transports(&config(&["tcp:127.0.0.1:0"], 2, 3)).await;
     let port = t.listen_addr(Transport::Tcp).unwrap().port();

@@ -20,7 +20,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::overload::{self, Detector, Reading, Verdict};
-use super::{Inbound, Transports};
+use super::{Error, Inbound, Transports, icmp, supervise};
 use crate::config::Transport;
 use crate::lograte::{self, Kind};
 use crate::sip::{Message, bad_request_response};
@@ -218,6 +218,96 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
             }
         }
     }
+}
+
+/// A UDP receive thread: a current-thread runtime and its socket of each
+/// UDP listen address. What a datagram starts (a request's task, a call)
+/// is spawned on the thread that read it, so a message is parsed, matched
+/// and answered without waking another thread; only work that belongs to
+/// a task elsewhere (a registration's REGISTER answered) crosses over.
+pub(super) struct Receiver {
+    /// Always `Some` until [`Receiver::run`] or drop takes it.
+    runtime: Option<tokio::runtime::Runtime>,
+    sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
+}
+
+impl Drop for Receiver {
+    /// A receiver never run (a later listener failed to bind) is dropped
+    /// inside the start-up's async context, where a runtime's blocking
+    /// drop would panic.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Receiver {
+    /// Runs the receive loops until the transports shut down.
+    pub(super) fn run(mut self, t: Transports) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let cancel = t.inner.cancel.clone();
+        let sockets = std::mem::take(&mut self.sockets);
+        runtime.block_on(async {
+            for (s, local) in sockets {
+                let t = t.clone();
+                supervise::run(&cancel, Transport::Udp, local, move || {
+                    recv_loop(t.clone(), s.clone(), local)
+                });
+            }
+            cancel.cancelled().await;
+        });
+        drop(t);
+        runtime.shutdown_timeout(Duration::from_millis(100));
+    }
+}
+
+/// Registers the sockets of each UDP listen address with the receive
+/// threads' runtimes (socket `k` of a group to thread `k`), and returns
+/// the first socket of each address, the one responses and requests are
+/// sent from (any socket of a group sends from the same address).
+#[allow(clippy::type_complexity)]
+pub(super) fn receivers(
+    groups: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
+    threads: usize,
+) -> Result<(Vec<(Arc<UdpSocket>, SocketAddr)>, Vec<Receiver>), Error> {
+    if groups.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut receivers = (0..threads)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| Receiver {
+                    runtime: Some(runtime),
+                    sockets: Vec::new(),
+                })
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(Error::Threads)?;
+    let mut first = Vec::with_capacity(groups.len());
+    for (local, group) in groups {
+        for (s, r) in group.into_iter().zip(receivers.iter_mut()) {
+            let s = {
+                let _in = r.runtime.as_ref().map(|rt| rt.enter());
+                UdpSocket::from_std(s)
+            }
+            .map_err(|source| Error::Bind {
+                transport: Transport::Udp,
+                addr: local,
+                source,
+            })?;
+            icmp::enable(&s, local.is_ipv6());
+            r.sockets.push((Arc::new(s), local));
+        }
+        // Thread 0 got this group's first socket.
+        first.extend(receivers[0].sockets.last().cloned());
+    }
+    receivers.retain(|r| !r.sockets.is_empty());
+    Ok((first, receivers))
 }
 
 #[cfg(test)]
