@@ -361,7 +361,11 @@ impl Transports {
             std::thread::Builder::new()
                 .name(format!("uacd-udp-{k}"))
                 .spawn(move || r.run(t))
-                .map_err(Error::Threads)?;
+                .map_err(|e| {
+                    // The threads already started end with the start-up.
+                    this.inner.cancel.cancel();
+                    Error::Threads(e)
+                })?;
         }
         for (l, tls) in tcp_listeners
             .into_iter()
