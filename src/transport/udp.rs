@@ -156,6 +156,12 @@ fn log_overload(local: SocketAddr, verdict: Verdict, unreported: &mut u64) {
     }
 }
 
+/// A socket's loop wakes for its errors as well as for datagrams: an ICMP
+/// error (IP_RECVERR) for a datagram another socket of the group sent
+/// lands here by the kernel's hash (RFC 3261 §18.4: a transport error
+/// ends the transaction now, not at its timer).
+const WAKE_ON: Interest = Interest::READABLE.add(Interest::ERROR);
+
 pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: SocketAddr) {
     let mut buf = vec![0u8; 65_536];
     let mut control = nix::cmsg_space!(TimeSpec, u32);
@@ -166,7 +172,7 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
     loop {
         let (n, source, reading) = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = socket.async_io(Interest::READABLE, || recv_one(fd, &mut buf, &mut control)) => match r {
+            r = socket.async_io(WAKE_ON, || recv_one(fd, &mut buf, &mut control)) => match r {
                 Ok(v) => v,
                 Err(e) => {
                     // ICMP errors surface here (IP_RECVERR); the socket
