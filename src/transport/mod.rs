@@ -243,7 +243,7 @@ pub struct Transports {
 
 struct Inner {
     /// UDP sockets with their bound addresses.
-    udp: Vec<(Arc<UdpSocket>, SocketAddr)>,
+    udp: Vec<udp::Bound>,
     tcp_listen: Option<SocketAddr>,
     tls_listen: Option<SocketAddr>,
     /// One slot per (transport, remote); the async mutex inside a slot

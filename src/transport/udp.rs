@@ -231,10 +231,13 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
 /// is spawned on the thread that read it, so a message is parsed, matched
 /// and answered without waking another thread; only work that belongs to
 /// a task elsewhere (a registration's REGISTER answered) crosses over.
+/// A UDP socket with the address it is bound to (read once at bind).
+pub(super) type Bound = (Arc<UdpSocket>, SocketAddr);
+
 pub(super) struct Receiver {
     /// Always `Some` until [`Receiver::run`] or drop takes it.
     runtime: Option<tokio::runtime::Runtime>,
-    sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
+    sockets: Vec<Bound>,
 }
 
 impl Drop for Receiver {
@@ -274,11 +277,10 @@ impl Receiver {
 /// threads' runtimes (socket `k` of a group to thread `k`), and returns
 /// the first socket of each address, the one responses and requests are
 /// sent from (any socket of a group sends from the same address).
-#[allow(clippy::type_complexity)]
 pub(super) fn receivers(
     groups: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
     threads: usize,
-) -> Result<(Vec<(Arc<UdpSocket>, SocketAddr)>, Vec<Receiver>), Error> {
+) -> Result<(Vec<Bound>, Vec<Receiver>), Error> {
     if groups.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
