@@ -8,7 +8,7 @@
 //! by the caller (the API does so with its write lock).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -96,6 +96,8 @@ struct Inner {
     ctx: Arc<Context>,
     pace: Arc<Pacing>,
     state: Mutex<State>,
+    /// Which receive thread the next driver runs on.
+    next_thread: AtomicUsize,
 }
 
 impl State {
@@ -164,8 +166,26 @@ impl Supervisor {
                 }),
                 ctx,
                 state: Mutex::new(State::default()),
+                next_thread: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Runs a driver on a UDP receive thread, taking them in turn: the
+    /// answers to its REGISTERs are read on one of them, and waking a task
+    /// on the same thread costs no futex wake and context switch, which
+    /// waking one on the async runtime's workers did for every answer
+    /// (bench/RESULTS.md, "Registrations and the receive threads"). Without
+    /// a UDP listener the drivers run on the workers. A receive thread stops
+    /// only after the shutdown's unregistrations (the app stops the
+    /// transports after [`Supervisor::shutdown`]).
+    fn spawn_driver(&self, run: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        let threads = self.inner.ctx.transports.receive_runtimes();
+        if threads.is_empty() {
+            return tokio::spawn(run);
+        }
+        let k = self.inner.next_thread.fetch_add(1, Ordering::Relaxed);
+        threads[k % threads.len()].spawn(run)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -211,7 +231,7 @@ impl Supervisor {
                 stop.clone(),
                 continuity,
             );
-            Some(tokio::spawn(Box::new(driver).run()))
+            Some(self.spawn_driver(Box::new(driver).run()))
         } else {
             tracing::debug!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
             None

@@ -263,6 +263,8 @@ struct Inner {
     flow_users: OnceLock<Arc<dyn FlowUsers>>,
     /// CRLF pings toward the UDP registrars in use.
     keepalive: keepalive::UdpKeepalive,
+    /// The receive threads' runtimes.
+    receive_runtimes: Vec<tokio::runtime::Handle>,
 }
 
 /// An inbound flow's slot in [`limits::Admission`], given back on drop.
@@ -329,6 +331,7 @@ impl Transports {
             }
         }
         let (udp, receivers) = udp::receivers(udp_groups, threads)?;
+        let receive_runtimes = receivers.iter().filter_map(|r| r.handle()).collect();
         let acceptor = if tls_listeners.is_empty() {
             None
         } else {
@@ -353,6 +356,7 @@ impl Transports {
             keepalive: keepalive::UdpKeepalive::new(Some(Duration::from_secs(
                 config.registration.udp_keepalive_sec,
             ))),
+            receive_runtimes,
         });
         tokio::spawn(inner.keepalive.clone().run(inner.cancel.child_token()));
         let this = Transports { inner };
@@ -476,6 +480,11 @@ impl Transports {
     }
 
     /// The local listener address for a transport, if any.
+    /// The receive threads' runtimes (none without a UDP listener).
+    pub fn receive_runtimes(&self) -> &[tokio::runtime::Handle] {
+        &self.inner.receive_runtimes
+    }
+
     pub fn listen_addr(&self, transport: Transport) -> Option<SocketAddr> {
         match transport {
             Transport::Udp => self.inner.udp.first().map(|(_, local)| *local),

@@ -252,6 +252,10 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
+    pub(super) fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|rt| rt.handle().clone())
+    }
+
     /// Runs the receive loops until the transports shut down.
     pub(super) fn run(mut self, t: Transports) {
         let Some(runtime) = self.runtime.take() else {
