@@ -479,12 +479,12 @@ impl Transports {
         &self.inner.cancel
     }
 
-    /// The local listener address for a transport, if any.
     /// The receive threads' runtimes (none without a UDP listener).
     pub fn receive_runtimes(&self) -> &[tokio::runtime::Handle] {
         &self.inner.receive_runtimes
     }
 
+    /// The local listener address for a transport, if any.
     pub fn listen_addr(&self, transport: Transport) -> Option<SocketAddr> {
         match transport {
             Transport::Udp => self.inner.udp.first().map(|(_, local)| *local),

@@ -252,6 +252,7 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
+    /// Where work can be spawned onto this thread (the registrations).
     pub(super) fn handle(&self) -> Option<tokio::runtime::Handle> {
         self.runtime.as_ref().map(|rt| rt.handle().clone())
     }
