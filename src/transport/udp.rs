@@ -226,14 +226,15 @@ pub(super) async fn recv_loop(t: Transports, socket: Arc<UdpSocket>, local: Sock
     }
 }
 
-/// A UDP receive thread: a current-thread runtime and its socket of each
-/// UDP listen address. What a datagram starts (a request's task, a call)
-/// is spawned on the thread that read it, so a message is parsed, matched
-/// and answered without waking another thread; only work that belongs to
-/// a task elsewhere (a registration's REGISTER answered) crosses over.
 /// A UDP socket with the address it is bound to (read once at bind).
 pub(super) type Bound = (Arc<UdpSocket>, SocketAddr);
 
+/// A UDP receive thread: a current-thread runtime and its socket of each
+/// UDP listen address. What a datagram starts (a request's task, a call)
+/// is spawned on the thread that read it, so a message is parsed, matched
+/// and answered without waking another thread. The registrations are
+/// spread over these threads too; an answer read on another thread than
+/// its registration's crosses over to it.
 pub(super) struct Receiver {
     /// Always `Some` until [`Receiver::run`] or drop takes it.
     runtime: Option<tokio::runtime::Runtime>,
