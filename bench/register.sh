@@ -38,6 +38,7 @@
 # Env:   REFRESH=1 (0: skip the refresh cycle) DAEMONS="uacd kamailio"
 #        EXPIRES=60 IDLE_S=5 RATE=20000 (uacd max_register_rate_per_sec)
 #        REGISTRARS=1 WAIT_S=300 (deadline for all N registered)
+#        SMAPS=<dir> (save the daemon's /proc/PID/smaps at the memory point)
 #        MEM=fm (Kamailio allocator) SHM_MB=1024 PKG_MB=256 (its shared and
 #        per-process memory) FIGS=<file> (summary rows for run.sh)
 # 100k: REGISTRARS=4 EXPIRES=300 RATE=2000 WAIT_S=600 SHM_MB=4096 bench/register.sh 100000 1
@@ -269,6 +270,7 @@ one_rep() { # DAEMON REP
     read -r c2 n2 <<<"$(tree_cpu "$pid")"; T2=$(now_s)
   fi
   local pss rss np; read -r pss rss np <<<"$(mem_kib "$pid")"
+  [ -n "${SMAPS:-}" ] && { mkdir -p "$SMAPS"; cat "/proc/$pid/smaps" >"$SMAPS/$dm-N$N-rep$rep.smaps"; }
   local y1 z1 r1 win oth stl
   r1=$(registrars_cpu); y1=$(sys_busy_ticks); z1=$(sys_steal_ticks)
   read -r cz _ <<<"$(tree_cpu "$pid")"
