@@ -106,6 +106,17 @@ pub struct Continuity {
     pub cseq: Arc<AtomicU32>,
 }
 
+/// Cluster mode: what a driver of a connection this node holds keeps.
+struct Holding {
+    /// The CSeq counter of this node's holding, shared by every driver it
+    /// starts for the connection (RFC 3261 §10.3 step 7).
+    cseq: Arc<AtomicU32>,
+    /// Earlier holders' Contacts to remove in the next REGISTER
+    /// (`expires=0`), and those already removed once.
+    remove: Vec<String>,
+    removed: std::collections::HashSet<String>,
+}
+
 pub(super) struct Driver {
     ctx: Arc<Context>,
     pace: Arc<Pacing>,
@@ -114,13 +125,9 @@ pub(super) struct Driver {
     call_id: Arc<str>,
     from_tag: Arc<str>,
     cseq: u32,
-    /// Cluster mode: the CSeq counter of this node's holding, shared by
-    /// every driver it starts for the connection (RFC 3261 §10.3 step 7).
-    shared_cseq: Option<Arc<AtomicU32>>,
-    /// Cluster mode: earlier holders' Contacts to remove in the next
-    /// REGISTER (`expires=0`), and those already removed once.
-    remove: Vec<String>,
-    removed: std::collections::HashSet<String>,
+    /// Cluster mode only, so boxed: a driver lives as long as its
+    /// connection, and at 10,000 connections every byte of it is 10 kB.
+    holding: Option<Box<Holding>>,
     status: Arc<StatusCell>,
     stop: CancellationToken,
     refresh_at: Option<Instant>,
@@ -132,8 +139,10 @@ pub(super) struct Driver {
     learned: Option<SocketAddr>,
     /// Last `(registrar, local IP towards it)` found for a wildcard listener.
     route: Option<(SocketAddr, IpAddr)>,
-    /// Target of the next REGISTER.
-    aim: Aim,
+    /// Target of the next REGISTER of this attempt, `targets[index]` (a
+    /// digest answer, a 423, the next target after a failure); `None` when
+    /// the next REGISTER begins an attempt ([`Aim::Fresh`]).
+    aim: Option<(Arc<[Target]>, usize)>,
     /// The target that accepted the registration.
     pinned: Option<Target>,
     /// Keeps the NAT binding toward the registrar open while registered
@@ -167,9 +176,13 @@ impl Driver {
             ),
             from_tag: format!("{:016x}", rand::random::<u64>()).into(),
             cseq: rand::random_range(1..10_000),
-            shared_cseq: continuity.map(|c| c.cseq),
-            remove: Vec::new(),
-            removed: std::collections::HashSet::new(),
+            holding: continuity.map(|c| {
+                Box::new(Holding {
+                    cseq: c.cseq,
+                    remove: Vec::new(),
+                    removed: std::collections::HashSet::new(),
+                })
+            }),
             ctx,
             pace,
             conn,
@@ -181,7 +194,7 @@ impl Driver {
             hop: None,
             learned: None,
             route: None,
-            aim: Aim::Fresh { pinned: None },
+            aim: None,
             pinned: None,
             keepalive: None,
         }
@@ -208,6 +221,17 @@ impl Driver {
         };
         self.apply(actions, &mut inflight, true);
         while !self.machine.is_done() {
+            // One sleep for the earliest of the three timers (one timer entry
+            // per connection instead of three, re-armed per loop), and a
+            // plain `Sleep` in the select: the task's future is as large as
+            // this loop's futures, for as long as the connection lives.
+            let next = crate::transaction::first_armed([
+                (self.refresh_at, RegTimer::Refresh),
+                (self.retry_at, RegTimer::Retry),
+                (self.expiry_at, RegTimer::Expiry),
+            ]);
+            // (Not polled when no timer is armed.)
+            let (due, timer) = next.unwrap_or((self.pace.epoch, RegTimer::Expiry));
             let (event, paced) = tokio::select! {
                 outcome = poll_opt(&mut inflight) => {
                     inflight = None;
@@ -224,13 +248,7 @@ impl Driver {
                     stop_seen = true;
                     (Event::Stop, false)
                 }
-                // One sleep for the earliest of the three timers (one timer
-                // entry per connection instead of three, re-armed per loop).
-                timer = crate::transaction::sleep_until_first([
-                    (self.refresh_at, RegTimer::Refresh),
-                    (self.retry_at, RegTimer::Retry),
-                    (self.expiry_at, RegTimer::Expiry),
-                ]) => {
+                _ = tokio::time::sleep_until(due), if next.is_some() => {
                     *self.deadline(timer) = None;
                     (Event::Timer(timer), timer == RegTimer::Retry)
                 }
@@ -241,9 +259,7 @@ impl Driver {
                 }
             };
             // Timers, stop and rebind begin a new attempt.
-            self.aim = Aim::Fresh {
-                pinned: self.pinned.clone(),
-            };
+            self.aim = None;
             let actions = self.machine.step(event);
             self.apply(actions, &mut inflight, paced);
         }
@@ -288,13 +304,10 @@ impl Driver {
                 "REGISTER failing over to the next target"
             );
             metrics::failover();
-            self.aim = Aim::At {
-                targets,
-                index: next,
-            };
+            self.aim = Some((targets, next));
             return Event::Failover;
         }
-        self.aim = Aim::At { targets, index };
+        self.aim = Some((targets, index));
         event
     }
 
@@ -315,14 +328,16 @@ impl Driver {
         // Cluster mode: a 2xx that lists an earlier holder's binding (RFC
         // 3261 §10.3 step 8 lists them all) is followed at once by a
         // REGISTER that removes it, each at most once.
-        let stale: Vec<String> = (outcome.stale.iter())
-            .filter(|c| self.shared_cseq.is_some() && self.removed.insert((*c).clone()))
-            .cloned()
-            .collect();
-        if !stale.is_empty() {
-            tracing::info!(connection_id = %self.conn.id, bindings = ?stale, "removing an earlier holder's binding");
-            self.remove = stale;
-            return true;
+        if let Some(h) = self.holding.as_deref_mut() {
+            let stale: Vec<String> = (outcome.stale.iter())
+                .filter(|c| h.removed.insert((*c).clone()))
+                .cloned()
+                .collect();
+            if !stale.is_empty() {
+                tracing::info!(connection_id = %self.conn.id, bindings = ?stale, "removing an earlier holder's binding");
+                h.remove = stale;
+                return true;
+            }
         }
         let (Some(seen), Some(advertised)) = (outcome.seen_as, outcome.advertised) else {
             return false;
@@ -419,8 +434,8 @@ impl Driver {
 
     /// Builds the future of one REGISTER transaction.
     fn transaction(&mut self, register: Register, paced: bool) -> Inflight {
-        self.cseq = match &self.shared_cseq {
-            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+        self.cseq = match &self.holding {
+            Some(h) => h.cseq.fetch_add(1, Ordering::Relaxed),
             None => self.cseq.wrapping_add(1),
         };
         let job = Job {
@@ -429,7 +444,8 @@ impl Driver {
             call_id: self.call_id.clone(),
             from_tag: self.from_tag.clone(),
             cseq: self.cseq,
-            remove: std::mem::take(&mut self.remove),
+            remove: (self.holding.as_deref_mut())
+                .map_or_else(Vec::new, |h| std::mem::take(&mut h.remove)),
             register,
             hop: self.hop.clone().filter(|h| match h {
                 Hop::Stream(f) => !f.is_closed(),
@@ -437,7 +453,15 @@ impl Driver {
             }),
             learned: self.learned,
             route: self.route,
-            aim: self.aim.clone(),
+            aim: match &self.aim {
+                Some((targets, index)) => Aim::At {
+                    targets: targets.clone(),
+                    index: *index,
+                },
+                None => Aim::Fresh {
+                    pinned: self.pinned.clone(),
+                },
+            },
         };
         if !paced {
             return Box::pin(job.run());

@@ -542,9 +542,11 @@ impl Deadlines {
     }
 }
 
-/// Sleeps until the earliest of `timers` that is armed (`Some`) and names
-/// it; the first listed wins a tie. Never wakes when none is armed.
-pub async fn sleep_until_first<T>(timers: impl IntoIterator<Item = (Option<Instant>, T)>) -> T {
+/// The earliest of `timers` that is armed (`Some`), with its deadline; the
+/// first listed wins a tie.
+pub fn first_armed<T>(
+    timers: impl IntoIterator<Item = (Option<Instant>, T)>,
+) -> Option<(Instant, T)> {
     let mut first: Option<(Instant, T)> = None;
     for (at, timer) in timers {
         if let Some(at) = at
@@ -553,7 +555,13 @@ pub async fn sleep_until_first<T>(timers: impl IntoIterator<Item = (Option<Insta
             first = Some((at, timer));
         }
     }
-    match first {
+    first
+}
+
+/// Sleeps until [`first_armed`] of `timers` and names it. Never wakes when
+/// none is armed.
+pub async fn sleep_until_first<T>(timers: impl IntoIterator<Item = (Option<Instant>, T)>) -> T {
+    match first_armed(timers) {
         Some((at, timer)) => {
             tokio::time::sleep_until(at).await;
             timer
