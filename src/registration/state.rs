@@ -385,8 +385,12 @@ impl Machine {
     fn send(&mut self, expires: u32) -> Action {
         self.phase = Phase::Sending;
         self.in_flight_expires = expires;
+        // Both lists live as long as the connection: sized to what they
+        // hold (one challenge as a rule), not to a growing Vec's four, and
+        // none at all for a refresh (no challenge of its own yet).
         self.in_flight_nonces.clear();
-        self.in_flight_fresh.clone_from(&self.fresh);
+        self.in_flight_nonces.reserve_exact(self.challenges.len());
+        self.in_flight_fresh = self.fresh.clone();
         let mut answers = Vec::with_capacity(self.challenges.len());
         for (kind, ch) in &self.challenges {
             let nc = self.nonces.next(&ch.realm, &ch.nonce);
