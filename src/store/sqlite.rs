@@ -243,10 +243,6 @@ fn collect(
     Ok(out)
 }
 
-/// Every row, by `created_at` then `seq`. Read in rowid (`seq`) order and
-/// sorted here: rows are inserted in time order, so the stable sort finds
-/// one run and moves nothing, where SQLite's `ORDER BY` would sort the
-/// whole table's records through its sorter (a third of a start-up read).
 /// Frees the connection's page cache after a pass over every row (start-up,
 /// the config file's sync). SQLite keeps up to `cache_size` (2 MiB) of
 /// pages per connection, and these pages are not read again until the next
@@ -258,6 +254,10 @@ fn release_cache(conn: &rusqlite::Connection) {
     }
 }
 
+/// Every row, by `created_at` then `seq`. Read in rowid (`seq`) order and
+/// sorted here: rows are inserted in time order, so the stable sort finds
+/// one run and moves nothing, where SQLite's `ORDER BY` would sort the
+/// whole table's records through its sorter (a third of a start-up read).
 fn read_all(conn: &rusqlite::Connection) -> Result<Vec<Row>, StoreError> {
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {COLUMNS} FROM connections ORDER BY seq"))?;
