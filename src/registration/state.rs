@@ -386,8 +386,9 @@ impl Machine {
         self.phase = Phase::Sending;
         self.in_flight_expires = expires;
         // Both lists live as long as the connection: sized to what they
-        // hold (one challenge as a rule), not to a growing Vec's four, and
-        // none at all for a refresh (no challenge of its own yet).
+        // hold (one challenge as a rule), not to a growing Vec's four. A
+        // refresh starts with no challenge of its own, so its
+        // `in_flight_fresh` holds no allocation at all.
         self.in_flight_nonces.clear();
         self.in_flight_nonces.reserve_exact(self.challenges.len());
         self.in_flight_fresh = self.fresh.clone();
