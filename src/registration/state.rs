@@ -170,6 +170,33 @@ pub struct Settings {
     pub timer_f: Duration,
 }
 
+/// [`Settings`]' waits as a machine keeps them: milliseconds in a `u32`
+/// (49 days, far above any configured interval) instead of a 16-byte
+/// `Duration` each, because a machine lives as long as its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waits {
+    retry_ms: u32,
+    max_retry_ms: u32,
+    forbidden_retry_ms: u32,
+    timer_f_ms: u32,
+}
+
+impl Waits {
+    fn new(s: &Settings) -> Waits {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        Waits {
+            retry_ms: ms(s.retry),
+            max_retry_ms: ms(s.max_retry),
+            forbidden_retry_ms: ms(s.forbidden_retry),
+            timer_f_ms: ms(s.timer_f),
+        }
+    }
+}
+
+fn millis(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms))
+}
+
 /// Digest answers allowed within one attempt before we call it a failure
 /// (guards against a registrar that changes the nonce forever).
 const MAX_AUTH_ROUNDS: u32 = 4;
@@ -213,7 +240,7 @@ enum Phase {
 /// The registration machine of one connection.
 #[derive(Debug)]
 pub struct Machine {
-    settings: Settings,
+    waits: Waits,
     phase: Phase,
     /// Expires we ask for: configured value, raised by 423 Min-Expires.
     expires: u32,
@@ -245,7 +272,7 @@ impl Machine {
     /// `seed` drives the jitter; give each connection its own.
     pub fn new(settings: Settings, seed: u64) -> Self {
         Machine {
-            settings,
+            waits: Waits::new(&settings),
             phase: Phase::Idle,
             expires: settings.expires,
             expires_floor: 0,
@@ -456,7 +483,7 @@ impl Machine {
         self.last_response = Some(response_text(reply.code));
         self.registered_target = Some(reply.source);
         let expires_in = Duration::from_secs(u64::from(granted));
-        let refresh = refresh_delay(granted, self.settings.timer_f, self.rng.unit());
+        let refresh = refresh_delay(granted, millis(self.waits.timer_f_ms), self.rng.unit());
         vec![
             Action::Disarm(RegTimer::Retry),
             Action::Arm(RegTimer::Expiry, expires_in),
@@ -539,14 +566,14 @@ impl Machine {
         self.phase = Phase::Waiting;
         self.failures = self.failures.saturating_add(1);
         let delay = match wait {
-            Wait::Refused => self.settings.forbidden_retry,
+            Wait::Refused => millis(self.waits.forbidden_retry_ms),
             Wait::Backoff {
                 retry_after: Some(secs),
             } if secs > 0 => Duration::from_secs(u64::from(secs.min(MAX_RETRY_AFTER))),
             Wait::Backoff { .. } => backoff(
                 self.failures,
-                self.settings.retry,
-                self.settings.max_retry,
+                millis(self.waits.retry_ms),
+                millis(self.waits.max_retry_ms),
                 self.rng.unit(),
             ),
         };
