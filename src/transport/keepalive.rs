@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -24,11 +24,14 @@ pub const PING: &[u8] = b"\r\n\r\n";
 
 type Key = (SocketAddr, SocketAddr);
 
+/// The socket to ping from, and the holder the registrations toward the
+/// target share (gone when the last of them drops it).
+type Entry = (Arc<UdpSocket>, Weak<Held>);
+
 #[derive(Default)]
 struct Targets {
-    /// (our socket's address, registrar) → the socket and how many
-    /// registrations hold it.
-    map: Mutex<HashMap<Key, (Arc<UdpSocket>, usize)>>,
+    /// (our socket's address, registrar) → its entry.
+    map: Mutex<HashMap<Key, Entry>>,
 }
 
 /// The registrars to keep reachable; cheap to clone.
@@ -38,34 +41,41 @@ pub struct UdpKeepalive {
     interval: Option<Duration>,
 }
 
-/// Keeps one registrar target pinged while held.
-pub struct KeepaliveGuard {
+/// One target's entry, shared by every registration toward it.
+struct Held {
     targets: Arc<Targets>,
     key: Key,
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut map = self.targets.map.lock().unwrap_or_else(|e| e.into_inner());
+        // A registration may have made a new holder for the key between
+        // the last strong reference going and this lock: keep that one.
+        if map
+            .get(&self.key)
+            .is_some_and(|(_, w)| w.strong_count() == 0)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Keeps one registrar target pinged while held. The registrations toward
+/// one target share one holder, so a guard is a pointer: it lives in every
+/// registered connection's driver.
+pub struct KeepaliveGuard(Arc<Held>);
+
 impl std::fmt::Debug for KeepaliveGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeepaliveGuard({} -> {})", self.key.0, self.key.1)
+        write!(f, "KeepaliveGuard({} -> {})", self.0.key.0, self.0.key.1)
     }
 }
 
 impl KeepaliveGuard {
     /// The registrar it keeps reachable.
     pub fn remote(&self) -> SocketAddr {
-        self.key.1
-    }
-}
-
-impl Drop for KeepaliveGuard {
-    fn drop(&mut self) {
-        let mut map = self.targets.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, users)) = map.get_mut(&self.key) {
-            *users -= 1;
-            if *users == 0 {
-                map.remove(&self.key);
-            }
-        }
+        self.0.key.1
     }
 }
 
@@ -78,7 +88,8 @@ impl UdpKeepalive {
         }
     }
 
-    /// Pings `remote` from `socket` (bound to `local`) until the guard drops.
+    /// Pings `remote` from `socket` (bound to `local`) until the guard,
+    /// and every other guard of the same pair, drops.
     pub fn hold(
         &self,
         socket: &Arc<UdpSocket>,
@@ -88,11 +99,15 @@ impl UdpKeepalive {
         self.interval?;
         let key = (local, remote);
         let mut map = self.targets.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key).or_insert_with(|| (socket.clone(), 0)).1 += 1;
-        Some(KeepaliveGuard {
+        if let Some(held) = map.get(&key).and_then(|(_, w)| w.upgrade()) {
+            return Some(KeepaliveGuard(held));
+        }
+        let held = Arc::new(Held {
             targets: self.targets.clone(),
             key,
-        })
+        });
+        map.insert(key, (socket.clone(), Arc::downgrade(&held)));
+        Some(KeepaliveGuard(held))
     }
 
     /// Registrar targets pinged now.
