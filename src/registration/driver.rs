@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::Pacing;
 use super::request::{RegisterRequest, build, stale_bindings, to_reply};
@@ -128,8 +127,8 @@ pub(super) struct Driver {
     /// Cluster mode only, so boxed: a driver lives as long as its
     /// connection, and at 10,000 connections every byte of it is 10 kB.
     holding: Option<Box<Holding>>,
+    /// Where it publishes, and reads the supervisor's stop request.
     status: Arc<StatusCell>,
-    stop: CancellationToken,
     refresh_at: Option<Instant>,
     retry_at: Option<Instant>,
     expiry_at: Option<Instant>,
@@ -156,7 +155,6 @@ impl Driver {
         pace: Arc<Pacing>,
         conn: Arc<Connection>,
         status: Arc<StatusCell>,
-        stop: CancellationToken,
         continuity: Option<Continuity>,
     ) -> Driver {
         let r = &ctx.config.registration;
@@ -187,7 +185,6 @@ impl Driver {
             pace,
             conn,
             status,
-            stop,
             refresh_at: None,
             retry_at: None,
             expiry_at: None,
@@ -208,12 +205,12 @@ impl Driver {
         // the same millisecond; the shared pacer caps the global rate.
         let delay = Duration::from_millis(rand::random_range(0..250));
         tokio::select! {
-            _ = self.stop.cancelled() => {}
+            _ = self.status.stopped() => {}
             _ = tokio::time::sleep(delay) => {}
         }
         let mut inflight: Option<Inflight> = None;
         let mut stop_seen = false;
-        let actions = if self.stop.is_cancelled() {
+        let actions = if self.status.is_stopped() {
             stop_seen = true;
             self.machine.step(Event::Stop)
         } else {
@@ -232,7 +229,15 @@ impl Driver {
             ]);
             // (Not polled when no timer is armed.)
             let (due, timer) = next.unwrap_or((self.pace.epoch, RegTimer::Expiry));
+            // The signal before the flag: a stop request in between still
+            // wakes it.
+            let stop_signal = self.status.stop_signal();
+            let stop_now = !stop_seen && self.status.is_stopped();
             let (event, paced) = tokio::select! {
+                _ = std::future::ready(()), if stop_now => {
+                    stop_seen = true;
+                    (Event::Stop, false)
+                }
                 outcome = poll_opt(&mut inflight) => {
                     inflight = None;
                     let rebind = self.absorb(&outcome);
@@ -244,7 +249,10 @@ impl Driver {
                     }
                     (Event::Rebind, true)
                 }
-                _ = self.stop.cancelled(), if !stop_seen => {
+                _ = stop_signal, if !stop_seen && !stop_now => {
+                    if !self.status.is_stopped() {
+                        continue; // a publication, not a stop
+                    }
                     stop_seen = true;
                     (Event::Stop, false)
                 }
@@ -470,12 +478,12 @@ impl Driver {
         // (~2.5 KB) exists: at start-up every connection waits here at once
         // (100,000 at 2000/s is 50 s of slots), and the allocator keeps the
         // peak it reached.
-        let (pace, stop) = (self.pace.clone(), self.stop.clone());
+        let (pace, status) = (self.pace.clone(), self.status.clone());
         Box::pin(async move {
             // Slots may be far ahead at start-up: a stop while waiting must
             // not be followed by a REGISTER that creates a binding.
             tokio::select! {
-                _ = stop.cancelled() => return Outcome::event(Event::TransportError),
+                _ = status.stopped() => return Outcome::event(Event::TransportError),
                 _ = pace.pacer.wait() => {}
             }
             Box::pin(job.run()).await

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::driver::{Continuity, Driver, Snapshot};
 use super::status::StatusCell;
@@ -45,8 +44,8 @@ pub enum Applied {
 
 struct Entry {
     connection: Arc<Connection>,
+    /// Its status, and the driver's stop request.
     status: Arc<StatusCell>,
-    stop: CancellationToken,
     task: Option<JoinHandle<()>>,
     /// Start order, for stable listings.
     seq: u64,
@@ -138,7 +137,7 @@ pub struct Supervisor {
 
 /// A driver that was told to stop, to be waited for outside the lock.
 struct Stopping {
-    stop: CancellationToken,
+    status: Arc<StatusCell>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -146,7 +145,7 @@ impl Stopping {
     /// Cancels the driver (it sends `Expires: 0` when registered) and waits
     /// for it at most `deadline`; aborts it after that.
     async fn finish(self, deadline: Duration) {
-        self.stop.cancel();
+        self.status.stop();
         if let Some(mut task) = self.task
             && tokio::time::timeout(deadline, &mut task).await.is_err()
         {
@@ -205,10 +204,7 @@ impl Supervisor {
 
     /// Spawns the driver for `conn` (none when it is inactive or has no
     /// proxy, or, clustered, when another node holds it).
-    fn spawn(
-        &self,
-        conn: &Arc<Connection>,
-    ) -> (Arc<StatusCell>, CancellationToken, Option<JoinHandle<()>>) {
+    fn spawn(&self, conn: &Arc<Connection>) -> (Arc<StatusCell>, Option<JoinHandle<()>>) {
         let applicable = conn.active && conn.external_uac_settings.proxy.is_some();
         let initial = if applicable {
             RegStatus::NotRegistered
@@ -216,11 +212,10 @@ impl Supervisor {
             RegStatus::NotApplicable
         };
         let cell = StatusCell::new(Snapshot::new(initial));
-        let stop = CancellationToken::new();
         let continuity = match self.gated(&conn.id) {
             Gated::Free => None,
             Gated::Held(c) => Some(c),
-            Gated::NotHeld => return (cell, stop, None),
+            Gated::NotHeld => return (cell, None),
         };
         let task = if applicable {
             let driver = Driver::new(
@@ -228,7 +223,6 @@ impl Supervisor {
                 self.inner.pace.clone(),
                 conn.clone(),
                 cell.clone(),
-                stop.clone(),
                 continuity,
             );
             Some(self.spawn_driver(Box::new(driver).run()))
@@ -236,7 +230,7 @@ impl Supervisor {
             tracing::debug!(connection_id = %conn.id, connection_name = %conn.connection_name, "connection not applicable (inactive or no proxy)");
             None
         };
-        (cell, stop, task)
+        (cell, task)
     }
 
     /// Starts registering `conn` (or records it as Not Applicable when it is
@@ -249,7 +243,7 @@ impl Supervisor {
             return;
         }
         let conn = Arc::new(conn);
-        let (status, stop, task) = self.spawn(&conn);
+        let (status, task) = self.spawn(&conn);
         let mut st = self.state();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -259,12 +253,11 @@ impl Supervisor {
             Entry {
                 connection: conn,
                 status,
-                stop,
                 task,
                 seq,
             },
         ) {
-            old.stop.cancel();
+            old.status.stop();
             if old.connection.user_name != st.entries[&old.connection.id].connection.user_name {
                 st.by_user.remove(&old.connection.user_name);
             }
@@ -301,7 +294,7 @@ impl Supervisor {
             }
             let entry = st.entries.get_mut(&conn.id).expect("present above");
             Stopping {
-                stop: entry.stop.clone(),
+                status: entry.status.clone(),
                 task: entry.task.take(),
             }
         };
@@ -310,18 +303,17 @@ impl Supervisor {
         if self.state().closed {
             return Applied::Restarted;
         }
-        let (status, stop, task) = self.spawn(&conn);
+        let (status, task) = self.spawn(&conn);
         let mut st = self.state();
         let closed = st.closed;
         match st.entries.get_mut(&conn.id) {
             Some(e) if !closed => {
                 e.status = status;
-                e.stop = stop;
                 e.task = task;
             }
             // Removed or shut down meanwhile (callers should serialise): do
             // not leak a driver.
-            _ => stop.cancel(),
+            _ => status.stop(),
         }
         Applied::Restarted
     }
@@ -346,7 +338,7 @@ impl Supervisor {
             e
         };
         Stopping {
-            stop: entry.stop,
+            status: entry.status.clone(),
             task: entry.task,
         }
         .finish(self.unregister_deadline())
@@ -455,7 +447,7 @@ impl Supervisor {
             st.entries.drain().map(|(_, e)| e).collect()
         };
         for e in &entries {
-            e.stop.cancel();
+            e.status.stop();
         }
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         let mut statuses = Vec::new();
@@ -533,15 +525,14 @@ impl Supervisor {
                 None => return,
             }
         };
-        let (status, stop, task) = self.spawn(&conn);
+        let (status, task) = self.spawn(&conn);
         let mut st = self.state();
         match st.entries.get_mut(id) {
             Some(e) if e.task.is_none() => {
                 e.status = status;
-                e.stop = stop;
                 e.task = task;
             }
-            _ => stop.cancel(),
+            _ => status.stop(),
         }
     }
 
@@ -558,9 +549,8 @@ impl Supervisor {
             if let Some(t) = e.task.take() {
                 t.abort();
             }
-            e.stop.cancel();
+            e.status.stop();
             e.status = StatusCell::new(Snapshot::new(RegStatus::NotRegistered));
-            e.stop = CancellationToken::new();
         }
     }
 
