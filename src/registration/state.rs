@@ -253,9 +253,10 @@ pub struct Machine {
     registered_target: Option<SocketAddr>,
     /// Last challenges, answered pre-emptively on refresh.
     challenges: Vec<(AuthKind, Challenge)>,
+    /// The nonces the request in flight answered are those of
+    /// `challenges`: the cache changes only on a challenge, after the
+    /// refusal check, and then a new request goes out.
     nonces: NonceCounts,
-    /// Nonces answered in the request in flight.
-    in_flight_nonces: Vec<String>,
     /// (kind, realm) answered in the request in flight from a challenge of
     /// this attempt (not a pre-emptive answer from the cache).
     in_flight_fresh: Vec<(AuthKind, String)>,
@@ -282,7 +283,6 @@ impl Machine {
             registered_target: None,
             challenges: Vec::new(),
             nonces: NonceCounts::default(),
-            in_flight_nonces: Vec::new(),
             in_flight_fresh: Vec::new(),
             fresh: Vec::new(),
             in_flight_expires: settings.expires,
@@ -412,17 +412,13 @@ impl Machine {
     fn send(&mut self, expires: u32) -> Action {
         self.phase = Phase::Sending;
         self.in_flight_expires = expires;
-        // Both lists live as long as the connection: sized to what they
-        // hold (one challenge as a rule), not to a growing Vec's four. A
-        // refresh starts with no challenge of its own, so its
-        // `in_flight_fresh` holds no allocation at all.
-        self.in_flight_nonces.clear();
-        self.in_flight_nonces.reserve_exact(self.challenges.len());
+        // Lives as long as the connection: sized to what it holds (one
+        // challenge as a rule), not to a growing Vec's four. A refresh
+        // starts with no challenge of its own, so it holds no allocation.
         self.in_flight_fresh = self.fresh.clone();
         let mut answers = Vec::with_capacity(self.challenges.len());
         for (kind, ch) in &self.challenges {
             let nc = self.nonces.next(&ch.realm, &ch.nonce);
-            self.in_flight_nonces.push(ch.nonce.clone());
             answers.push(Answer {
                 kind: *kind,
                 challenge: ch.clone(),
@@ -506,7 +502,7 @@ impl Machine {
         // A pre-emptive answer from the cache may be refused once.
         let refused = reply.challenges.iter().any(|(kind, ch)| {
             !ch.stale
-                && (self.in_flight_nonces.contains(&ch.nonce)
+                && (self.challenges.iter().any(|(_, c)| c.nonce == ch.nonce)
                     || self
                         .in_flight_fresh
                         .iter()
