@@ -393,9 +393,21 @@ pub fn new_cnonce() -> String {
 /// Only the latest nonce of each realm is remembered, so memory stays bounded.
 /// A list, not a map: one registration sees one or two realms, and this lives
 /// as long as the connection (a one-entry HashMap was ~240 bytes of table).
+/// Realm and nonce are kept as 64-bit fingerprints under a key drawn at
+/// start-up, not as copies of strings the challenge cache already holds: two
+/// fewer allocations per connection. Two nonces of one realm that collide
+/// (odds 2^-64, and the key is unknown to the registrar) would only carry
+/// the count on, which a registrar accepts (RFC 7616 §3.4: `nc` must grow).
 #[derive(Clone, Debug, Default)]
 pub struct NonceCounts {
-    by_realm: Vec<(String, String, u32)>,
+    by_realm: Vec<(u64, u64, u32)>,
+}
+
+/// The fingerprint of a realm or a nonce within this process.
+fn fingerprint(s: &str) -> u64 {
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    std::hash::BuildHasher::hash_one(KEY.get_or_init(Default::default), s)
 }
 
 impl NonceCounts {
@@ -405,20 +417,21 @@ impl NonceCounts {
 
     /// The `nc` to send with the next request answering (`realm`, `nonce`).
     pub fn next(&mut self, realm: &str, nonce: &str) -> u32 {
-        match self.by_realm.iter_mut().find(|(r, _, _)| r == realm) {
-            Some((_, known, count)) if known == nonce => {
+        let (realm, nonce) = (fingerprint(realm), fingerprint(nonce));
+        match self.by_realm.iter_mut().find(|(r, _, _)| *r == realm) {
+            Some((_, known, count)) if *known == nonce => {
                 *count = count.saturating_add(1);
                 *count
             }
             Some((_, known, count)) => {
-                *known = nonce.to_owned();
+                *known = nonce;
                 *count = 1;
                 1
             }
             None => {
                 // One realm is the rule: room for one, not Vec's default four.
                 self.by_realm.reserve_exact(1);
-                self.by_realm.push((realm.to_owned(), nonce.to_owned(), 1));
+                self.by_realm.push((realm, nonce, 1));
                 1
             }
         }
