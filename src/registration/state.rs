@@ -170,31 +170,32 @@ pub struct Settings {
     pub timer_f: Duration,
 }
 
-/// [`Settings`]' waits as a machine keeps them: milliseconds in a `u32`
-/// (49 days, far above any configured interval) instead of a 16-byte
-/// `Duration` each, because a machine lives as long as its connection.
+/// [`Settings`]' waits as a machine keeps them, in `u32`s instead of a
+/// 16-byte `Duration` each, because a machine lives as long as its
+/// connection: the retry intervals in whole seconds, as the config gives
+/// them (136 years before they saturate), Timer F in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Waits {
-    retry_ms: u32,
-    max_retry_ms: u32,
-    forbidden_retry_ms: u32,
+    retry_s: u32,
+    max_retry_s: u32,
+    forbidden_retry_s: u32,
     timer_f_ms: u32,
 }
 
 impl Waits {
     fn new(s: &Settings) -> Waits {
-        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         Waits {
-            retry_ms: ms(s.retry),
-            max_retry_ms: ms(s.max_retry),
-            forbidden_retry_ms: ms(s.forbidden_retry),
-            timer_f_ms: ms(s.timer_f),
+            retry_s: secs(s.retry),
+            max_retry_s: secs(s.max_retry),
+            forbidden_retry_s: secs(s.forbidden_retry),
+            timer_f_ms: u32::try_from(s.timer_f.as_millis()).unwrap_or(u32::MAX),
         }
     }
 }
 
-fn millis(ms: u32) -> Duration {
-    Duration::from_millis(u64::from(ms))
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s))
 }
 
 /// Digest answers allowed within one attempt before we call it a failure
@@ -251,11 +252,11 @@ pub struct Machine {
     status: RegStatus,
     last_response: Option<String>,
     registered_target: Option<SocketAddr>,
-    /// Last challenges, answered pre-emptively on refresh.
+    /// Last challenges, answered pre-emptively on refresh. Their nonces
+    /// are also the ones the request in flight answered: the cache changes
+    /// only on a challenge, after the refusal check, and then a new request
+    /// goes out.
     challenges: Vec<(AuthKind, Challenge)>,
-    /// The nonces the request in flight answered are those of
-    /// `challenges`: the cache changes only on a challenge, after the
-    /// refusal check, and then a new request goes out.
     nonces: NonceCounts,
     /// (kind, realm) answered in the request in flight from a challenge of
     /// this attempt (not a pre-emptive answer from the cache).
@@ -479,7 +480,11 @@ impl Machine {
         self.last_response = Some(response_text(reply.code));
         self.registered_target = Some(reply.source);
         let expires_in = Duration::from_secs(u64::from(granted));
-        let refresh = refresh_delay(granted, millis(self.waits.timer_f_ms), self.rng.unit());
+        let refresh = refresh_delay(
+            granted,
+            Duration::from_millis(u64::from(self.waits.timer_f_ms)),
+            self.rng.unit(),
+        );
         vec![
             Action::Disarm(RegTimer::Retry),
             Action::Arm(RegTimer::Expiry, expires_in),
@@ -562,14 +567,14 @@ impl Machine {
         self.phase = Phase::Waiting;
         self.failures = self.failures.saturating_add(1);
         let delay = match wait {
-            Wait::Refused => millis(self.waits.forbidden_retry_ms),
+            Wait::Refused => secs(self.waits.forbidden_retry_s),
             Wait::Backoff {
                 retry_after: Some(secs),
             } if secs > 0 => Duration::from_secs(u64::from(secs.min(MAX_RETRY_AFTER))),
             Wait::Backoff { .. } => backoff(
                 self.failures,
-                millis(self.waits.retry_ms),
-                millis(self.waits.max_retry_ms),
+                secs(self.waits.retry_s),
+                secs(self.waits.max_retry_s),
                 self.rng.unit(),
             ),
         };

@@ -807,7 +807,13 @@ fn a_refusal_among_several_challenges_is_a_refusal() {
 
 #[test]
 fn the_refusal_wait_is_the_configured_forbidden_interval_whatever_retry_after_says() {
-    for (forbidden, retry_after) in [(900, None), (120, Some(30)), (600, Some(3600))] {
+    // A year is far past what a millisecond u32 would hold: kept exactly.
+    for (forbidden, retry_after) in [
+        (900, None),
+        (120, Some(30)),
+        (600, Some(3600)),
+        (31_536_000, None),
+    ] {
         let mut m = Machine::new(
             Settings {
                 forbidden_retry: Duration::from_secs(forbidden),
